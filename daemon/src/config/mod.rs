@@ -1,0 +1,336 @@
+//! Configuration, in two phases: read, then validate.
+//!
+//! 1. [`load`] layers the TOML files in order (later files override earlier ones) and then `ZINFER_*`
+//!    environment variables (`ZINFER_TELEMETRY__INTERVAL_MS=500` sets `telemetry.interval_ms`; `__` separates
+//!    levels; `ZINFER_ZENOH__LISTEN` and `ZINFER_ZENOH__CONNECT` take comma-separated lists), and deserialises the
+//!    result into the [`raw`] structs, which reject unknown keys.
+//! 2. It then validates what serde cannot: key expressions, files (the model manifest and the files it names),
+//!    zenoh endpoints, ranges. The result, [`Config`], is what the daemon runs on.
+//!
+//! Every error is a [`ConfigError`] naming the file the offending key came from (tracked by the `config` crate),
+//! the key's full path, and what is wrong. Building the stages and loading the model (which can also fail on a
+//! key) happens later, in `pipeline::build`, and reports errors the same way through [`ConfigError::at`].
+
+pub mod raw;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Environment, File, FileFormat};
+use zinfer_ort::SessionConfig;
+use zinfer_stage_api::ModelManifest;
+
+pub use raw::{StageSpec, WireEncoding, ZenohMode};
+use raw::{RawConfig, RawPipeline};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The files it was read from, in order.
+    pub sources: Vec<PathBuf>,
+    /// How to join zenoh.
+    pub zenoh: ZenohConfig,
+    /// The configured ONNX Runtime library, resolved against its file.
+    pub ort_library: Option<PathBuf>,
+    /// Telemetry.
+    pub telemetry: TelemetryConfig,
+    /// How long SIGTERM waits for in-flight messages before dropping the rest.
+    pub drain_timeout: Duration,
+    /// The pipelines.
+    pub pipelines: Vec<PipelineConfig>,
+    /// Where each key came from, for errors raised after validation.
+    origins: Origins,
+}
+
+/// `[zenoh]`, validated.
+#[derive(Debug, Clone)]
+pub struct ZenohConfig {
+    /// Peer or client.
+    pub mode: ZenohMode,
+    /// Endpoints to listen on.
+    pub listen: Vec<String>,
+    /// Endpoints to connect to.
+    pub connect: Vec<String>,
+    /// Multicast scouting on/off.
+    pub multicast_scouting: bool,
+    /// A native zenoh JSON5 config to start from.
+    pub config_file: Option<PathBuf>,
+}
+
+/// `[telemetry]`, validated.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Prefix of the telemetry, status and liveliness keys.
+    pub prefix: String,
+    /// Publishing period.
+    pub interval: Duration,
+    /// Serialisation of snapshots.
+    pub encoding: WireEncoding,
+}
+
+/// One `[[pipeline]]`, validated.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Unique name, used in results and telemetry.
+    pub name: String,
+    /// The key expression it subscribes to.
+    pub input: String,
+    /// Results go to `<output_prefix>/<input key>`.
+    pub output_prefix: String,
+    /// Serialisation of results.
+    pub result_encoding: WireEncoding,
+    /// Messages that may wait for the worker; beyond this, new ones are dropped with `queue_full`.
+    pub queue_capacity: usize,
+    /// The model manifest (files checked).
+    pub manifest: ModelManifest,
+    /// The decoder's table.
+    pub decode: StageSpec,
+    /// Preprocessing stage tables, in order.
+    pub preprocess: Vec<StageSpec>,
+    /// Postprocessing stage tables, in order.
+    pub postprocess: Vec<StageSpec>,
+    /// ONNX Runtime session options.
+    pub session: SessionConfig,
+    /// The folder relative paths in this pipeline's stage tables are resolved against.
+    pub base_dir: PathBuf,
+    /// The key of this pipeline's table, e.g. `pipeline[0]`.
+    pub key: String,
+}
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the key came from (or `environment`), when known.
+    pub file: Option<String>,
+    /// The key's full path, e.g. `pipeline[0].decode.max_bytes`.
+    pub key: Option<String>,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+impl Config {
+    /// An error about `key` (a full key path), attributed to the file that set it.
+    pub fn error_at(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::at(&self.origins, key, reason)
+    }
+}
+
+impl ConfigError {
+    fn at(origins: &Origins, key: &str, reason: impl Into<String>) -> Self {
+        Self { file: origins.file_of(key), key: Some(key.to_owned()), reason: reason.into() }
+    }
+
+    fn whole(file: Option<String>, reason: impl Into<String>) -> Self {
+        Self { file, key: None, reason: reason.into() }
+    }
+}
+
+/// Reads and validates `files` plus the process's `ZINFER_*` environment.
+pub fn load(files: &[PathBuf]) -> Result<Config, ConfigError> {
+    load_with_env(files, None)
+}
+
+/// As [`load`], with an explicit environment instead of the process's (for tests).
+pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) -> Result<Config, ConfigError> {
+    if files.is_empty() {
+        return Err(ConfigError::whole(None, "no configuration file given; pass one with --config FILE"));
+    }
+    let mut builder = config::Config::builder();
+    for file in files {
+        if !file.is_file() {
+            return Err(ConfigError::whole(
+                Some(file.display().to_string()),
+                "no such file; pass an existing TOML file with --config",
+            ));
+        }
+        builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml).required(true));
+    }
+    builder = builder.add_source(
+        Environment::with_prefix("ZINFER")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("zenoh.listen")
+            .with_list_parse_key("zenoh.connect")
+            .source(env),
+    );
+    let merged = builder.build().map_err(|error| match error {
+        config::ConfigError::FileParse { uri, cause } => ConfigError::whole(uri, format!("not valid TOML: {cause}")),
+        other => ConfigError::whole(None, other.to_string()),
+    })?;
+    let origins = Origins(merged.clone());
+    let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let (key, reason) = describe_serde_error(&path, &inner);
+        ConfigError { file: origins.file_of(&key), key: Some(key), reason }
+    })?;
+    validate(raw, files, origins)
+}
+
+/// Turns a deserialisation error at `path` into a full key and a reason.
+fn describe_serde_error(path: &str, error: &config::ConfigError) -> (String, String) {
+    let join = |child: &str| if path == "." { child.to_owned() } else { format!("{path}.{child}") };
+    match error {
+        config::ConfigError::Type { unexpected, expected, .. } => {
+            (path.to_owned(), format!("wrong type: expected {expected}, found {unexpected}"))
+        }
+        config::ConfigError::Message(message) => {
+            // serde's "unknown field `x`, expected one of …" and "missing field `x`" name a child of `path`.
+            let child = message.split('`').nth(1).filter(|_| message.starts_with("unknown field"));
+            let missing = message.split('`').nth(1).filter(|_| message.starts_with("missing field"));
+            match (child, missing) {
+                (Some(child), _) => (join(child), format!("unknown key ({message}); check its spelling")),
+                (_, Some(field)) => (join(field), "required key is missing".to_owned()),
+                _ => (path.to_owned(), message.clone()),
+            }
+        }
+        other => (path.to_owned(), other.to_string()),
+    }
+}
+
+/// Where each key came from: the merged `config::Config`, which remembers every value's origin.
+#[derive(Debug, Clone)]
+struct Origins(config::Config);
+
+impl Origins {
+    /// The file that set `key`, or the closest enclosing key that has an origin.
+    fn file_of(&self, key: &str) -> Option<String> {
+        let mut key = key.to_owned();
+        loop {
+            if let Some(origin) = self.0.get::<config::Value>(&key).ok().and_then(|value| value.origin().map(str::to_owned))
+            {
+                return Some(origin);
+            }
+            let cut = key.rfind(['.', '['])?;
+            key.truncate(cut);
+        }
+    }
+
+    /// The folder relative paths in `key` are resolved against: its file's folder, else the working directory.
+    fn base_dir_of(&self, key: &str) -> PathBuf {
+        self.file_of(key)
+            .map(PathBuf::from)
+            .filter(|file| file.is_file())
+            .and_then(|file| file.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn resolve(&self, key: &str, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_owned() } else { self.base_dir_of(key).join(path) }
+    }
+}
+
+fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Config, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::at(&origins, key, reason);
+
+    let zenoh = ZenohConfig {
+        mode: raw.zenoh.mode,
+        listen: raw.zenoh.listen,
+        connect: raw.zenoh.connect,
+        multicast_scouting: raw.zenoh.multicast_scouting,
+        config_file: raw.zenoh.config_file.map(|file| origins.resolve("zenoh.config_file", &file)),
+    };
+    if let Some(file) = zenoh.config_file.as_ref().filter(|file| !file.is_file()) {
+        return Err(err("zenoh.config_file", format!("{} does not exist", file.display())));
+    }
+    crate::io::session::zenoh_config(&zenoh).map_err(|(key, reason)| err(&format!("zenoh.{key}"), reason))?;
+
+    let ort_library = raw.onnxruntime.library.map(|file| origins.resolve("onnxruntime.library", &file));
+    if let Some(file) = ort_library.as_ref().filter(|file| !file.is_file()) {
+        return Err(err(
+            "onnxruntime.library",
+            format!("{} does not exist; run scripts/install-onnxruntime.sh or fix the path", file.display()),
+        ));
+    }
+
+    check_publish_prefix(&raw.telemetry.prefix).map_err(|reason| err("telemetry.prefix", reason))?;
+    if raw.telemetry.interval_ms < 10 {
+        return Err(err("telemetry.interval_ms", "must be at least 10".into()));
+    }
+    let telemetry = TelemetryConfig {
+        prefix: raw.telemetry.prefix.trim_end_matches('/').to_owned(),
+        interval: Duration::from_millis(raw.telemetry.interval_ms),
+        encoding: raw.telemetry.encoding,
+    };
+
+    let mut pipelines = Vec::with_capacity(raw.pipelines.len());
+    for (index, pipeline) in raw.pipelines.into_iter().enumerate() {
+        let key = format!("pipeline[{index}]");
+        let validated = validate_pipeline(pipeline, &key, &origins)?;
+        if pipelines.iter().any(|other: &PipelineConfig| other.name == validated.name) {
+            return Err(err(&format!("{key}.name"), format!("`{}` is used by another pipeline", validated.name)));
+        }
+        pipelines.push(validated);
+    }
+
+    Ok(Config {
+        sources: files.to_vec(),
+        zenoh,
+        ort_library,
+        telemetry,
+        drain_timeout: Duration::from_millis(raw.daemon.drain_timeout_ms),
+        pipelines,
+        origins,
+    })
+}
+
+fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<PipelineConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
+    let name_ok = !raw.name.is_empty()
+        && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(err("name", format!("`{}` must be non-empty and use only letters, digits, - and _", raw.name)));
+    }
+    zenoh::key_expr::KeyExpr::try_from(raw.input.as_str())
+        .map_err(|error| err("input", format!("`{}` is not a valid zenoh key expression: {error}", raw.input)))?;
+    check_publish_prefix(&raw.output_prefix).map_err(|reason| err("output_prefix", reason))?;
+    if raw.queue_capacity == 0 {
+        return Err(err("queue_capacity", "must be at least 1".into()));
+    }
+    if raw.session.intra_threads == Some(0) {
+        return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
+    }
+    let manifest_key = format!("{key}.model");
+    let manifest_path = origins.resolve(&manifest_key, &raw.model);
+    let manifest = ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
+    Ok(PipelineConfig {
+        name: raw.name,
+        input: raw.input,
+        output_prefix: raw.output_prefix.trim_end_matches('/').to_owned(),
+        result_encoding: raw.result_encoding,
+        queue_capacity: raw.queue_capacity,
+        manifest,
+        decode: raw.decode,
+        preprocess: raw.preprocess,
+        postprocess: raw.postprocess,
+        session: raw.session,
+        base_dir: origins.base_dir_of(key),
+        key: key.to_owned(),
+    })
+}
+
+/// A prefix zinferd publishes under must be a key expression without wildcards.
+fn check_publish_prefix(prefix: &str) -> Result<(), String> {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.contains('*') || trimmed.contains('$') {
+        return Err(format!("`{prefix}` must not contain wildcards: zinferd publishes under it"));
+    }
+    zenoh::key_expr::KeyExpr::try_from(trimmed)
+        .map(drop)
+        .map_err(|error| format!("`{prefix}` is not a valid zenoh key expression: {error}"))
+}

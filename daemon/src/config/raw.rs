@@ -1,0 +1,194 @@
+//! The configuration as written in TOML: serde structs that reject unknown keys, with the defaults.
+//!
+//! Every key is documented in `configs/example.toml`; keep the two in step (a test parses that file).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+use zinfer_ort::SessionConfig;
+
+/// The whole file (after layering files and environment overrides).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub zenoh: RawZenoh,
+    #[serde(default)]
+    pub onnxruntime: RawOnnxRuntime,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<RawPipeline>,
+}
+
+/// `[zenoh]`: how the daemon joins the zenoh network.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZenoh {
+    #[serde(default = "default_mode")]
+    pub mode: ZenohMode,
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub connect: Vec<String>,
+    #[serde(default)]
+    pub multicast_scouting: bool,
+    /// A native zenoh JSON5 config (TLS, access control…); the keys above override it.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Default for RawZenoh {
+    fn default() -> Self {
+        Self {
+            mode: default_mode(),
+            listen: default_listen(),
+            connect: Vec::new(),
+            multicast_scouting: false,
+            config_file: None,
+        }
+    }
+}
+
+/// zenoh session modes zinferd supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZenohMode {
+    Peer,
+    Client,
+}
+
+impl ZenohMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Client => "client",
+        }
+    }
+}
+
+fn default_mode() -> ZenohMode {
+    ZenohMode::Peer
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["tcp/127.0.0.1:7447".to_owned()]
+}
+
+/// `[onnxruntime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnnxRuntime {
+    pub library: Option<PathBuf>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub encoding: WireEncoding,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self { prefix: default_prefix(), interval_ms: default_interval_ms(), encoding: WireEncoding::Json }
+    }
+}
+
+fn default_prefix() -> String {
+    "zinfer".to_owned()
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+/// `[daemon]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        Self { drain_timeout_ms: default_drain_timeout_ms() }
+    }
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+
+/// How results and telemetry are serialised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireEncoding {
+    #[default]
+    Json,
+    Protobuf,
+}
+
+/// `[[pipeline]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: String,
+    pub input: String,
+    #[serde(default = "default_output_prefix")]
+    pub output_prefix: String,
+    #[serde(default)]
+    pub result_encoding: WireEncoding,
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// The model manifest.
+    pub model: PathBuf,
+    #[serde(default = "default_decoder")]
+    pub decode: StageSpec,
+    #[serde(default)]
+    pub preprocess: Vec<StageSpec>,
+    #[serde(default)]
+    pub postprocess: Vec<StageSpec>,
+    #[serde(default)]
+    pub session: SessionConfig,
+}
+
+fn default_output_prefix() -> String {
+    "zinfer/out".to_owned()
+}
+
+fn default_queue_capacity() -> usize {
+    64
+}
+
+fn default_decoder() -> StageSpec {
+    StageSpec { kind: "text".to_owned(), options: toml::Table::new() }
+}
+
+/// A stage table: its `type` and the rest of its keys, which the stage's own factory parses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpec {
+    pub kind: String,
+    pub options: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for StageSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut options = toml::Table::deserialize(deserializer)?;
+        match options.remove("type") {
+            Some(toml::Value::String(kind)) => Ok(Self { kind, options }),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "`type` must be a string naming a registered stage, found {}",
+                other.type_str()
+            ))),
+            None => Err(serde::de::Error::custom("missing `type` (the stage to use, e.g. \"tokenize\")")),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Decoders: the first phase of a pipeline, from zenoh sample bytes to a request.
+
+pub mod text;

@@ -1,0 +1,190 @@
+//! The `text` decoder: plain UTF-8, JSON `{"id": ..., "text": ...}`, or the protobuf `TextRequest`.
+//!
+//! The format is chosen by the sample's zenoh encoding (`text/plain`, `application/json`,
+//! `application/protobuf`); samples published without an encoding (`zenoh/bytes`) use `default_format`.
+//!
+//! Options:
+//! - `default_format` = `"text"` | `"json"` | `"protobuf"` (default `"text"`)
+//! - `max_bytes`: largest accepted payload (default 65536); larger ones get a `payload_too_large` error outcome.
+
+use prost::Message;
+use serde::Deserialize;
+use zinfer_stage_api::{
+    BuildContext, BuildError, Decoder, Input, RawMessage, Reason, Request, StageError, parse_options,
+};
+
+/// The registry name.
+pub const TYPE: &str = "text";
+
+/// Payload formats this decoder understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The whole payload is the UTF-8 text.
+    Text,
+    /// `{"id": "...", "text": "..."}`; `id` may be a string or a number and may be absent.
+    Json,
+    /// The protobuf `zinfer.v1.TextRequest`.
+    Protobuf,
+}
+
+/// Options of the `text` decoder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextDecoderConfig {
+    /// Format of samples that carry no (or the generic `zenoh/bytes`) encoding.
+    #[serde(default = "default_format")]
+    pub default_format: Format,
+    /// Largest accepted payload in bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_format() -> Format {
+    Format::Text
+}
+
+fn default_max_bytes() -> usize {
+    64 * 1024
+}
+
+/// Builds the decoder from its options.
+pub fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> {
+    let config: TextDecoderConfig = parse_options(options)?;
+    if config.max_bytes == 0 {
+        return Err(BuildError::Option { key: "max_bytes".into(), reason: "must be at least 1".into() });
+    }
+    Ok(Box::new(TextDecoder { config }))
+}
+
+/// The decoder itself.
+#[derive(Debug)]
+pub struct TextDecoder {
+    config: TextDecoderConfig,
+}
+
+impl TextDecoder {
+    /// A decoder with the given options.
+    pub fn new(config: TextDecoderConfig) -> Self {
+        Self { config }
+    }
+
+    fn format_of(&self, encoding: &str) -> Result<Format, StageError> {
+        // Encodings may carry a schema suffix (`text/plain;charset=utf-8`).
+        let media_type = encoding.split(';').next().unwrap_or_default().trim();
+        match media_type {
+            "" | "zenoh/bytes" | "application/octet-stream" => Ok(self.config.default_format),
+            "text/plain" | "zenoh/string" => Ok(Format::Text),
+            "application/json" | "text/json" => Ok(Format::Json),
+            "application/protobuf" | "application/x-protobuf" => Ok(Format::Protobuf),
+            other => Err(StageError::new(
+                Reason::UnsupportedEncoding,
+                format!("encoding `{other}` is not supported; use text/plain, application/json or application/protobuf"),
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonRequest {
+    #[serde(default)]
+    id: Option<JsonId>,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Decoder for TextDecoder {
+    fn decode(&self, message: &RawMessage) -> Result<Request, StageError> {
+        let payload = message.payload.as_slice();
+        if payload.is_empty() {
+            return Err(StageError::new(Reason::EmptyPayload, "the payload is empty"));
+        }
+        if payload.len() > self.config.max_bytes {
+            return Err(StageError::new(
+                Reason::PayloadTooLarge,
+                format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.config.max_bytes),
+            ));
+        }
+        let (id, text) = match self.format_of(&message.encoding)? {
+            Format::Text => (None, utf8(payload)?.to_owned()),
+            Format::Json => {
+                let request: JsonRequest = serde_json::from_slice(payload).map_err(|error| {
+                    StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
+                })?;
+                let id = request.id.map(|id| match id {
+                    JsonId::Text(text) => text,
+                    JsonId::Number(number) => number.to_string(),
+                });
+                (id, request.text)
+            }
+            Format::Protobuf => {
+                let request = zinfer_proto::TextRequest::decode(payload).map_err(|error| {
+                    StageError::new(Reason::MalformedProtobuf, format!("expected zinfer.v1.TextRequest: {error}"))
+                })?;
+                (Some(request.id).filter(|id| !id.is_empty()), request.text)
+            }
+        };
+        if text.is_empty() {
+            return Err(StageError::new(Reason::EmptyText, "the request has no text"));
+        }
+        Ok(Request { id, input: Input::Text(text) })
+    }
+}
+
+fn utf8(payload: &[u8]) -> Result<&str, StageError> {
+    std::str::from_utf8(payload).map_err(|error| StageError::new(Reason::InvalidUtf8, error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(default_format: Format) -> TextDecoder {
+        TextDecoder::new(TextDecoderConfig { default_format, max_bytes: 64 })
+    }
+
+    fn message(payload: &[u8], encoding: &str) -> RawMessage {
+        RawMessage { key: "k".into(), payload: payload.to_vec(), encoding: encoding.into(), attachment_id: None }
+    }
+
+    fn reason(result: Result<Request, StageError>) -> Reason {
+        result.expect_err("should fail").reason
+    }
+
+    #[test]
+    fn formats_follow_the_encoding() {
+        let text = decoder(Format::Json).decode(&message(b"hello", "text/plain;charset=utf-8")).expect("text");
+        assert_eq!(text, Request { id: None, input: Input::Text("hello".into()) });
+
+        let json = decoder(Format::Text)
+            .decode(&message(br#"{"id": 7, "text": "hi"}"#, "application/json"))
+            .expect("json");
+        assert_eq!(json, Request { id: Some("7".into()), input: Input::Text("hi".into()) });
+
+        let bytes = zinfer_proto::TextRequest { id: "p".into(), text: "pb".into() }.encode_to_vec();
+        let proto = decoder(Format::Text).decode(&message(&bytes, "application/protobuf")).expect("protobuf");
+        assert_eq!(proto, Request { id: Some("p".into()), input: Input::Text("pb".into()) });
+
+        let default = decoder(Format::Json).decode(&message(br#"{"text": "d"}"#, "zenoh/bytes")).expect("default");
+        assert_eq!(default.input, Input::Text("d".into()));
+    }
+
+    #[test]
+    fn bad_input_gets_a_reason() {
+        let d = decoder(Format::Text);
+        assert_eq!(reason(d.decode(&message(b"", "text/plain"))), Reason::EmptyPayload);
+        assert_eq!(reason(d.decode(&message(&[b'a'; 65], "text/plain"))), Reason::PayloadTooLarge);
+        assert_eq!(reason(d.decode(&message(&[0xff, 0xfe], "text/plain"))), Reason::InvalidUtf8);
+        assert_eq!(reason(d.decode(&message(b"{\"text\":", "application/json"))), Reason::MalformedJson);
+        assert_eq!(reason(d.decode(&message(b"{\"id\":1}", "application/json"))), Reason::MalformedJson);
+        assert_eq!(reason(d.decode(&message(&[0x0a, 0xff], "application/protobuf"))), Reason::MalformedProtobuf);
+        assert_eq!(reason(d.decode(&message(b"x", "image/png"))), Reason::UnsupportedEncoding);
+        assert_eq!(reason(d.decode(&message(br#"{"text": ""}"#, "application/json"))), Reason::EmptyText);
+    }
+}

@@ -1,0 +1,157 @@
+//! The `tokenize` stage: text → `input_ids`, `attention_mask`, `token_type_ids` with a Hugging Face
+//! `tokenizer.json` (WordPiece, BPE, Unigram: whatever the file describes), via the `tokenizers` crate.
+//!
+//! Options:
+//! - `tokenizer`: path to a `tokenizer.json` (default: the one the model manifest names).
+//! - `max_length`: most tokens per text, special tokens included (default: the manifest's `max_length`, else 512;
+//!   may not exceed the manifest's).
+//! - `overflow` = `"truncate"` (default; keeps the final special token) | `"reject"` (error outcome
+//!   `too_many_tokens`).
+//!
+//! The tokenizer file's own padding and truncation settings are ignored: the pipeline decides both, so a file
+//! exported with `padding="max_length"` cannot silently inflate every request.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams};
+use zinfer_stage_api::{
+    BuildContext, BuildError, ElementType, Input, Item, NamedTensor, Reason, Stage, StageError, Tensor, TensorSpec,
+    parse_options,
+};
+
+/// The registry name.
+pub const TYPE: &str = "tokenize";
+
+/// Input names the stage writes, as BERT-style exports name them.
+pub const INPUT_IDS: &str = "input_ids";
+/// See [`INPUT_IDS`].
+pub const ATTENTION_MASK: &str = "attention_mask";
+/// See [`INPUT_IDS`].
+pub const TOKEN_TYPE_IDS: &str = "token_type_ids";
+
+const DEFAULT_MAX_LENGTH: usize = 512;
+
+/// What to do with a text longer than `max_length` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Cut it to `max_length` tokens, keeping the closing special token.
+    Truncate,
+    /// Refuse it with a `too_many_tokens` error outcome.
+    Reject,
+}
+
+/// Options of the `tokenize` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeConfig {
+    /// The `tokenizer.json`; defaults to the manifest's.
+    pub tokenizer: Option<PathBuf>,
+    /// Most tokens per text.
+    pub max_length: Option<usize>,
+    /// Overflow policy.
+    #[serde(default = "default_overflow")]
+    pub overflow: Overflow,
+}
+
+fn default_overflow() -> Overflow {
+    Overflow::Truncate
+}
+
+/// Builds the stage: loads and configures the tokenizer.
+pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
+    let config: TokenizeConfig = parse_options(options)?;
+    let path = match (&config.tokenizer, &context.manifest.tokenizer) {
+        (Some(path), _) => context.resolve(path),
+        (None, Some(path)) => path.clone(),
+        (None, None) => {
+            return Err(BuildError::Option {
+                key: "tokenizer".into(),
+                reason: format!(
+                    "no tokenizer: set `tokenizer` here or `tokenizer` in the model manifest {}",
+                    context.manifest.path.display()
+                ),
+            });
+        }
+    };
+    let model_max = context.manifest.max_length;
+    let max_length = config.max_length.or(model_max).unwrap_or(DEFAULT_MAX_LENGTH);
+    if max_length < 2 {
+        return Err(BuildError::Option { key: "max_length".into(), reason: "must be at least 2".into() });
+    }
+    if let Some(model_max) = model_max.filter(|&model_max| max_length > model_max) {
+        return Err(BuildError::Option {
+            key: "max_length".into(),
+            reason: format!("{max_length} exceeds the model's max_length of {model_max} (from its manifest)"),
+        });
+    }
+    Ok(Box::new(Tokenize::from_file(&path, max_length, config.overflow)?))
+}
+
+/// The stage itself.
+pub struct Tokenize {
+    tokenizer: Tokenizer,
+    max_length: usize,
+    overflow: Overflow,
+}
+
+impl Tokenize {
+    /// Loads `path` and configures truncation for `max_length` and `overflow`.
+    pub fn from_file(path: &std::path::Path, max_length: usize, overflow: Overflow) -> Result<Self, BuildError> {
+        let file_error = |reason: String| BuildError::File {
+            key: "tokenizer".into(),
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(file_error("file not found; check the path in the stage or the manifest".into()));
+        }
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|error| file_error(error.to_string()))?;
+        tokenizer.with_padding(None);
+        let truncation = match overflow {
+            Overflow::Truncate => Some(TruncationParams { max_length, ..TruncationParams::default() }),
+            Overflow::Reject => None,
+        };
+        tokenizer.with_truncation(truncation).map_err(|error| file_error(error.to_string()))?;
+        Ok(Self { tokenizer, max_length, overflow })
+    }
+}
+
+impl Stage for Tokenize {
+    fn name(&self) -> &str {
+        TYPE
+    }
+
+    fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
+        let Input::Text(text) = &item.input;
+        let encoding = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|error| StageError::new(Reason::TokenizerFailed, error.to_string()))?;
+        let length = encoding.len();
+        if self.overflow == Overflow::Reject && length > self.max_length {
+            return Err(StageError::new(
+                Reason::TooManyTokens,
+                format!("the text is {length} tokens long; this pipeline accepts at most {}", self.max_length),
+            ));
+        }
+        let widen = |values: &[u32]| values.iter().map(|&value| i64::from(value)).collect::<Vec<_>>();
+        item.features = vec![
+            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids())) },
+            NamedTensor {
+                name: ATTENTION_MASK.into(),
+                tensor: Tensor::i64_vector(widen(encoding.get_attention_mask())),
+            },
+            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids())) },
+        ];
+        Ok(())
+    }
+
+    fn produces(&self) -> Vec<TensorSpec> {
+        [INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS]
+            .into_iter()
+            .map(|name| TensorSpec::new(name, ElementType::I64, vec![None]))
+            .collect()
+    }
+}

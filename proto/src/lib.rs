@@ -1,0 +1,82 @@
+//! zinfer's wire schemas (`schemas/zinfer/v1/zinfer.proto`) as Rust types, and the key expressions they travel on.
+//!
+//! The generated types carry serde derives, so the JSON encoding of a result or a telemetry snapshot is the same
+//! structure with the same field names as its protobuf encoding.
+
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/zinfer.v1.rs"));
+}
+
+pub use generated::*;
+pub use prost::Message;
+
+/// The outcome strings of [`Result::outcome`].
+pub mod outcome {
+    /// The message was classified.
+    pub const OK: &str = "ok";
+    /// The message was bad or a stage failed on it.
+    pub const ERROR: &str = "error";
+    /// The message was accepted but not processed (queue full, shutdown).
+    pub const DROPPED: &str = "dropped";
+}
+
+/// Drop reasons of [`Result::reason`] when the outcome is [`outcome::DROPPED`].
+pub mod drop_reason {
+    /// The pipeline's queue was full when the message arrived.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The daemon shut down before the message could be processed.
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// Key expressions zinferd publishes on, derived from configured prefixes.
+pub mod keys {
+    /// Where the result for a request that arrived on `input_key` goes: `<output_prefix>/<input_key>`.
+    pub fn result(output_prefix: &str, input_key: &str) -> String {
+        format!("{}/{}", output_prefix.trim_end_matches('/'), input_key.trim_start_matches('/'))
+    }
+
+    /// Where telemetry snapshots are published.
+    pub fn telemetry(prefix: &str) -> String {
+        format!("{}/telemetry", prefix.trim_end_matches('/'))
+    }
+
+    /// The queryable that answers a telemetry snapshot on demand.
+    pub fn status(prefix: &str) -> String {
+        format!("{}/status", prefix.trim_end_matches('/'))
+    }
+
+    /// The liveliness token held while the daemon runs.
+    pub fn alive(prefix: &str) -> String {
+        format!("{}/alive", prefix.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_key_joins_prefix_and_input_key() {
+        assert_eq!(keys::result("zinfer/out/", "zinfer/in/text/a"), "zinfer/out/zinfer/in/text/a");
+        assert_eq!(keys::telemetry("zinfer"), "zinfer/telemetry");
+    }
+
+    #[test]
+    fn protobuf_and_json_forms_round_trip() {
+        let result = Result {
+            id: "r1".into(),
+            outcome: outcome::OK.into(),
+            label: Some("positive".into()),
+            score: 0.75,
+            scores: vec![ClassScore { label: "positive".into(), score: 0.75 }],
+            ..Default::default()
+        };
+        let bytes = result.encode_to_vec();
+        assert_eq!(Result::decode(bytes.as_slice()).expect("protobuf"), result);
+        let json = serde_json::to_string(&result).expect("json");
+        assert_eq!(serde_json::from_str::<Result>(&json).expect("json back"), result);
+        let partial: Result = serde_json::from_str(r#"{"id":"x"}"#).expect("missing fields default");
+        assert_eq!(partial.id, "x");
+    }
+}
