@@ -21,8 +21,8 @@ use config::{Environment, File, FileFormat};
 use zinfer_ort::SessionConfig;
 use zinfer_stage_api::ModelManifest;
 
-pub use raw::{StageSpec, WireEncoding, ZenohMode};
 use raw::{RawConfig, RawPipeline};
+pub use raw::{StageSpec, WireEncoding, ZenohMode};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -46,14 +46,14 @@ pub struct Config {
 /// `[zenoh]`, validated.
 #[derive(Debug, Clone)]
 pub struct ZenohConfig {
-    /// Peer or client.
-    pub mode: ZenohMode,
-    /// Endpoints to listen on.
-    pub listen: Vec<String>,
-    /// Endpoints to connect to.
-    pub connect: Vec<String>,
-    /// Multicast scouting on/off.
-    pub multicast_scouting: bool,
+    /// Peer or client (default peer).
+    pub mode: Option<ZenohMode>,
+    /// Endpoints to listen on (default `tcp/127.0.0.1:7447`).
+    pub listen: Option<Vec<String>>,
+    /// Endpoints to connect to (default none).
+    pub connect: Option<Vec<String>>,
+    /// Multicast scouting on/off (default off).
+    pub multicast_scouting: Option<bool>,
     /// A native zenoh JSON5 config to start from.
     pub config_file: Option<PathBuf>,
 }
@@ -130,11 +130,19 @@ impl Config {
 
 impl ConfigError {
     fn at(origins: &Origins, key: &str, reason: impl Into<String>) -> Self {
-        Self { file: origins.file_of(key), key: Some(key.to_owned()), reason: reason.into() }
+        Self {
+            file: origins.file_of(key),
+            key: Some(key.to_owned()),
+            reason: reason.into(),
+        }
     }
 
     fn whole(file: Option<String>, reason: impl Into<String>) -> Self {
-        Self { file, key: None, reason: reason.into() }
+        Self {
+            file,
+            key: None,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -144,9 +152,15 @@ pub fn load(files: &[PathBuf]) -> Result<Config, ConfigError> {
 }
 
 /// As [`load`], with an explicit environment instead of the process's (for tests).
-pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) -> Result<Config, ConfigError> {
+pub fn load_with_env(
+    files: &[PathBuf],
+    env: Option<HashMap<String, String>>,
+) -> Result<Config, ConfigError> {
     if files.is_empty() {
-        return Err(ConfigError::whole(None, "no configuration file given; pass one with --config FILE"));
+        return Err(ConfigError::whole(
+            None,
+            "no configuration file given; pass one with --config FILE",
+        ));
     }
     let mut builder = config::Config::builder();
     for file in files {
@@ -156,7 +170,11 @@ pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) ->
                 "no such file; pass an existing TOML file with --config",
             ));
         }
-        builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml).required(true));
+        builder = builder.add_source(
+            File::from(file.as_path())
+                .format(FileFormat::Toml)
+                .required(true),
+        );
     }
     builder = builder.add_source(
         Environment::with_prefix("ZINFER")
@@ -169,7 +187,9 @@ pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) ->
             .source(env),
     );
     let merged = builder.build().map_err(|error| match error {
-        config::ConfigError::FileParse { uri, cause } => ConfigError::whole(uri, format!("not valid TOML: {cause}")),
+        config::ConfigError::FileParse { uri, cause } => {
+            ConfigError::whole(uri, format!("not valid TOML: {cause}"))
+        }
         other => ConfigError::whole(None, other.to_string()),
     })?;
     let origins = Origins(merged.clone());
@@ -177,24 +197,48 @@ pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) ->
         let path = error.path().to_string();
         let inner = error.into_inner();
         let (key, reason) = describe_serde_error(&path, &inner);
-        ConfigError { file: origins.file_of(&key), key: Some(key), reason }
+        ConfigError {
+            file: origins.file_of(&key),
+            key: Some(key),
+            reason,
+        }
     })?;
     validate(raw, files, origins)
 }
 
 /// Turns a deserialisation error at `path` into a full key and a reason.
 fn describe_serde_error(path: &str, error: &config::ConfigError) -> (String, String) {
-    let join = |child: &str| if path == "." { child.to_owned() } else { format!("{path}.{child}") };
-    match error {
-        config::ConfigError::Type { unexpected, expected, .. } => {
-            (path.to_owned(), format!("wrong type: expected {expected}, found {unexpected}"))
+    let join = |child: &str| {
+        if path == "." {
+            child.to_owned()
+        } else {
+            format!("{path}.{child}")
         }
+    };
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => (
+            path.to_owned(),
+            format!("wrong type: expected {expected}, found {unexpected}"),
+        ),
         config::ConfigError::Message(message) => {
             // serde's "unknown field `x`, expected one of …" and "missing field `x`" name a child of `path`.
-            let child = message.split('`').nth(1).filter(|_| message.starts_with("unknown field"));
-            let missing = message.split('`').nth(1).filter(|_| message.starts_with("missing field"));
+            let child = message
+                .split('`')
+                .nth(1)
+                .filter(|_| message.starts_with("unknown field"));
+            let missing = message
+                .split('`')
+                .nth(1)
+                .filter(|_| message.starts_with("missing field"));
             match (child, missing) {
-                (Some(child), _) => (join(child), format!("unknown key ({message}); check its spelling")),
+                (Some(child), _) => (
+                    join(child),
+                    format!("unknown key ({message}); check its spelling"),
+                ),
                 (_, Some(field)) => (join(field), "required key is missing".to_owned()),
                 _ => (path.to_owned(), message.clone()),
             }
@@ -212,9 +256,8 @@ impl Origins {
     fn file_of(&self, key: &str) -> Option<String> {
         let mut key = key.to_owned();
         loop {
-            if let Some(origin) = self.0.get::<config::Value>(&key).ok().and_then(|value| value.origin().map(str::to_owned))
-            {
-                return Some(origin);
+            if let Some(origin) = lookup(&self.0.cache, &key).and_then(config::Value::origin) {
+                return Some(origin.to_owned());
             }
             let cut = key.rfind(['.', '['])?;
             key.truncate(cut);
@@ -231,8 +274,37 @@ impl Origins {
     }
 
     fn resolve(&self, key: &str, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_owned() } else { self.base_dir_of(key).join(path) }
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir_of(key).join(path)
+        }
     }
+}
+
+/// Walks a key path like `pipeline[0].decode.max_bytes` through the merged value tree. (`config::Config::get`
+/// would deserialise a copy and lose the origin.)
+fn lookup<'a>(root: &'a config::Value, key: &str) -> Option<&'a config::Value> {
+    let mut value = root;
+    for part in key.split('.') {
+        let (name, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(name, rest)| (name, rest));
+        if !name.is_empty() {
+            let config::ValueKind::Table(table) = &value.kind else {
+                return None;
+            };
+            value = table.get(name)?;
+        }
+        for index in indices.split('[').filter(|index| !index.is_empty()) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            let config::ValueKind::Array(array) = &value.kind else {
+                return None;
+            };
+            value = array.get(index)?;
+        }
+    }
+    Some(value)
 }
 
 fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Config, ConfigError> {
@@ -243,22 +315,36 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         listen: raw.zenoh.listen,
         connect: raw.zenoh.connect,
         multicast_scouting: raw.zenoh.multicast_scouting,
-        config_file: raw.zenoh.config_file.map(|file| origins.resolve("zenoh.config_file", &file)),
+        config_file: raw
+            .zenoh
+            .config_file
+            .map(|file| origins.resolve("zenoh.config_file", &file)),
     };
     if let Some(file) = zenoh.config_file.as_ref().filter(|file| !file.is_file()) {
-        return Err(err("zenoh.config_file", format!("{} does not exist", file.display())));
+        return Err(err(
+            "zenoh.config_file",
+            format!("{} does not exist", file.display()),
+        ));
     }
-    crate::io::session::zenoh_config(&zenoh).map_err(|(key, reason)| err(&format!("zenoh.{key}"), reason))?;
+    crate::io::session::zenoh_config(&zenoh)
+        .map_err(|(key, reason)| err(&format!("zenoh.{key}"), reason))?;
 
-    let ort_library = raw.onnxruntime.library.map(|file| origins.resolve("onnxruntime.library", &file));
+    let ort_library = raw
+        .onnxruntime
+        .library
+        .map(|file| origins.resolve("onnxruntime.library", &file));
     if let Some(file) = ort_library.as_ref().filter(|file| !file.is_file()) {
         return Err(err(
             "onnxruntime.library",
-            format!("{} does not exist; run scripts/install-onnxruntime.sh or fix the path", file.display()),
+            format!(
+                "{} does not exist; run scripts/install-onnxruntime.sh or fix the path",
+                file.display()
+            ),
         ));
     }
 
-    check_publish_prefix(&raw.telemetry.prefix).map_err(|reason| err("telemetry.prefix", reason))?;
+    check_publish_prefix(&raw.telemetry.prefix)
+        .map_err(|reason| err("telemetry.prefix", reason))?;
     if raw.telemetry.interval_ms < 10 {
         return Err(err("telemetry.interval_ms", "must be at least 10".into()));
     }
@@ -272,8 +358,14 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     for (index, pipeline) in raw.pipelines.into_iter().enumerate() {
         let key = format!("pipeline[{index}]");
         let validated = validate_pipeline(pipeline, &key, &origins)?;
-        if pipelines.iter().any(|other: &PipelineConfig| other.name == validated.name) {
-            return Err(err(&format!("{key}.name"), format!("`{}` is used by another pipeline", validated.name)));
+        if pipelines
+            .iter()
+            .any(|other: &PipelineConfig| other.name == validated.name)
+        {
+            return Err(err(
+                &format!("{key}.name"),
+                format!("`{}` is used by another pipeline", validated.name),
+            ));
         }
         pipelines.push(validated);
     }
@@ -289,25 +381,50 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     })
 }
 
-fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<PipelineConfig, ConfigError> {
-    let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
+fn validate_pipeline(
+    raw: RawPipeline,
+    key: &str,
+    origins: &Origins,
+) -> Result<PipelineConfig, ConfigError> {
+    let err =
+        |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
     let name_ok = !raw.name.is_empty()
-        && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !name_ok {
-        return Err(err("name", format!("`{}` must be non-empty and use only letters, digits, - and _", raw.name)));
+        return Err(err(
+            "name",
+            format!(
+                "`{}` must be non-empty and use only letters, digits, - and _",
+                raw.name
+            ),
+        ));
     }
-    zenoh::key_expr::KeyExpr::try_from(raw.input.as_str())
-        .map_err(|error| err("input", format!("`{}` is not a valid zenoh key expression: {error}", raw.input)))?;
+    zenoh::key_expr::KeyExpr::try_from(raw.input.as_str()).map_err(|error| {
+        err(
+            "input",
+            format!(
+                "`{}` is not a valid zenoh key expression: {error}",
+                raw.input
+            ),
+        )
+    })?;
     check_publish_prefix(&raw.output_prefix).map_err(|reason| err("output_prefix", reason))?;
     if raw.queue_capacity == 0 {
         return Err(err("queue_capacity", "must be at least 1".into()));
     }
     if raw.session.intra_threads == Some(0) {
-        return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
+        return Err(err(
+            "session.intra_threads",
+            "must be at least 1 (leave it out for one per physical core)".into(),
+        ));
     }
     let manifest_key = format!("{key}.model");
     let manifest_path = origins.resolve(&manifest_key, &raw.model);
-    let manifest = ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
+    let manifest =
+        ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
     Ok(PipelineConfig {
         name: raw.name,
         input: raw.input,
@@ -328,7 +445,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
 fn check_publish_prefix(prefix: &str) -> Result<(), String> {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.contains('*') || trimmed.contains('$') {
-        return Err(format!("`{prefix}` must not contain wildcards: zinferd publishes under it"));
+        return Err(format!(
+            "`{prefix}` must not contain wildcards: zinferd publishes under it"
+        ));
     }
     zenoh::key_expr::KeyExpr::try_from(trimmed)
         .map(drop)

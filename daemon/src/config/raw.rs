@@ -1,6 +1,8 @@
 //! The configuration as written in TOML: serde structs that reject unknown keys, with the defaults.
 //!
-//! Every key is documented in `configs/example.toml`; keep the two in step (a test parses that file).
+//! Every key is documented in `configs/example.toml`; keep the two in step (a test parses that file). Field docs
+//! would repeat that file, hence the `allow` below.
+#![allow(missing_docs)]
 
 use std::path::PathBuf;
 
@@ -24,31 +26,18 @@ pub struct RawConfig {
 }
 
 /// `[zenoh]`: how the daemon joins the zenoh network.
-#[derive(Debug, Deserialize)]
+///
+/// Without `config_file`, unset keys take zinferd's defaults (peer, `tcp/127.0.0.1:7447`, no multicast
+/// scouting). With it, keys set here override the file and unset keys keep the file's values.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawZenoh {
-    #[serde(default = "default_mode")]
-    pub mode: ZenohMode,
-    #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
-    #[serde(default)]
-    pub connect: Vec<String>,
-    #[serde(default)]
-    pub multicast_scouting: bool,
-    /// A native zenoh JSON5 config (TLS, access control…); the keys above override it.
+    pub mode: Option<ZenohMode>,
+    pub listen: Option<Vec<String>>,
+    pub connect: Option<Vec<String>>,
+    pub multicast_scouting: Option<bool>,
+    /// A native zenoh JSON5 config (TLS, access control…).
     pub config_file: Option<PathBuf>,
-}
-
-impl Default for RawZenoh {
-    fn default() -> Self {
-        Self {
-            mode: default_mode(),
-            listen: default_listen(),
-            connect: Vec::new(),
-            multicast_scouting: false,
-            config_file: None,
-        }
-    }
 }
 
 /// zenoh session modes zinferd supports.
@@ -66,14 +55,6 @@ impl ZenohMode {
             Self::Client => "client",
         }
     }
-}
-
-fn default_mode() -> ZenohMode {
-    ZenohMode::Peer
-}
-
-fn default_listen() -> Vec<String> {
-    vec!["tcp/127.0.0.1:7447".to_owned()]
 }
 
 /// `[onnxruntime]`.
@@ -97,7 +78,11 @@ pub struct RawTelemetry {
 
 impl Default for RawTelemetry {
     fn default() -> Self {
-        Self { prefix: default_prefix(), interval_ms: default_interval_ms(), encoding: WireEncoding::Json }
+        Self {
+            prefix: default_prefix(),
+            interval_ms: default_interval_ms(),
+            encoding: WireEncoding::Json,
+        }
     }
 }
 
@@ -119,7 +104,9 @@ pub struct RawDaemon {
 
 impl Default for RawDaemon {
     fn default() -> Self {
-        Self { drain_timeout_ms: default_drain_timeout_ms() }
+        Self {
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
     }
 }
 
@@ -169,7 +156,10 @@ fn default_queue_capacity() -> usize {
 }
 
 fn default_decoder() -> StageSpec {
-    StageSpec { kind: "text".to_owned(), options: toml::Table::new() }
+    StageSpec {
+        kind: "text".to_owned(),
+        options: toml::Table::new(),
+    }
 }
 
 /// A stage table: its `type` and the rest of its keys, which the stage's own factory parses.
@@ -188,7 +178,9 @@ impl<'de> Deserialize<'de> for StageSpec {
                 "`type` must be a string naming a registered stage, found {}",
                 other.type_str()
             ))),
-            None => Err(serde::de::Error::custom("missing `type` (the stage to use, e.g. \"tokenize\")")),
+            None => Err(serde::de::Error::custom(
+                "missing `type` (the stage to use, e.g. \"tokenize\")",
+            )),
         }
     }
 }

@@ -1,0 +1,146 @@
+//! The command line: `zinferd [--config FILE]... [run|check|send|bench]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zinferd::client::{Client, RequestFormat};
+
+/// zinfer's streaming inference daemon: zenoh in, ONNX Runtime pipelines, results and telemetry out.
+#[derive(Debug, Parser)]
+#[command(name = "zinferd", version, about)]
+struct Cli {
+    /// Configuration file(s), merged in order (later ones override); ZINFER_* environment variables override all.
+    #[arg(long = "config", short = 'c', global = true, value_name = "FILE")]
+    config: Vec<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration, load the models and check them against their pipelines, then exit.
+    Check,
+    /// Publish one text to a running zinferd and print the result as JSON.
+    Send(SendArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// The key to publish on (it must match a pipeline's `input`).
+    #[arg(long)]
+    key: String,
+    /// The text to classify.
+    text: String,
+    /// The daemon's endpoint.
+    #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
+    connect: String,
+    /// The pipeline's `output_prefix`.
+    #[arg(long, default_value = "zinfer/out")]
+    output_prefix: String,
+    /// How to encode the request.
+    #[arg(long, value_enum, default_value = "json")]
+    format: RequestFormat,
+    /// The request id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// How long to wait for the daemon and the result, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("zinferd: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr as plain lines (journald adds its own timestamps), filtered by RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,zenoh=warn,zenoh_transport=warn,ort=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn config_files(cli: &Cli) -> Vec<PathBuf> {
+    if cli.config.is_empty() {
+        vec![PathBuf::from("/etc/zinfer/zinferd.toml")]
+    } else {
+        cli.config.clone()
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        None | Some(Command::Run) => {
+            let config = zinferd::config::load(&config_files(&cli))?;
+            let registry = zinferd::default_registry();
+            runtime()?.block_on(zinferd::run(
+                config,
+                &registry,
+                zinferd::shutdown::signal_received(),
+            ))?;
+            Ok(())
+        }
+        Some(Command::Check) => {
+            let config = zinferd::config::load(&config_files(&cli))?;
+            let pipelines = zinferd::build_pipelines(&config, &zinferd::default_registry())?;
+            for (settings, pipeline) in config.pipelines.iter().zip(&pipelines) {
+                println!(
+                    "pipeline `{}`: {} -> {}/<key>, model {} {} ({}), providers {:?}",
+                    settings.name,
+                    settings.input,
+                    settings.output_prefix,
+                    settings.manifest.name,
+                    settings.manifest.version,
+                    settings.manifest.model.display(),
+                    pipeline.model().providers()
+                );
+            }
+            println!("configuration OK ({} pipeline(s))", pipelines.len());
+            Ok(())
+        }
+        Some(Command::Send(args)) => runtime()?.block_on(send(args)),
+    }
+}
+
+async fn send(args: &SendArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let client = Client::connect(&args.connect).await?;
+    client.wait_for_subscriber(&args.key, timeout).await?;
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("send-{}", std::process::id()));
+    let pending = client
+        .request(&args.key, &args.output_prefix, &id, &args.text, args.format)
+        .await?;
+    let result = pending.result(timeout).await?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Egress: publishes every outcome on `<output_prefix>/<input key>` and accounts for it in telemetry.
+//!
+//! Results are put with `CongestionControl::Block`: a result is the only trace of an accepted message, so zinferd
+//! waits for the network rather than silently discarding it (zenoh's default for `put` is to drop). The request id
+//! also travels as the sample's attachment, so a client can correlate without decoding.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use zenoh::bytes::Encoding;
+use zenoh::qos::CongestionControl;
+use zinfer_proto::{Message, keys};
+
+use crate::config::WireEncoding;
+use crate::pipeline::ModelIdentity;
+use crate::pipeline::outcome::Outcome;
+use crate::telemetry::metrics::PipelineMetrics;
+
+/// Where and how one pipeline's outcomes are published.
+pub struct Route {
+    /// The pipeline's name.
+    pub name: String,
+    /// Results go to `<output_prefix>/<input key>`.
+    pub output_prefix: String,
+    /// Result serialisation.
+    pub encoding: WireEncoding,
+    /// The model named in results.
+    pub model: ModelIdentity,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+}
+
+/// Serialises a result or a telemetry snapshot in the configured encoding.
+pub fn encode<T: Message + serde::Serialize>(
+    value: &T,
+    encoding: WireEncoding,
+) -> (Vec<u8>, Encoding) {
+    match encoding {
+        WireEncoding::Json => (
+            serde_json::to_vec(value).unwrap_or_default(),
+            Encoding::APPLICATION_JSON,
+        ),
+        WireEncoding::Protobuf => (value.encode_to_vec(), Encoding::APPLICATION_PROTOBUF),
+    }
+}
+
+/// Publishes outcomes until every sender (admissions and workers) is gone.
+pub async fn publish(
+    session: zenoh::Session,
+    routes: Arc<Vec<Route>>,
+    mut outcomes: UnboundedReceiver<Outcome>,
+) {
+    while let Some(outcome) = outcomes.recv().await {
+        let Some(route) = routes.get(outcome.pipeline) else {
+            tracing::error!(
+                pipeline = outcome.pipeline,
+                "outcome for an unknown pipeline; this is a bug"
+            );
+            continue;
+        };
+        let result = outcome.to_result(&route.name, &route.model);
+        let (bytes, encoding) = encode(&result, route.encoding);
+        let key = keys::result(&route.output_prefix, &outcome.key);
+        let put = session
+            .put(&key, bytes)
+            .encoding(encoding)
+            .congestion_control(CongestionControl::Block)
+            .attachment(outcome.id.clone().into_bytes())
+            .await;
+        let published = match put {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(pipeline = %route.name, id = %outcome.id, %key, %error, "publishing a result failed");
+                false
+            }
+        };
+        route.metrics.record_outcome(&outcome, published);
+    }
+}

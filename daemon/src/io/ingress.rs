@@ -1,0 +1,155 @@
+//! Ingress: a zenoh subscriber per pipeline that admits samples into the pipeline's bounded queue.
+//!
+//! Admission is where a message becomes the daemon's responsibility: from the moment it is counted as received it
+//! gets exactly one outcome. The zenoh callback never blocks (it runs on zenoh's own threads): when the queue is
+//! full the message is answered at once with `dropped: queue_full` instead of stalling every subscriber.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+use zenoh::sample::Sample;
+use zinfer_proto::drop_reason;
+use zinfer_stage_api::RawMessage;
+
+use crate::pipeline::Envelope;
+use crate::pipeline::outcome::{Outcome, Timings, Verdict};
+use crate::telemetry::metrics::PipelineMetrics;
+
+/// Generates request ids for messages that carry none: `<zenoh id>-<sequence>`, unique per daemon run.
+#[derive(Debug)]
+pub struct IdGenerator {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl IdGenerator {
+    /// Ids prefixed with `prefix` (the session's zenoh id).
+    pub fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Where admitted messages go: the pipeline's queue, or straight to the egress when they cannot be queued.
+pub struct Admission {
+    /// The pipeline's bounded queue.
+    pub queue: SyncSender<Envelope>,
+    /// The egress, for messages answered without processing.
+    pub outcomes: UnboundedSender<Outcome>,
+}
+
+/// A pipeline's subscription. While it is open, every sample on the input key is admitted.
+pub struct Ingress {
+    gate: Arc<Mutex<Option<Admission>>>,
+    subscriber: zenoh::pubsub::Subscriber<()>,
+}
+
+/// What the callback needs besides the admission gate.
+pub struct IngressContext {
+    /// Index of the pipeline.
+    pub pipeline: usize,
+    /// Its counters.
+    pub metrics: Arc<PipelineMetrics>,
+    /// Id source.
+    pub ids: Arc<IdGenerator>,
+}
+
+impl Ingress {
+    /// Declares the subscriber on `input`.
+    pub async fn open(
+        session: &zenoh::Session,
+        input: &str,
+        admission: Admission,
+        context: IngressContext,
+    ) -> Result<Self, crate::Error> {
+        let gate = Arc::new(Mutex::new(Some(admission)));
+        let callback_gate = Arc::clone(&gate);
+        let subscriber = session
+            .declare_subscriber(input.to_owned())
+            .callback(move |sample| admit(&callback_gate, &context, sample))
+            .await
+            .map_err(|error| {
+                crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}"))
+            })?;
+        Ok(Self { gate, subscriber })
+    }
+
+    /// Stops admitting: releases the queue (so the worker can drain and finish) and undeclares the subscriber.
+    pub async fn close(self) {
+        drop(
+            self.gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+        if let Err(error) = self.subscriber.undeclare().await {
+            tracing::warn!(%error, "undeclaring a subscriber failed");
+        }
+    }
+}
+
+fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Sample) {
+    let arrived = Instant::now();
+    let gate = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Closed: the daemon is shutting down and no longer accepts messages.
+    let Some(admission) = gate.as_ref() else {
+        return;
+    };
+    context.metrics.record_received();
+    let attachment_id = sample
+        .attachment()
+        .and_then(|attachment| String::from_utf8(attachment.to_bytes().into_owned()).ok())
+        .filter(|id| !id.is_empty());
+    let fallback_id = attachment_id.clone().unwrap_or_else(|| context.ids.next());
+    let message = RawMessage {
+        key: sample.key_expr().as_str().to_owned(),
+        payload: sample.payload().to_bytes().into_owned(),
+        encoding: sample.encoding().to_string(),
+        attachment_id,
+    };
+    // Count before sending: the worker may dequeue before try_send returns.
+    context.metrics.record_enqueued();
+    let refused = match admission.queue.try_send(Envelope {
+        message,
+        arrived,
+        fallback_id,
+    }) {
+        Ok(()) => return,
+        Err(TrySendError::Full(envelope)) => (envelope, drop_reason::QUEUE_FULL),
+        Err(TrySendError::Disconnected(envelope)) => (envelope, drop_reason::SHUTDOWN),
+    };
+    let (envelope, reason) = refused;
+    context.metrics.record_dequeued();
+    tracing::debug!(
+        pipeline = context.pipeline,
+        reason,
+        "message dropped at admission"
+    );
+    let outcome = Outcome {
+        pipeline: context.pipeline,
+        id: envelope.fallback_id,
+        key: envelope.message.key,
+        verdict: Verdict::Dropped(reason),
+        timings: Timings::default(),
+        arrived,
+    };
+    if admission.outcomes.send(outcome).is_err() {
+        tracing::error!(
+            pipeline = context.pipeline,
+            "the publisher is gone; a dropped message gets no outcome"
+        );
+    }
+}

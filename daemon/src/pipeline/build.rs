@@ -1,0 +1,152 @@
+//! From a validated `[[pipeline]]` to a runnable [`Pipeline`]: stages through the registry, the model through
+//! ONNX Runtime, and the start-up check that the two fit together.
+
+use std::io::Read;
+
+use zinfer_ort::{Model, OrtEnvironment};
+use zinfer_stage_api::{BuildContext, BuildError, Registry, Stage};
+
+use super::{ModelIdentity, Pipeline};
+use crate::config::{Config, ConfigError, PipelineConfig, StageSpec};
+
+/// Builds pipeline `index` of `config`. Errors name the file and key at fault.
+pub fn build(
+    config: &Config,
+    index: usize,
+    registry: &Registry,
+    ort: &OrtEnvironment,
+    default_threads: usize,
+) -> Result<Pipeline, ConfigError> {
+    let pipeline = &config.pipelines[index];
+    let key = &pipeline.key;
+    let context = BuildContext {
+        manifest: &pipeline.manifest,
+        base_dir: &pipeline.base_dir,
+    };
+    let at = |stage_key: String, error: BuildError| {
+        config.error_at(&stage_key_of(&stage_key, &error), error_text(error))
+    };
+
+    let decoder = registry
+        .build_decoder(&pipeline.decode.kind, &pipeline.decode.options, &context)
+        .map_err(|error| at(format!("{key}.decode"), error))?;
+    let preprocess = build_stages(
+        registry,
+        &pipeline.preprocess,
+        &context,
+        &format!("{key}.preprocess"),
+        &at,
+    )?;
+    let postprocess = build_stages(
+        registry,
+        &pipeline.postprocess,
+        &context,
+        &format!("{key}.postprocess"),
+        &at,
+    )?;
+
+    verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
+    let model = Model::load(
+        ort,
+        &pipeline.manifest.model,
+        &pipeline.session,
+        default_threads,
+    )
+    .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+    let produced: Vec<_> = preprocess
+        .iter()
+        .flat_map(|stage| stage.produces())
+        .collect();
+    let consumed: Vec<_> = postprocess
+        .iter()
+        .flat_map(|stage| stage.consumes())
+        .collect();
+    model
+        .check(&produced, &consumed)
+        .map_err(|error| config.error_at(key, error.to_string()))?;
+    Ok(Pipeline {
+        decoder,
+        preprocess,
+        model,
+        postprocess,
+    })
+}
+
+/// The model identity published in results.
+pub fn identity(pipeline: &PipelineConfig) -> ModelIdentity {
+    ModelIdentity {
+        name: pipeline.manifest.name.clone(),
+        version: pipeline.manifest.version.clone(),
+    }
+}
+
+fn build_stages(
+    registry: &Registry,
+    specs: &[StageSpec],
+    context: &BuildContext<'_>,
+    key: &str,
+    at: &dyn Fn(String, BuildError) -> ConfigError,
+) -> Result<Vec<Box<dyn Stage>>, ConfigError> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            registry
+                .build_stage(&spec.kind, &spec.options, context)
+                .map_err(|error| at(format!("{key}[{index}]"), error))
+        })
+        .collect()
+}
+
+/// The full key a build error points at, below the stage's table key.
+fn stage_key_of(table: &str, error: &BuildError) -> String {
+    match error {
+        BuildError::Option { key, .. } | BuildError::File { key, .. } if !key.is_empty() => {
+            format!("{table}.{key}")
+        }
+        BuildError::UnknownType { .. } => format!("{table}.type"),
+        _ => table.to_owned(),
+    }
+}
+
+fn error_text(error: BuildError) -> String {
+    match error {
+        BuildError::Option { reason, .. } => reason,
+        BuildError::File { path, reason, .. } => format!("cannot use {path}: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+/// Checks the model file against the manifest's `sha256`, so a truncated or swapped file fails loudly at start-up.
+fn verify_checksum(pipeline: &PipelineConfig) -> Result<(), String> {
+    use sha2::Digest;
+    let Some(expected) = &pipeline.manifest.sha256 else {
+        return Ok(());
+    };
+    let path = &pipeline.manifest.model;
+    let mut file = std::fs::File::open(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    if &actual != expected {
+        return Err(format!(
+            "{} has sha256 {actual}, but its manifest expects {expected}; the file is corrupt or not the manifest's model",
+            path.display()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Outcomes: for every message the daemon accepted, exactly one of these is published.
+
+use std::time::{Duration, Instant};
+
+use zinfer_proto as proto;
+use zinfer_stage_api::{Prediction, StageError};
+
+use super::ModelIdentity;
+
+/// Time spent per stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// From arrival to the start of decoding.
+    pub queue: Duration,
+    /// Decoding.
+    pub decode: Duration,
+    /// Preprocessing stages.
+    pub preprocess: Duration,
+    /// The model run.
+    pub inference: Duration,
+    /// Postprocessing stages.
+    pub postprocess: Duration,
+}
+
+/// How a message ended.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Classified.
+    Classified(Prediction),
+    /// Bad input or a failed stage.
+    Failed(StageError),
+    /// Accepted but not processed; the reason is one of [`proto::drop_reason`].
+    Dropped(&'static str),
+}
+
+impl Verdict {
+    /// The outcome string published for this verdict.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Classified(_) => proto::outcome::OK,
+            Self::Failed(_) => proto::outcome::ERROR,
+            Self::Dropped(_) => proto::outcome::DROPPED,
+        }
+    }
+
+    /// The reason label (empty for success).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Classified(_) => "",
+            Self::Failed(error) => error.reason.as_str(),
+            Self::Dropped(reason) => reason,
+        }
+    }
+}
+
+/// One message's outcome, on its way to the egress.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Index of the pipeline in the config.
+    pub pipeline: usize,
+    /// The request id.
+    pub id: String,
+    /// The key the message arrived on.
+    pub key: String,
+    /// How it ended.
+    pub verdict: Verdict,
+    /// Time per stage.
+    pub timings: Timings,
+    /// When it arrived.
+    pub arrived: Instant,
+}
+
+impl Outcome {
+    /// The wire form, with the total time measured up to now.
+    pub fn to_result(&self, pipeline: &str, model: &ModelIdentity) -> proto::Result {
+        let scores = |list: &[zinfer_stage_api::ClassScore]| {
+            list.iter()
+                .map(|class| proto::ClassScore {
+                    label: class.label.clone(),
+                    score: class.score,
+                })
+                .collect()
+        };
+        let mut result = proto::Result {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            pipeline: pipeline.to_owned(),
+            outcome: self.verdict.outcome().to_owned(),
+            reason: self.verdict.reason().to_owned(),
+            model: Some(proto::ModelRef {
+                name: model.name.clone(),
+                version: model.version.clone(),
+            }),
+            timings: Some(proto::StageTimings {
+                queue_us: micros(self.timings.queue),
+                decode_us: micros(self.timings.decode),
+                preprocess_us: micros(self.timings.preprocess),
+                inference_us: micros(self.timings.inference),
+                postprocess_us: micros(self.timings.postprocess),
+                total_us: micros(self.arrived.elapsed()),
+            }),
+            ..Default::default()
+        };
+        match &self.verdict {
+            Verdict::Classified(prediction) => {
+                result.label = prediction.label.clone();
+                result.score = prediction.score;
+                result.scores = scores(&prediction.scores);
+                result.top_k = scores(&prediction.top_k);
+            }
+            Verdict::Failed(error) => result.message = error.detail.clone(),
+            Verdict::Dropped(reason) => result.message = drop_message(reason).to_owned(),
+        }
+        result
+    }
+}
+
+fn drop_message(reason: &str) -> &'static str {
+    match reason {
+        proto::drop_reason::QUEUE_FULL => {
+            "the pipeline's queue was full; slow down or raise queue_capacity"
+        }
+        proto::drop_reason::SHUTDOWN => "zinferd shut down before processing the message",
+        _ => "dropped",
+    }
+}
+
+/// Microseconds, saturating.
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
