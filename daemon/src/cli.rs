@@ -60,7 +60,6 @@ pub fn main() -> ExitCode {
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("zinferd: error: {error:#}");
             ExitCode::FAILURE
         }

@@ -115,11 +115,6 @@ impl Client {
         text: &str,
         format: RequestFormat,
     ) -> Result<Pending, ClientError> {
-        let results = self
-            .session
-            .declare_subscriber(keys::result(output_prefix, key))
-            .await
-            .map_err(|error| ClientError::Zenoh(error.to_string()))?;
         let (payload, encoding) = match format {
             RequestFormat::Text => (text.as_bytes().to_vec(), Encoding::TEXT_PLAIN),
             RequestFormat::Json => {
@@ -134,6 +129,24 @@ impl Client {
                 (body.encode_to_vec(), Encoding::APPLICATION_PROTOBUF)
             }
         };
+        self.request_raw(key, output_prefix, id, payload, encoding)
+            .await
+    }
+
+    /// Publishes arbitrary bytes on `key` with `encoding`, `id` as the attachment.
+    pub async fn request_raw(
+        &self,
+        key: &str,
+        output_prefix: &str,
+        id: &str,
+        payload: Vec<u8>,
+        encoding: Encoding,
+    ) -> Result<Pending, ClientError> {
+        let results = self
+            .session
+            .declare_subscriber(keys::result(output_prefix, key))
+            .await
+            .map_err(|error| ClientError::Zenoh(error.to_string()))?;
         self.session
             .put(key.to_owned(), payload)
             .encoding(encoding)

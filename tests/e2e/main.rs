@@ -1,1 +1,12 @@
-fn main() {}
+//! End-to-end tests: the real `zinferd` binary, real zenoh on loopback, the real fixture model through a real
+//! ONNX Runtime (the library `scripts/install-onnxruntime.sh` installs, or ORT_DYLIB_PATH).
+//!
+//! One test binary with a module per concern; each test gets its own port, telemetry prefix and temp dir, so they
+//! run in parallel.
+
+mod bad_input;
+mod check;
+mod classify;
+mod shutdown;
+mod support;
+mod telemetry;

@@ -208,43 +208,40 @@ pub fn load_with_env(
 
 /// Turns a deserialisation error at `path` into a full key and a reason.
 fn describe_serde_error(path: &str, error: &config::ConfigError) -> (String, String) {
-    let join = |child: &str| {
-        if path == "." {
-            child.to_owned()
-        } else {
-            format!("{path}.{child}")
-        }
-    };
-    match error {
-        config::ConfigError::Type {
-            unexpected,
-            expected,
-            ..
-        } => (
+    if let config::ConfigError::Type {
+        unexpected,
+        expected,
+        ..
+    } = error
+    {
+        return (
             path.to_owned(),
             format!("wrong type: expected {expected}, found {unexpected}"),
-        ),
-        config::ConfigError::Message(message) => {
-            // serde's "unknown field `x`, expected one of …" and "missing field `x`" name a child of `path`.
-            let child = message
-                .split('`')
-                .nth(1)
-                .filter(|_| message.starts_with("unknown field"));
-            let missing = message
-                .split('`')
-                .nth(1)
-                .filter(|_| message.starts_with("missing field"));
-            match (child, missing) {
-                (Some(child), _) => (
-                    join(child),
-                    format!("unknown key ({message}); check its spelling"),
-                ),
-                (_, Some(field)) => (join(field), "required key is missing".to_owned()),
-                _ => (path.to_owned(), message.clone()),
-            }
-        }
-        other => (path.to_owned(), other.to_string()),
+        );
     }
+    // The config crate appends " for key `…`" (and sometimes the file); we report both separately.
+    let message = error.to_string();
+    let message = message
+        .split(" for key `")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if message.starts_with("unknown field") {
+        // serde_path_to_error already put the unknown key at the end of `path`.
+        return (path.to_owned(), format!("{message}; check its spelling"));
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let key = if path == "." {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (key, "required key is missing".to_owned());
+    }
+    (path.to_owned(), message)
 }
 
 /// Where each key came from: the merged `config::Config`, which remembers every value's origin.

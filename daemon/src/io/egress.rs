@@ -74,6 +74,10 @@ pub async fn publish(
                 false
             }
         };
-        route.metrics.record_outcome(&outcome, published);
+        route.metrics.record_outcome(
+            &outcome,
+            result.timings.map_or(0, |timings| timings.total_us),
+            published,
+        );
     }
 }

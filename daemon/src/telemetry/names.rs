@@ -9,6 +9,3 @@ pub const STAGES: [&str; 6] = [
     "postprocess",
     "total",
 ];
-
-/// Index of the `total` latency in [`STAGES`].
-pub const TOTAL: usize = 5;

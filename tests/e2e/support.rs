@@ -1,0 +1,238 @@
+//! Test harness: a real `zinferd` process on a free loopback port with a per-test temp dir, and a zenoh client.
+//!
+//! Every wait is bounded; nothing sleeps to synchronise except bounded polling of a condition.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use zinfer_proto as proto;
+use zinferd::client::Client;
+
+/// Generous bound for any single wait in these tests (debug builds on a loaded 2-core CI machine).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("daemon/ has a parent")
+        .to_owned()
+}
+
+/// The fixture model's manifest.
+pub fn fixture_manifest() -> PathBuf {
+    repo_root().join("models/fixture/manifest.toml")
+}
+
+/// The ONNX Runtime library for child processes: ORT_DYLIB_PATH if set, else the one install-onnxruntime.sh puts
+/// in the checkout.
+pub fn ort_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let path = repo_root().join(format!(
+        ".ort/{}/lib/libonnxruntime.so",
+        std::env::consts::ARCH
+    ));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/install-onnxruntime.sh first",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The `[zenoh]` and `[telemetry]` part of a test config, plus what the test adds.
+pub fn base_config(port: u16, prefix: &str) -> String {
+    format!(
+        "[zenoh]\nmode = \"peer\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nmulticast_scouting = false\n\n\
+         [telemetry]\nprefix = \"{prefix}\"\ninterval_ms = 100\n\n[daemon]\ndrain_timeout_ms = 20000\n\n"
+    )
+}
+
+/// A text pipeline on the fixture model, with extra keys appended to its table (`extra`) and extra stage options.
+pub fn text_pipeline(name: &str, input: &str, extra: &str, tokenize: &str, decode: &str) -> String {
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\ninput = \"{input}\"\noutput_prefix = \"out\"\nmodel = \"{model}\"\n{extra}\n\
+         [pipeline.decode]\ntype = \"text\"\n{decode}\n\
+         [[pipeline.preprocess]]\ntype = \"tokenize\"\n{tokenize}\n\
+         [[pipeline.postprocess]]\ntype = \"classify\"\ntop_k = 2\n\n",
+        model = fixture_manifest().display()
+    )
+}
+
+/// A running zinferd.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The per-test folder (config, logs), removed when the daemon is dropped.
+    _dir: tempfile::TempDir,
+    /// The endpoint it listens on.
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` (which must listen on `port`) and starts zinferd on it; returns once it accepts TCP.
+    pub fn start(config: &str, port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("zinferd.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.path().join("zinferd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_zinferd"))
+            .arg("--config")
+            .arg(&path)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn zinferd");
+        let mut daemon = Self {
+            child: Some(child),
+            _dir: dir,
+            endpoint: format!("tcp/127.0.0.1:{port}"),
+            log,
+        };
+        daemon.wait_listening(port);
+        daemon
+    }
+
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!("zinferd exited early with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zinferd did not listen within {WAIT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// A client connected to it.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.endpoint)
+            .await
+            .expect("client session")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit (bounded) and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("zinferd did not exit within {WAIT:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Asks the daemon's status queryable for a telemetry snapshot.
+pub async fn status(client: &Client, prefix: &str) -> proto::Telemetry {
+    let key = proto::keys::status(prefix);
+    let replies = client
+        .session()
+        .get(key.clone())
+        .await
+        .expect("status query");
+    let reply = tokio::time::timeout(WAIT, replies.recv_async())
+        .await
+        .expect("status reply in time")
+        .expect("a reply");
+    let sample = reply.result().expect("an ok reply");
+    serde_json::from_slice(&sample.payload().to_bytes()).expect("status is JSON telemetry")
+}
+
+/// Polls status until `done` holds for the first pipeline (bounded).
+pub async fn wait_for_stats(
+    client: &Client,
+    prefix: &str,
+    what: &str,
+    done: impl Fn(&proto::PipelineStats) -> bool,
+) -> proto::Telemetry {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snapshot = status(client, prefix).await;
+        if snapshot.pipelines.first().is_some_and(&done) {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last snapshot: {snapshot:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The golden cases the toolkit computed with Python tokenizers + onnxruntime on the fixture model.
+#[derive(serde::Deserialize)]
+pub struct Golden {
+    pub labels: Vec<String>,
+    pub cases: Vec<GoldenCase>,
+}
+
+/// One golden case.
+#[derive(serde::Deserialize)]
+pub struct GoldenCase {
+    pub text: String,
+    pub probs: Vec<f64>,
+    pub label: String,
+}
+
+/// Reads models/fixture/golden.json.
+pub fn golden() -> Golden {
+    let text = std::fs::read_to_string(repo_root().join("models/fixture/golden.json"))
+        .expect("golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
