@@ -5,10 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(["zinfer/v1/zinfer.proto"], ["schemas"])?;
     prost_build::Config::new()
         // The JSON forms of results and telemetry are these same types, so both encodings always agree.
-        .type_attribute(
-            ".zinfer.v1",
-            "#[derive(serde::Serialize, serde::Deserialize)]",
-        )
+        .type_attribute(".zinfer.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".zinfer.v1", "#[serde(default)]")
         .btree_map(["."])
         .compile_fds(descriptors)?;

@@ -68,29 +68,17 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr as plain lines (journald adds its own timestamps), filtered by RUST_LOG (default `info`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,zenoh=warn,zenoh_transport=warn,ort=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zenoh=warn,zenoh_transport=warn,ort=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn config_files(cli: &Cli) -> Vec<PathBuf> {
-    if cli.config.is_empty() {
-        vec![PathBuf::from("/etc/zinfer/zinferd.toml")]
-    } else {
-        cli.config.clone()
-    }
+    if cli.config.is_empty() { vec![PathBuf::from("/etc/zinfer/zinferd.toml")] } else { cli.config.clone() }
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -98,11 +86,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         None | Some(Command::Run) => {
             let config = zinferd::config::load(&config_files(&cli))?;
             let registry = zinferd::default_registry();
-            runtime()?.block_on(zinferd::run(
-                config,
-                &registry,
-                zinferd::shutdown::signal_received(),
-            ))?;
+            runtime()?.block_on(zinferd::run(config, &registry, zinferd::shutdown::signal_received()))?;
             Ok(())
         }
         Some(Command::Check) => {
@@ -131,13 +115,8 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let client = Client::connect(&args.connect).await?;
     client.wait_for_subscriber(&args.key, timeout).await?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("send-{}", std::process::id()));
-    let pending = client
-        .request(&args.key, &args.output_prefix, &id, &args.text, args.format)
-        .await?;
+    let id = args.id.clone().unwrap_or_else(|| format!("send-{}", std::process::id()));
+    let pending = client.request(&args.key, &args.output_prefix, &id, &args.text, args.format).await?;
     let result = pending.result(timeout).await?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     client.close().await;

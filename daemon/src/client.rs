@@ -55,21 +55,13 @@ impl Client {
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
         let mut config = zenoh::Config::default();
         let set = |config: &mut zenoh::Config, key: &str, value: String| {
-            config
-                .insert_json5(key, &value)
-                .map_err(|error| ClientError::Zenoh(format!("{key}: {error}")))
+            config.insert_json5(key, &value).map_err(|error| ClientError::Zenoh(format!("{key}: {error}")))
         };
         set(&mut config, "mode", "\"peer\"".into())?;
-        set(
-            &mut config,
-            "connect/endpoints",
-            format!("[\"{endpoint}\"]"),
-        )?;
+        set(&mut config, "connect/endpoints", format!("[\"{endpoint}\"]"))?;
         set(&mut config, "listen/endpoints", "[]".into())?;
         set(&mut config, "scouting/multicast/enabled", "false".into())?;
-        let session = zenoh::open(config)
-            .await
-            .map_err(|error| ClientError::Zenoh(error.to_string()))?;
+        let session = zenoh::open(config).await.map_err(|error| ClientError::Zenoh(error.to_string()))?;
         Ok(Self { session })
     }
 
@@ -79,11 +71,7 @@ impl Client {
     }
 
     /// Waits until something subscribes to `key`, up to `timeout`.
-    pub async fn wait_for_subscriber(
-        &self,
-        key: &str,
-        timeout: Duration,
-    ) -> Result<(), ClientError> {
+    pub async fn wait_for_subscriber(&self, key: &str, timeout: Duration) -> Result<(), ClientError> {
         let publisher = self
             .session
             .declare_publisher(key.to_owned())
@@ -91,11 +79,7 @@ impl Client {
             .map_err(|error| ClientError::Zenoh(error.to_string()))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let matching = publisher
-                .matching_status()
-                .await
-                .map(|status| status.matching())
-                .unwrap_or(false);
+            let matching = publisher.matching_status().await.map(|status| status.matching()).unwrap_or(false);
             if matching {
                 return Ok(());
             }
@@ -122,15 +106,11 @@ impl Client {
                 (body.to_string().into_bytes(), Encoding::APPLICATION_JSON)
             }
             RequestFormat::Protobuf => {
-                let body = proto::TextRequest {
-                    id: id.to_owned(),
-                    text: text.to_owned(),
-                };
+                let body = proto::TextRequest { id: id.to_owned(), text: text.to_owned() };
                 (body.encode_to_vec(), Encoding::APPLICATION_PROTOBUF)
             }
         };
-        self.request_raw(key, output_prefix, id, payload, encoding)
-            .await
+        self.request_raw(key, output_prefix, id, payload, encoding).await
     }
 
     /// Publishes arbitrary bytes on `key` with `encoding`, `id` as the attachment.
@@ -154,10 +134,7 @@ impl Client {
             .congestion_control(CongestionControl::Block)
             .await
             .map_err(|error| ClientError::Zenoh(error.to_string()))?;
-        Ok(Pending {
-            id: id.to_owned(),
-            results,
-        })
+        Ok(Pending { id: id.to_owned(), results })
     }
 
     /// Closes the session.
@@ -187,8 +164,7 @@ impl Pending {
 pub fn decode_result(sample: &Sample) -> Result<proto::Result, ClientError> {
     let bytes = sample.payload().to_bytes();
     if *sample.encoding() == Encoding::APPLICATION_PROTOBUF {
-        proto::Result::decode(bytes.as_ref())
-            .map_err(|error| ClientError::Decode(error.to_string()))
+        proto::Result::decode(bytes.as_ref()).map_err(|error| ClientError::Decode(error.to_string()))
     } else {
         serde_json::from_slice(&bytes).map_err(|error| ClientError::Decode(error.to_string()))
     }

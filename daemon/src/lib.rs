@@ -66,9 +66,7 @@ pub fn default_registry() -> Registry {
 
 /// Finds and loads ONNX Runtime as the config and environment say.
 pub fn load_onnxruntime(config: &Config) -> Result<OrtEnvironment, Error> {
-    let from_env = std::env::var_os("ORT_DYLIB_PATH")
-        .filter(|value| !value.is_empty())
-        .map(PathBuf::from);
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|value| !value.is_empty()).map(PathBuf::from);
     let library = zinfer_ort::library::locate(config.ort_library.as_deref(), from_env.as_deref())?;
     let environment = OrtEnvironment::load(&library)?;
     tracing::info!(library = %library.display(), "ONNX Runtime loaded");
@@ -78,27 +76,19 @@ pub fn load_onnxruntime(config: &Config) -> Result<OrtEnvironment, Error> {
 /// Builds every pipeline (loading ONNX Runtime and the models): everything `run` does before touching the network.
 pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipeline>, Error> {
     if config.pipelines.is_empty() {
-        tracing::warn!(
-            "the configuration has no [[pipeline]]; zinferd will only publish telemetry"
-        );
+        tracing::warn!("the configuration has no [[pipeline]]; zinferd will only publish telemetry");
         return Ok(Vec::new());
     }
     let ort = load_onnxruntime(config)?;
     let threads = telemetry::system::physical_cores();
     (0..config.pipelines.len())
-        .map(|index| {
-            pipeline::build::build(config, index, registry, &ort, threads).map_err(Error::from)
-        })
+        .map(|index| pipeline::build::build(config, index, registry, &ort, threads).map_err(Error::from))
         .collect()
 }
 
 /// Runs the daemon until `shutdown` resolves, then drains: no new messages, in-flight ones finish and their
 /// outcomes are published (within `daemon.drain_timeout_ms`; the rest are answered `dropped: shutdown`).
-pub async fn run(
-    config: Config,
-    registry: &Registry,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     // Models load before the session opens: a bad model must not leave a half-started daemon on the network.
     let pipelines = build_pipelines(&config, registry)?;
     let session = io::session::open(&config.zenoh).await?;
@@ -117,12 +107,8 @@ pub async fn run(
             pipeline = %settings.name, input = %settings.input, model = %identity.name, version = %identity.version,
             providers = ?providers, intra_threads = pipeline.model().intra_threads(), "pipeline ready"
         );
-        let metrics = Arc::new(PipelineMetrics::new(
-            settings.name.clone(),
-            settings.input.clone(),
-            identity.clone(),
-            providers,
-        ));
+        let metrics =
+            Arc::new(PipelineMetrics::new(settings.name.clone(), settings.input.clone(), identity.clone(), providers));
         let (queue, queue_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
         workers.push(pipeline::worker::spawn(
             index,
@@ -133,13 +119,7 @@ pub async fn run(
             Arc::clone(&abandon),
             Arc::clone(&metrics),
         )?);
-        admissions.push((
-            Admission {
-                queue,
-                outcomes: outcomes.clone(),
-            },
-            Arc::clone(&metrics),
-        ));
+        admissions.push((Admission { queue, outcomes: outcomes.clone() }, Arc::clone(&metrics)));
         routes.push(Route {
             name: settings.name.clone(),
             output_prefix: settings.output_prefix.clone(),
@@ -150,33 +130,16 @@ pub async fn run(
     }
     // From here on only admissions and workers hold senders: the egress ends when they are all gone.
     drop(outcomes);
-    let all_metrics: Vec<_> = routes
-        .iter()
-        .map(|route| Arc::clone(&route.metrics))
-        .collect();
-    let mut egress = tokio::spawn(io::egress::publish(
-        session.clone(),
-        Arc::new(routes),
-        outcomes_rx,
-    ));
+    let all_metrics: Vec<_> = routes.iter().map(|route| Arc::clone(&route.metrics)).collect();
+    let mut egress = tokio::spawn(io::egress::publish(session.clone(), Arc::new(routes), outcomes_rx));
 
     let mut ingresses = Vec::new();
     for (index, (admission, metrics)) in admissions.into_iter().enumerate() {
-        let context = IngressContext {
-            pipeline: index,
-            metrics,
-            ids: Arc::clone(&ids),
-        };
-        ingresses.push(
-            Ingress::open(&session, &config.pipelines[index].input, admission, context).await?,
-        );
+        let context = IngressContext { pipeline: index, metrics, ids: Arc::clone(&ids) };
+        ingresses.push(Ingress::open(&session, &config.pipelines[index].input, admission, context).await?);
     }
-    let reporter = Reporter::start(
-        &session,
-        Arc::new(Telemetry::new(zid.clone(), all_metrics)),
-        &config.telemetry,
-    )
-    .await?;
+    let reporter =
+        Reporter::start(&session, Arc::new(Telemetry::new(zid.clone(), all_metrics)), &config.telemetry).await?;
     tracing::info!(zid = %zid, pipelines = config.pipelines.len(), "zinferd ready");
 
     shutdown.await;
@@ -184,10 +147,7 @@ pub async fn run(
     for ingress in ingresses {
         ingress.close().await;
     }
-    if tokio::time::timeout(config.drain_timeout, &mut egress)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.drain_timeout, &mut egress).await.is_err() {
         tracing::warn!(
             timeout_ms = config.drain_timeout.as_millis() as u64,
             "drain timeout passed; answering the remaining queued messages `dropped: shutdown`"

@@ -33,11 +33,7 @@ pub mod drop_reason {
 pub mod keys {
     /// Where the result for a request that arrived on `input_key` goes: `<output_prefix>/<input_key>`.
     pub fn result(output_prefix: &str, input_key: &str) -> String {
-        format!(
-            "{}/{}",
-            output_prefix.trim_end_matches('/'),
-            input_key.trim_start_matches('/')
-        )
+        format!("{}/{}", output_prefix.trim_end_matches('/'), input_key.trim_start_matches('/'))
     }
 
     /// Where telemetry snapshots are published.
@@ -62,10 +58,7 @@ mod tests {
 
     #[test]
     fn result_key_joins_prefix_and_input_key() {
-        assert_eq!(
-            keys::result("zinfer/out/", "zinfer/in/text/a"),
-            "zinfer/out/zinfer/in/text/a"
-        );
+        assert_eq!(keys::result("zinfer/out/", "zinfer/in/text/a"), "zinfer/out/zinfer/in/text/a");
         assert_eq!(keys::telemetry("zinfer"), "zinfer/telemetry");
     }
 
@@ -76,21 +69,14 @@ mod tests {
             outcome: outcome::OK.into(),
             label: Some("positive".into()),
             score: 0.75,
-            scores: vec![ClassScore {
-                label: "positive".into(),
-                score: 0.75,
-            }],
+            scores: vec![ClassScore { label: "positive".into(), score: 0.75 }],
             ..Default::default()
         };
         let bytes = result.encode_to_vec();
         assert_eq!(Result::decode(bytes.as_slice()).expect("protobuf"), result);
         let json = serde_json::to_string(&result).expect("json");
-        assert_eq!(
-            serde_json::from_str::<Result>(&json).expect("json back"),
-            result
-        );
-        let partial: Result =
-            serde_json::from_str(r#"{"id":"x"}"#).expect("missing fields default");
+        assert_eq!(serde_json::from_str::<Result>(&json).expect("json back"), result);
+        let partial: Result = serde_json::from_str(r#"{"id":"x"}"#).expect("missing fields default");
         assert_eq!(partial.id, "x");
     }
 }

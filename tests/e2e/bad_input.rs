@@ -9,61 +9,29 @@ use crate::support::{Daemon, WAIT, base_config, free_port, text_pipeline, wait_f
 
 /// Starts a daemon whose pipeline has the given tokenize/decode options, sends `payload`, and checks that the
 /// outcome is an error with `reason`, that telemetry counted it, and that a good message still works afterwards.
-async fn expect_error(
-    tokenize: &str,
-    decode: &str,
-    payload: Vec<u8>,
-    encoding: Encoding,
-    reason: &str,
-) {
+async fn expect_error(tokenize: &str, decode: &str, payload: Vec<u8>, encoding: Encoding, reason: &str) {
     let port = free_port();
     let prefix = format!("zt/bad/{port}");
-    let config =
-        base_config(port, &prefix) + &text_pipeline("bad", "in/bad/**", "", tokenize, decode);
+    let config = base_config(port, &prefix) + &text_pipeline("bad", "in/bad/**", "", tokenize, decode);
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/bad/x", WAIT)
-        .await
-        .expect("zinferd subscribes");
+    client.wait_for_subscriber("in/bad/x", WAIT).await.expect("zinferd subscribes");
 
     let id = format!("bad-{reason}");
-    let pending = client
-        .request_raw("in/bad/x", "out", &id, payload, encoding)
-        .await
-        .expect("publish");
-    let result = pending
-        .result(WAIT)
-        .await
-        .unwrap_or_else(|error| panic!("{reason}: {error}\n{}", daemon.log()));
+    let pending = client.request_raw("in/bad/x", "out", &id, payload, encoding).await.expect("publish");
+    let result = pending.result(WAIT).await.unwrap_or_else(|error| panic!("{reason}: {error}\n{}", daemon.log()));
     assert_eq!(result.outcome, outcome::ERROR, "{result:?}");
     assert_eq!(result.reason, reason, "{result:?}");
     assert_eq!(result.id, id);
-    assert!(
-        !result.message.is_empty(),
-        "an error explains itself: {result:?}"
-    );
+    assert!(!result.message.is_empty(), "an error explains itself: {result:?}");
     assert_eq!(result.label, None);
 
-    let pending = client
-        .request(
-            "in/bad/x",
-            "out",
-            "good",
-            "a fine film",
-            RequestFormat::Text,
-        )
-        .await
-        .expect("publish");
-    assert_eq!(
-        pending.result(WAIT).await.expect("still serving").outcome,
-        outcome::OK
-    );
+    let pending = client.request("in/bad/x", "out", "good", "a fine film", RequestFormat::Text).await.expect("publish");
+    assert_eq!(pending.result(WAIT).await.expect("still serving").outcome, outcome::OK);
 
-    let snapshot = wait_for_stats(&client, &prefix, "both outcomes counted", |stats| {
-        stats.completed == 1 && stats.failed == 1
-    })
-    .await;
+    let snapshot =
+        wait_for_stats(&client, &prefix, "both outcomes counted", |stats| stats.completed == 1 && stats.failed == 1)
+            .await;
     let stats = &snapshot.pipelines[0];
     assert_eq!(stats.failed_by_reason.get(reason), Some(&1), "{stats:?}");
     assert_eq!((stats.received, stats.in_flight), (2, 0), "{stats:?}");
@@ -72,51 +40,23 @@ async fn expect_error(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8() {
-    expect_error(
-        "",
-        "",
-        vec![b'o', b'k', 0xff, 0xfe],
-        Encoding::TEXT_PLAIN,
-        "invalid_utf8",
-    )
-    .await;
+    expect_error("", "", vec![b'o', b'k', 0xff, 0xfe], Encoding::TEXT_PLAIN, "invalid_utf8").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json() {
     let payload = br#"{"id": "x", "text": "unterminated"#.to_vec();
-    expect_error(
-        "",
-        "",
-        payload,
-        Encoding::APPLICATION_JSON,
-        "malformed_json",
-    )
-    .await;
+    expect_error("", "", payload, Encoding::APPLICATION_JSON, "malformed_json").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_without_text() {
-    expect_error(
-        "",
-        "",
-        br#"{"id": "x"}"#.to_vec(),
-        Encoding::APPLICATION_JSON,
-        "malformed_json",
-    )
-    .await;
+    expect_error("", "", br#"{"id": "x"}"#.to_vec(), Encoding::APPLICATION_JSON, "malformed_json").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protobuf() {
-    expect_error(
-        "",
-        "",
-        vec![0x0a, 0xff, 0x01],
-        Encoding::APPLICATION_PROTOBUF,
-        "malformed_protobuf",
-    )
-    .await;
+    expect_error("", "", vec![0x0a, 0xff, 0x01], Encoding::APPLICATION_PROTOBUF, "malformed_protobuf").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,40 +67,19 @@ async fn empty_payload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payload() {
     let payload = "great film ".repeat(40).into_bytes();
-    expect_error(
-        "",
-        "max_bytes = 256",
-        payload,
-        Encoding::TEXT_PLAIN,
-        "payload_too_large",
-    )
-    .await;
+    expect_error("", "max_bytes = 256", payload, Encoding::TEXT_PLAIN, "payload_too_large").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_tokens_when_rejecting() {
     let payload = "great film ".repeat(20).into_bytes();
     let tokenize = "max_length = 16\noverflow = \"reject\"";
-    expect_error(
-        tokenize,
-        "",
-        payload,
-        Encoding::TEXT_PLAIN,
-        "too_many_tokens",
-    )
-    .await;
+    expect_error(tokenize, "", payload, Encoding::TEXT_PLAIN, "too_many_tokens").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_encoding() {
-    expect_error(
-        "",
-        "",
-        b"fine".to_vec(),
-        Encoding::IMAGE_PNG,
-        "unsupported_encoding",
-    )
-    .await;
+    expect_error("", "", b"fine".to_vec(), Encoding::IMAGE_PNG, "unsupported_encoding").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,19 +87,12 @@ async fn long_text_is_truncated_when_truncating() {
     let port = free_port();
     let prefix = format!("zt/trunc/{port}");
     let tokenize = "max_length = 16\noverflow = \"truncate\"";
-    let config =
-        base_config(port, &prefix) + &text_pipeline("trunc", "in/trunc/**", "", tokenize, "");
+    let config = base_config(port, &prefix) + &text_pipeline("trunc", "in/trunc/**", "", tokenize, "");
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/trunc/x", WAIT)
-        .await
-        .expect("zinferd subscribes");
+    client.wait_for_subscriber("in/trunc/x", WAIT).await.expect("zinferd subscribes");
     let text = "a wonderful film ".repeat(50);
-    let pending = client
-        .request("in/trunc/x", "out", "long", &text, RequestFormat::Text)
-        .await
-        .expect("publish");
+    let pending = client.request("in/trunc/x", "out", "long", &text, RequestFormat::Text).await.expect("publish");
     let result = pending.result(WAIT).await.expect("result");
     assert_eq!(result.outcome, outcome::OK, "{result:?}");
     client.close().await;

@@ -15,67 +15,34 @@ async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() 
     let config = base_config(port, &prefix) + &text_pipeline("sentiment", "in/text/**", "", "", "");
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/text/golden", WAIT)
-        .await
-        .expect("zinferd subscribes");
+    client.wait_for_subscriber("in/text/golden", WAIT).await.expect("zinferd subscribes");
 
     let golden = golden();
-    let formats = [
-        RequestFormat::Json,
-        RequestFormat::Protobuf,
-        RequestFormat::Text,
-    ];
+    let formats = [RequestFormat::Json, RequestFormat::Protobuf, RequestFormat::Text];
     for (index, case) in golden.cases.iter().enumerate() {
         let format = formats[index % formats.len()];
         let id = format!("golden-{index}");
         let key = format!("in/text/golden/{index}");
-        let pending = client
-            .request(&key, "out", &id, &case.text, format)
-            .await
-            .expect("publish");
-        let result = pending
-            .result(WAIT)
-            .await
-            .unwrap_or_else(|error| panic!("{id}: {error}\n{}", daemon.log()));
+        let pending = client.request(&key, "out", &id, &case.text, format).await.expect("publish");
+        let result = pending.result(WAIT).await.unwrap_or_else(|error| panic!("{id}: {error}\n{}", daemon.log()));
 
         assert_eq!(result.outcome, outcome::OK, "{id} ({format:?}): {result:?}");
         assert_eq!(result.id, id);
         assert_eq!(result.key, key);
         assert_eq!(result.pipeline, "sentiment");
-        assert_eq!(
-            result.label.as_deref(),
-            Some(case.label.as_str()),
-            "{id} {:?}",
-            case.text
-        );
-        let labels: Vec<&str> = result
-            .scores
-            .iter()
-            .map(|score| score.label.as_str())
-            .collect();
+        assert_eq!(result.label.as_deref(), Some(case.label.as_str()), "{id} {:?}", case.text);
+        let labels: Vec<&str> = result.scores.iter().map(|score| score.label.as_str()).collect();
         assert_eq!(labels, golden.labels, "scores are in label order");
         for (score, expected) in result.scores.iter().zip(&case.probs) {
             let diff = (f64::from(score.score) - expected).abs();
-            assert!(
-                diff < TOLERANCE,
-                "{id}: {} = {} but golden {expected} (diff {diff})",
-                score.label,
-                score.score
-            );
+            assert!(diff < TOLERANCE, "{id}: {} = {} but golden {expected} (diff {diff})", score.label, score.score);
         }
         assert_eq!(result.top_k.len(), 2);
         assert_eq!(result.top_k[0].label, case.label);
         let model = result.model.expect("model ref");
-        assert_eq!(
-            (model.name.as_str(), model.version.as_str()),
-            ("zinfer-fixture-tiny-bert", "0.1.0")
-        );
+        assert_eq!((model.name.as_str(), model.version.as_str()), ("zinfer-fixture-tiny-bert", "0.1.0"));
         let timings = result.timings.expect("timings");
-        assert!(
-            timings.inference_us > 0 && timings.total_us >= timings.inference_us,
-            "{timings:?}"
-        );
+        assert!(timings.inference_us > 0 && timings.total_us >= timings.inference_us, "{timings:?}");
     }
     client.close().await;
 }
@@ -87,17 +54,10 @@ async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
     let config = base_config(port, &prefix) + &text_pipeline("ids", "in/ids/**", "", "", "");
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/ids/a", WAIT)
-        .await
-        .expect("zinferd subscribes");
+    client.wait_for_subscriber("in/ids/a", WAIT).await.expect("zinferd subscribes");
 
     // The JSON id wins over the attachment.
-    let results = client
-        .session()
-        .declare_subscriber("out/in/ids/**")
-        .await
-        .expect("subscribe");
+    let results = client.session().declare_subscriber("out/in/ids/**").await.expect("subscribe");
     let body = serde_json::json!({"id": 42, "text": "great fun"}).to_string();
     client
         .session()
@@ -106,56 +66,25 @@ async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
         .attachment("from-attachment")
         .await
         .expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async())
-        .await
-        .expect("in time")
-        .expect("sample");
+    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
     let result = zinferd::client::decode_result(&sample).expect("decode");
     assert_eq!(result.id, "42");
-    assert_eq!(
-        sample.attachment().map(|a| a.to_bytes().into_owned()),
-        Some(b"42".to_vec())
-    );
+    assert_eq!(sample.attachment().map(|a| a.to_bytes().into_owned()), Some(b"42".to_vec()));
 
     // Plain text: the attachment is the id.
-    client
-        .session()
-        .put("in/ids/b", "great fun")
-        .attachment("from-attachment")
-        .await
-        .expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async())
-        .await
-        .expect("in time")
-        .expect("sample");
-    assert_eq!(
-        zinferd::client::decode_result(&sample).expect("decode").id,
-        "from-attachment"
-    );
+    client.session().put("in/ids/b", "great fun").attachment("from-attachment").await.expect("put");
+    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
+    assert_eq!(zinferd::client::decode_result(&sample).expect("decode").id, "from-attachment");
 
     // Neither: a generated, non-empty id, different each time.
-    client
-        .session()
-        .put("in/ids/c", "great fun")
-        .await
-        .expect("put");
-    client
-        .session()
-        .put("in/ids/c", "great fun")
-        .await
-        .expect("put");
+    client.session().put("in/ids/c", "great fun").await.expect("put");
+    client.session().put("in/ids/c", "great fun").await.expect("put");
     let mut generated = Vec::new();
     for _ in 0..2 {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .expect("in time")
-            .expect("sample");
+        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
         generated.push(zinferd::client::decode_result(&sample).expect("decode").id);
     }
-    assert!(
-        generated.iter().all(|id| !id.is_empty()) && generated[0] != generated[1],
-        "{generated:?}"
-    );
+    assert!(generated.iter().all(|id| !id.is_empty()) && generated[0] != generated[1], "{generated:?}");
     client.close().await;
 }
 
@@ -163,39 +92,17 @@ async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
 async fn protobuf_results_when_configured() {
     let port = free_port();
     let prefix = format!("zt/pb/{port}");
-    let config = base_config(port, &prefix)
-        + &text_pipeline("pb", "in/pb/**", "result_encoding = \"protobuf\"", "", "");
+    let config =
+        base_config(port, &prefix) + &text_pipeline("pb", "in/pb/**", "result_encoding = \"protobuf\"", "", "");
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/pb/x", WAIT)
-        .await
-        .expect("zinferd subscribes");
-    let results = client
-        .session()
-        .declare_subscriber("out/in/pb/x")
-        .await
-        .expect("subscribe");
-    client
-        .session()
-        .put("in/pb/x", "a fine film")
-        .attachment("pb-1")
-        .await
-        .expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async())
-        .await
-        .expect("in time")
-        .expect("sample");
-    assert_eq!(
-        *sample.encoding(),
-        zenoh::bytes::Encoding::APPLICATION_PROTOBUF
-    );
-    let result =
-        <zinfer_proto::Result as prost::Message>::decode(sample.payload().to_bytes().as_ref())
-            .expect("a protobuf zinfer.v1.Result");
-    assert_eq!(
-        (result.id.as_str(), result.outcome.as_str()),
-        ("pb-1", outcome::OK)
-    );
+    client.wait_for_subscriber("in/pb/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.session().declare_subscriber("out/in/pb/x").await.expect("subscribe");
+    client.session().put("in/pb/x", "a fine film").attachment("pb-1").await.expect("put");
+    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
+    assert_eq!(*sample.encoding(), zenoh::bytes::Encoding::APPLICATION_PROTOBUF);
+    let result = <zinfer_proto::Result as prost::Message>::decode(sample.payload().to_bytes().as_ref())
+        .expect("a protobuf zinfer.v1.Result");
+    assert_eq!((result.id.as_str(), result.outcome.as_str()), ("pb-1", outcome::OK));
     client.close().await;
 }

@@ -13,19 +13,11 @@ const MESSAGES: usize = 200;
 async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
     let port = free_port();
     let prefix = format!("zt/term/{port}");
-    let config = base_config(port, &prefix)
-        + &text_pipeline("term", "in/term/**", "queue_capacity = 1000", "", "");
+    let config = base_config(port, &prefix) + &text_pipeline("term", "in/term/**", "queue_capacity = 1000", "", "");
     let mut daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/term/x", WAIT)
-        .await
-        .expect("zinferd subscribes");
-    let results = client
-        .session()
-        .declare_subscriber("out/in/term/**")
-        .await
-        .expect("subscribe");
+    client.wait_for_subscriber("in/term/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.session().declare_subscriber("out/in/term/**").await.expect("subscribe");
 
     // Long texts keep the worker busy, so most messages are still queued when SIGTERM arrives.
     let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
@@ -38,47 +30,25 @@ async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
             .await
             .expect("put");
     }
-    let accepted = wait_for_stats(&client, &prefix, "all accepted", |stats| {
-        stats.received == MESSAGES as u64
-    })
-    .await;
+    let accepted = wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
     let in_flight = accepted.pipelines[0].in_flight;
-    assert!(
-        in_flight > 0,
-        "the test needs messages in flight at SIGTERM: {accepted:?}"
-    );
+    assert!(in_flight > 0, "the test needs messages in flight at SIGTERM: {accepted:?}");
     daemon.terminate();
 
     let mut ids = BTreeSet::new();
     while ids.len() < MESSAGES {
         let sample = tokio::time::timeout(WAIT, results.recv_async())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "only {} of {MESSAGES} outcomes after SIGTERM:\n{}",
-                    ids.len(),
-                    daemon.log()
-                )
-            })
+            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes after SIGTERM:\n{}", ids.len(), daemon.log()))
             .expect("sample");
         let result = decode_result(&sample).expect("decode");
-        assert_eq!(
-            result.outcome,
-            outcome::OK,
-            "in-flight messages finish normally: {result:?}"
-        );
-        assert!(
-            ids.insert(result.id.clone()),
-            "duplicate outcome for {}",
-            result.id
-        );
+        assert_eq!(result.outcome, outcome::OK, "in-flight messages finish normally: {result:?}");
+        assert!(ids.insert(result.id.clone()), "duplicate outcome for {}", result.id);
     }
     let status = daemon.wait_exit();
     assert!(status.success(), "exit status {status}:\n{}", daemon.log());
     assert!(daemon.log().contains("stopped cleanly"), "{}", daemon.log());
-    eprintln!(
-        "{in_flight} of {MESSAGES} messages were in flight at SIGTERM; all {MESSAGES} got their result"
-    );
+    eprintln!("{in_flight} of {MESSAGES} messages were in flight at SIGTERM; all {MESSAGES} got their result");
     client.close().await;
 }
 
@@ -86,19 +56,11 @@ async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
 async fn a_full_queue_drops_with_an_outcome_and_the_books_balance() {
     let port = free_port();
     let prefix = format!("zt/full/{port}");
-    let config = base_config(port, &prefix)
-        + &text_pipeline("full", "in/full/**", "queue_capacity = 2", "", "");
+    let config = base_config(port, &prefix) + &text_pipeline("full", "in/full/**", "queue_capacity = 2", "", "");
     let daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
-    client
-        .wait_for_subscriber("in/full/x", WAIT)
-        .await
-        .expect("zinferd subscribes");
-    let results = client
-        .session()
-        .declare_subscriber("out/in/full/**")
-        .await
-        .expect("subscribe");
+    client.wait_for_subscriber("in/full/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.session().declare_subscriber("out/in/full/**").await.expect("subscribe");
 
     let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
     for index in 0..MESSAGES {
@@ -115,13 +77,7 @@ async fn a_full_queue_drops_with_an_outcome_and_the_books_balance() {
     while ids.len() < MESSAGES {
         let sample = tokio::time::timeout(WAIT, results.recv_async())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "only {} of {MESSAGES} outcomes:\n{}",
-                    ids.len(),
-                    daemon.log()
-                )
-            })
+            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", ids.len(), daemon.log()))
             .expect("sample");
         let result = decode_result(&sample).expect("decode");
         if result.outcome == outcome::DROPPED {
@@ -130,27 +86,13 @@ async fn a_full_queue_drops_with_an_outcome_and_the_books_balance() {
         } else {
             assert_eq!(result.outcome, outcome::OK, "{result:?}");
         }
-        assert!(
-            ids.insert(result.id.clone()),
-            "duplicate outcome for {}",
-            result.id
-        );
+        assert!(ids.insert(result.id.clone()), "duplicate outcome for {}", result.id);
     }
-    assert!(
-        dropped > 0,
-        "a 2-deep queue under a burst of {MESSAGES} must drop some"
-    );
-    let snapshot = wait_for_stats(&client, &prefix, "books balance", |stats| {
-        stats.in_flight == 0
-    })
-    .await;
+    assert!(dropped > 0, "a 2-deep queue under a burst of {MESSAGES} must drop some");
+    let snapshot = wait_for_stats(&client, &prefix, "books balance", |stats| stats.in_flight == 0).await;
     let stats = &snapshot.pipelines[0];
     assert_eq!(stats.received, MESSAGES as u64);
-    assert_eq!(
-        stats.received,
-        stats.completed + stats.failed + stats.dropped + stats.in_flight,
-        "{stats:?}"
-    );
+    assert_eq!(stats.received, stats.completed + stats.failed + stats.dropped + stats.in_flight, "{stats:?}");
     assert_eq!(stats.dropped, dropped);
     assert_eq!(stats.dropped_by_reason.get("queue_full"), Some(&dropped));
     client.close().await;

@@ -16,10 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("daemon/ has a parent")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("daemon/ has a parent").to_owned()
 }
 
 /// The fixture model's manifest.
@@ -33,15 +30,8 @@ pub fn ort_library() -> PathBuf {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {
         return PathBuf::from(path);
     }
-    let path = repo_root().join(format!(
-        ".ort/{}/lib/libonnxruntime.so",
-        std::env::consts::ARCH
-    ));
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/install-onnxruntime.sh first",
-        path.display()
-    );
+    let path = repo_root().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH));
+    assert!(path.is_file(), "{} is missing: run scripts/install-onnxruntime.sh first", path.display());
     path
 }
 
@@ -96,12 +86,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn zinferd");
-        let mut daemon = Self {
-            child: Some(child),
-            _dir: dir,
-            endpoint: format!("tcp/127.0.0.1:{port}"),
-            log,
-        };
+        let mut daemon = Self { child: Some(child), _dir: dir, endpoint: format!("tcp/127.0.0.1:{port}"), log };
         daemon.wait_listening(port);
         daemon
     }
@@ -109,18 +94,10 @@ impl Daemon {
     fn wait_listening(&mut self, port: u16) {
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 panic!("zinferd exited early with {status}:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "zinferd did not listen within {WAIT:?}:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "zinferd did not listen within {WAIT:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -136,19 +113,13 @@ impl Daemon {
 
     /// A client connected to it.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.endpoint)
-            .await
-            .expect("client session")
+        Client::connect(&self.endpoint).await.expect("client session")
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
@@ -181,15 +152,8 @@ impl Drop for Daemon {
 /// Asks the daemon's status queryable for a telemetry snapshot.
 pub async fn status(client: &Client, prefix: &str) -> proto::Telemetry {
     let key = proto::keys::status(prefix);
-    let replies = client
-        .session()
-        .get(key.clone())
-        .await
-        .expect("status query");
-    let reply = tokio::time::timeout(WAIT, replies.recv_async())
-        .await
-        .expect("status reply in time")
-        .expect("a reply");
+    let replies = client.session().get(key.clone()).await.expect("status query");
+    let reply = tokio::time::timeout(WAIT, replies.recv_async()).await.expect("status reply in time").expect("a reply");
     let sample = reply.result().expect("an ok reply");
     serde_json::from_slice(&sample.payload().to_bytes()).expect("status is JSON telemetry")
 }
@@ -207,10 +171,7 @@ pub async fn wait_for_stats(
         if snapshot.pipelines.first().is_some_and(&done) {
             return snapshot;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last snapshot: {snapshot:?}"
-        );
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last snapshot: {snapshot:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -232,7 +193,6 @@ pub struct GoldenCase {
 
 /// Reads models/fixture/golden.json.
 pub fn golden() -> Golden {
-    let text = std::fs::read_to_string(repo_root().join("models/fixture/golden.json"))
-        .expect("golden.json");
+    let text = std::fs::read_to_string(repo_root().join("models/fixture/golden.json")).expect("golden.json");
     serde_json::from_str(&text).expect("golden.json parses")
 }

@@ -130,19 +130,11 @@ impl Config {
 
 impl ConfigError {
     fn at(origins: &Origins, key: &str, reason: impl Into<String>) -> Self {
-        Self {
-            file: origins.file_of(key),
-            key: Some(key.to_owned()),
-            reason: reason.into(),
-        }
+        Self { file: origins.file_of(key), key: Some(key.to_owned()), reason: reason.into() }
     }
 
     fn whole(file: Option<String>, reason: impl Into<String>) -> Self {
-        Self {
-            file,
-            key: None,
-            reason: reason.into(),
-        }
+        Self { file, key: None, reason: reason.into() }
     }
 }
 
@@ -152,15 +144,9 @@ pub fn load(files: &[PathBuf]) -> Result<Config, ConfigError> {
 }
 
 /// As [`load`], with an explicit environment instead of the process's (for tests).
-pub fn load_with_env(
-    files: &[PathBuf],
-    env: Option<HashMap<String, String>>,
-) -> Result<Config, ConfigError> {
+pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) -> Result<Config, ConfigError> {
     if files.is_empty() {
-        return Err(ConfigError::whole(
-            None,
-            "no configuration file given; pass one with --config FILE",
-        ));
+        return Err(ConfigError::whole(None, "no configuration file given; pass one with --config FILE"));
     }
     let mut builder = config::Config::builder();
     for file in files {
@@ -170,11 +156,7 @@ pub fn load_with_env(
                 "no such file; pass an existing TOML file with --config",
             ));
         }
-        builder = builder.add_source(
-            File::from(file.as_path())
-                .format(FileFormat::Toml)
-                .required(true),
-        );
+        builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml).required(true));
     }
     builder = builder.add_source(
         Environment::with_prefix("ZINFER")
@@ -187,78 +169,77 @@ pub fn load_with_env(
             .source(env),
     );
     let merged = builder.build().map_err(|error| match error {
-        config::ConfigError::FileParse { uri, cause } => {
-            ConfigError::whole(uri, format!("not valid TOML: {cause}"))
-        }
+        config::ConfigError::FileParse { uri, cause } => ConfigError::whole(uri, format!("not valid TOML: {cause}")),
         other => ConfigError::whole(None, other.to_string()),
     })?;
-    let origins = Origins(merged.clone());
+    let origins = Origins { merged: merged.clone(), files: files.to_vec() };
     let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let (key, reason) = describe_serde_error(&path, &inner);
-        ConfigError {
-            file: origins.file_of(&key),
-            key: Some(key),
-            reason,
-        }
+        ConfigError { file: origins.file_of(&key), key: Some(key), reason }
     })?;
     validate(raw, files, origins)
 }
 
 /// Turns a deserialisation error at `path` into a full key and a reason.
 fn describe_serde_error(path: &str, error: &config::ConfigError) -> (String, String) {
-    if let config::ConfigError::Type {
-        unexpected,
-        expected,
-        ..
-    } = error
-    {
-        return (
-            path.to_owned(),
-            format!("wrong type: expected {expected}, found {unexpected}"),
-        );
+    let join = |field: &str| {
+        if path == "." { field.to_owned() } else { format!("{path}.{field}") }
+    };
+    match error {
+        config::ConfigError::Type { unexpected, expected, .. } => {
+            return (path.to_owned(), format!("wrong type: expected {expected}, found {unexpected}"));
+        }
+        // The config crate glues parent and field together (`pipeline[0]input`): keep the field.
+        config::ConfigError::NotFound(glued) => {
+            let field = glued.rsplit([']', '.']).next().unwrap_or(glued);
+            return (join(field), "required key is missing".to_owned());
+        }
+        _ => {}
     }
     // The config crate appends " for key `…`" (and sometimes the file); we report both separately.
     let message = error.to_string();
-    let message = message
-        .split(" for key `")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let message = message.split(" for key `").next().unwrap_or_default().to_owned();
     if message.starts_with("unknown field") {
         // serde_path_to_error already put the unknown key at the end of `path`.
         return (path.to_owned(), format!("{message}; check its spelling"));
     }
-    if let Some(field) = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next())
-    {
-        let key = if path == "." {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        };
-        return (key, "required key is missing".to_owned());
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+        return (join(field), "required key is missing".to_owned());
     }
     (path.to_owned(), message)
 }
 
-/// Where each key came from: the merged `config::Config`, which remembers every value's origin.
+/// Where each key came from: the merged `config::Config`, which remembers every value's origin, and the files as
+/// the user named them (the `config` crate records some origins relative to the working directory instead).
 #[derive(Debug, Clone)]
-struct Origins(config::Config);
+struct Origins {
+    merged: config::Config,
+    files: Vec<PathBuf>,
+}
 
 impl Origins {
     /// The file that set `key`, or the closest enclosing key that has an origin.
     fn file_of(&self, key: &str) -> Option<String> {
         let mut key = key.to_owned();
         loop {
-            if let Some(origin) = lookup(&self.0.cache, &key).and_then(config::Value::origin) {
-                return Some(origin.to_owned());
+            if let Some(origin) = lookup(&self.merged.cache, &key).and_then(config::Value::origin) {
+                return Some(self.as_given(origin));
             }
             let cut = key.rfind(['.', '['])?;
             key.truncate(cut);
         }
+    }
+
+    /// The path of the given file that `origin` denotes, else `origin` itself (e.g. `environment`).
+    fn as_given(&self, origin: &str) -> String {
+        let canonical = |path: &Path| std::fs::canonicalize(path).ok();
+        let target = canonical(Path::new(origin));
+        self.files
+            .iter()
+            .find(|file| target.is_some() && canonical(file) == target)
+            .map_or_else(|| origin.to_owned(), |file| file.display().to_string())
     }
 
     /// The folder relative paths in `key` are resolved against: its file's folder, else the working directory.
@@ -271,11 +252,7 @@ impl Origins {
     }
 
     fn resolve(&self, key: &str, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir_of(key).join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir_of(key).join(path) }
     }
 }
 
@@ -284,9 +261,7 @@ impl Origins {
 fn lookup<'a>(root: &'a config::Value, key: &str) -> Option<&'a config::Value> {
     let mut value = root;
     for part in key.split('.') {
-        let (name, indices) = part
-            .split_once('[')
-            .map_or((part, ""), |(name, rest)| (name, rest));
+        let (name, indices) = part.split_once('[').map_or((part, ""), |(name, rest)| (name, rest));
         if !name.is_empty() {
             let config::ValueKind::Table(table) = &value.kind else {
                 return None;
@@ -312,36 +287,22 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         listen: raw.zenoh.listen,
         connect: raw.zenoh.connect,
         multicast_scouting: raw.zenoh.multicast_scouting,
-        config_file: raw
-            .zenoh
-            .config_file
-            .map(|file| origins.resolve("zenoh.config_file", &file)),
+        config_file: raw.zenoh.config_file.map(|file| origins.resolve("zenoh.config_file", &file)),
     };
     if let Some(file) = zenoh.config_file.as_ref().filter(|file| !file.is_file()) {
-        return Err(err(
-            "zenoh.config_file",
-            format!("{} does not exist", file.display()),
-        ));
+        return Err(err("zenoh.config_file", format!("{} does not exist", file.display())));
     }
-    crate::io::session::zenoh_config(&zenoh)
-        .map_err(|(key, reason)| err(&format!("zenoh.{key}"), reason))?;
+    crate::io::session::zenoh_config(&zenoh).map_err(|(key, reason)| err(&format!("zenoh.{key}"), reason))?;
 
-    let ort_library = raw
-        .onnxruntime
-        .library
-        .map(|file| origins.resolve("onnxruntime.library", &file));
+    let ort_library = raw.onnxruntime.library.map(|file| origins.resolve("onnxruntime.library", &file));
     if let Some(file) = ort_library.as_ref().filter(|file| !file.is_file()) {
         return Err(err(
             "onnxruntime.library",
-            format!(
-                "{} does not exist; run scripts/install-onnxruntime.sh or fix the path",
-                file.display()
-            ),
+            format!("{} does not exist; run scripts/install-onnxruntime.sh or fix the path", file.display()),
         ));
     }
 
-    check_publish_prefix(&raw.telemetry.prefix)
-        .map_err(|reason| err("telemetry.prefix", reason))?;
+    check_publish_prefix(&raw.telemetry.prefix).map_err(|reason| err("telemetry.prefix", reason))?;
     if raw.telemetry.interval_ms < 10 {
         return Err(err("telemetry.interval_ms", "must be at least 10".into()));
     }
@@ -355,14 +316,8 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     for (index, pipeline) in raw.pipelines.into_iter().enumerate() {
         let key = format!("pipeline[{index}]");
         let validated = validate_pipeline(pipeline, &key, &origins)?;
-        if pipelines
-            .iter()
-            .any(|other: &PipelineConfig| other.name == validated.name)
-        {
-            return Err(err(
-                &format!("{key}.name"),
-                format!("`{}` is used by another pipeline", validated.name),
-            ));
+        if pipelines.iter().any(|other: &PipelineConfig| other.name == validated.name) {
+            return Err(err(&format!("{key}.name"), format!("`{}` is used by another pipeline", validated.name)));
         }
         pipelines.push(validated);
     }
@@ -378,50 +333,24 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     })
 }
 
-fn validate_pipeline(
-    raw: RawPipeline,
-    key: &str,
-    origins: &Origins,
-) -> Result<PipelineConfig, ConfigError> {
-    let err =
-        |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
-    let name_ok = !raw.name.is_empty()
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<PipelineConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
+    let name_ok = !raw.name.is_empty() && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !name_ok {
-        return Err(err(
-            "name",
-            format!(
-                "`{}` must be non-empty and use only letters, digits, - and _",
-                raw.name
-            ),
-        ));
+        return Err(err("name", format!("`{}` must be non-empty and use only letters, digits, - and _", raw.name)));
     }
-    zenoh::key_expr::KeyExpr::try_from(raw.input.as_str()).map_err(|error| {
-        err(
-            "input",
-            format!(
-                "`{}` is not a valid zenoh key expression: {error}",
-                raw.input
-            ),
-        )
-    })?;
+    zenoh::key_expr::KeyExpr::try_from(raw.input.as_str())
+        .map_err(|error| err("input", format!("`{}` is not a valid zenoh key expression: {error}", raw.input)))?;
     check_publish_prefix(&raw.output_prefix).map_err(|reason| err("output_prefix", reason))?;
     if raw.queue_capacity == 0 {
         return Err(err("queue_capacity", "must be at least 1".into()));
     }
     if raw.session.intra_threads == Some(0) {
-        return Err(err(
-            "session.intra_threads",
-            "must be at least 1 (leave it out for one per physical core)".into(),
-        ));
+        return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
     }
     let manifest_key = format!("{key}.model");
     let manifest_path = origins.resolve(&manifest_key, &raw.model);
-    let manifest =
-        ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
+    let manifest = ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
     Ok(PipelineConfig {
         name: raw.name,
         input: raw.input,
@@ -442,11 +371,12 @@ fn validate_pipeline(
 fn check_publish_prefix(prefix: &str) -> Result<(), String> {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.contains('*') || trimmed.contains('$') {
-        return Err(format!(
-            "`{prefix}` must not contain wildcards: zinferd publishes under it"
-        ));
+        return Err(format!("`{prefix}` must not contain wildcards: zinferd publishes under it"));
     }
     zenoh::key_expr::KeyExpr::try_from(trimmed)
         .map(drop)
         .map_err(|error| format!("`{prefix}` is not a valid zenoh key expression: {error}"))
 }
+
+#[cfg(test)]
+mod tests;

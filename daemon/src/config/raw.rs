@@ -78,11 +78,7 @@ pub struct RawTelemetry {
 
 impl Default for RawTelemetry {
     fn default() -> Self {
-        Self {
-            prefix: default_prefix(),
-            interval_ms: default_interval_ms(),
-            encoding: WireEncoding::Json,
-        }
+        Self { prefix: default_prefix(), interval_ms: default_interval_ms(), encoding: WireEncoding::Json }
     }
 }
 
@@ -104,9 +100,7 @@ pub struct RawDaemon {
 
 impl Default for RawDaemon {
     fn default() -> Self {
-        Self {
-            drain_timeout_ms: default_drain_timeout_ms(),
-        }
+        Self { drain_timeout_ms: default_drain_timeout_ms() }
     }
 }
 
@@ -156,10 +150,7 @@ fn default_queue_capacity() -> usize {
 }
 
 fn default_decoder() -> StageSpec {
-    StageSpec {
-        kind: "text".to_owned(),
-        options: toml::Table::new(),
-    }
+    StageSpec { kind: "text".to_owned(), options: toml::Table::new() }
 }
 
 /// A stage table: its `type` and the rest of its keys, which the stage's own factory parses.
@@ -178,9 +169,7 @@ impl<'de> Deserialize<'de> for StageSpec {
                 "`type` must be a string naming a registered stage, found {}",
                 other.type_str()
             ))),
-            None => Err(serde::de::Error::custom(
-                "missing `type` (the stage to use, e.g. \"tokenize\")",
-            )),
+            None => Err(serde::de::Error::custom("missing `type` (the stage to use, e.g. \"tokenize\")")),
         }
     }
 }

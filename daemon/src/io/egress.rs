@@ -31,31 +31,18 @@ pub struct Route {
 }
 
 /// Serialises a result or a telemetry snapshot in the configured encoding.
-pub fn encode<T: Message + serde::Serialize>(
-    value: &T,
-    encoding: WireEncoding,
-) -> (Vec<u8>, Encoding) {
+pub fn encode<T: Message + serde::Serialize>(value: &T, encoding: WireEncoding) -> (Vec<u8>, Encoding) {
     match encoding {
-        WireEncoding::Json => (
-            serde_json::to_vec(value).unwrap_or_default(),
-            Encoding::APPLICATION_JSON,
-        ),
+        WireEncoding::Json => (serde_json::to_vec(value).unwrap_or_default(), Encoding::APPLICATION_JSON),
         WireEncoding::Protobuf => (value.encode_to_vec(), Encoding::APPLICATION_PROTOBUF),
     }
 }
 
 /// Publishes outcomes until every sender (admissions and workers) is gone.
-pub async fn publish(
-    session: zenoh::Session,
-    routes: Arc<Vec<Route>>,
-    mut outcomes: UnboundedReceiver<Outcome>,
-) {
+pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outcomes: UnboundedReceiver<Outcome>) {
     while let Some(outcome) = outcomes.recv().await {
         let Some(route) = routes.get(outcome.pipeline) else {
-            tracing::error!(
-                pipeline = outcome.pipeline,
-                "outcome for an unknown pipeline; this is a bug"
-            );
+            tracing::error!(pipeline = outcome.pipeline, "outcome for an unknown pipeline; this is a bug");
             continue;
         };
         let result = outcome.to_result(&route.name, &route.model);
@@ -74,10 +61,6 @@ pub async fn publish(
                 false
             }
         };
-        route.metrics.record_outcome(
-            &outcome,
-            result.timings.map_or(0, |timings| timings.total_us),
-            published,
-        );
+        route.metrics.record_outcome(&outcome, result.timings.map_or(0, |timings| timings.total_us), published);
     }
 }

@@ -28,18 +28,11 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// Ids prefixed with `prefix` (the session's zenoh id).
     pub fn new(prefix: String) -> Self {
-        Self {
-            prefix,
-            next: AtomicU64::new(1),
-        }
+        Self { prefix, next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> String {
-        format!(
-            "{}-{}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -81,20 +74,13 @@ impl Ingress {
             .declare_subscriber(input.to_owned())
             .callback(move |sample| admit(&callback_gate, &context, sample))
             .await
-            .map_err(|error| {
-                crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}"))
-            })?;
+            .map_err(|error| crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}")))?;
         Ok(Self { gate, subscriber })
     }
 
     /// Stops admitting: releases the queue (so the worker can drain and finish) and undeclares the subscriber.
     pub async fn close(self) {
-        drop(
-            self.gate
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take(),
-        );
+        drop(self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
         if let Err(error) = self.subscriber.undeclare().await {
             tracing::warn!(%error, "undeclaring a subscriber failed");
         }
@@ -122,22 +108,14 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
     };
     // Count before sending: the worker may dequeue before try_send returns.
     context.metrics.record_enqueued();
-    let refused = match admission.queue.try_send(Envelope {
-        message,
-        arrived,
-        fallback_id,
-    }) {
+    let refused = match admission.queue.try_send(Envelope { message, arrived, fallback_id }) {
         Ok(()) => return,
         Err(TrySendError::Full(envelope)) => (envelope, drop_reason::QUEUE_FULL),
         Err(TrySendError::Disconnected(envelope)) => (envelope, drop_reason::SHUTDOWN),
     };
     let (envelope, reason) = refused;
     context.metrics.record_dequeued();
-    tracing::debug!(
-        pipeline = context.pipeline,
-        reason,
-        "message dropped at admission"
-    );
+    tracing::debug!(pipeline = context.pipeline, reason, "message dropped at admission");
     let outcome = Outcome {
         pipeline: context.pipeline,
         id: envelope.fallback_id,
@@ -147,9 +125,6 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
         arrived,
     };
     if admission.outcomes.send(outcome).is_err() {
-        tracing::error!(
-            pipeline = context.pipeline,
-            "the publisher is gone; a dropped message gets no outcome"
-        );
+        tracing::error!(pipeline = context.pipeline, "the publisher is gone; a dropped message gets no outcome");
     }
 }

@@ -8,36 +8,22 @@ pub const DEFAULT_LISTEN: &str = "tcp/127.0.0.1:7447";
 /// Builds the native zenoh config; on error returns the `[zenoh]` key at fault and the reason.
 pub fn zenoh_config(config: &ZenohConfig) -> Result<zenoh::Config, (String, String)> {
     let (mut native, defaults) = match &config.config_file {
-        Some(file) => (
-            zenoh::Config::from_file(file).map_err(fail("config_file"))?,
-            false,
-        ),
+        Some(file) => (zenoh::Config::from_file(file).map_err(fail("config_file"))?, false),
         None => (zenoh::Config::default(), true),
     };
     let mode = config.mode.or(defaults.then_some(ZenohMode::Peer));
     if let Some(mode) = mode {
-        native
-            .insert_json5("mode", &json(&mode.as_str()))
-            .map_err(fail("mode"))?;
+        native.insert_json5("mode", &json(&mode.as_str())).map_err(fail("mode"))?;
     }
-    let listen = config
-        .listen
-        .clone()
-        .or(defaults.then(|| vec![DEFAULT_LISTEN.to_owned()]));
+    let listen = config.listen.clone().or(defaults.then(|| vec![DEFAULT_LISTEN.to_owned()]));
     if let Some(listen) = listen {
-        native
-            .insert_json5("listen/endpoints", &json(&listen))
-            .map_err(fail("listen"))?;
+        native.insert_json5("listen/endpoints", &json(&listen)).map_err(fail("listen"))?;
     }
     if let Some(connect) = &config.connect {
-        native
-            .insert_json5("connect/endpoints", &json(connect))
-            .map_err(fail("connect"))?;
+        native.insert_json5("connect/endpoints", &json(connect)).map_err(fail("connect"))?;
     }
     if let Some(enabled) = config.multicast_scouting.or(defaults.then_some(false)) {
-        native
-            .insert_json5("scouting/multicast/enabled", &json(&enabled))
-            .map_err(fail("multicast_scouting"))?;
+        native.insert_json5("scouting/multicast/enabled", &json(&enabled)).map_err(fail("multicast_scouting"))?;
     }
     Ok(native)
 }
@@ -52,10 +38,7 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 
 /// Opens the session.
 pub async fn open(config: &ZenohConfig) -> Result<zenoh::Session, crate::Error> {
-    let native = zenoh_config(config).map_err(|(key, reason)| {
-        crate::Error::Zenoh(format!("invalid [zenoh] key `{key}`: {reason}"))
-    })?;
-    zenoh::open(native)
-        .await
-        .map_err(|error| crate::Error::Zenoh(format!("cannot open the zenoh session: {error}")))
+    let native = zenoh_config(config)
+        .map_err(|(key, reason)| crate::Error::Zenoh(format!("invalid [zenoh] key `{key}`: {reason}")))?;
+    zenoh::open(native).await.map_err(|error| crate::Error::Zenoh(format!("cannot open the zenoh session: {error}")))
 }

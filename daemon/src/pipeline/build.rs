@@ -19,65 +19,28 @@ pub fn build(
 ) -> Result<Pipeline, ConfigError> {
     let pipeline = &config.pipelines[index];
     let key = &pipeline.key;
-    let context = BuildContext {
-        manifest: &pipeline.manifest,
-        base_dir: &pipeline.base_dir,
-    };
-    let at = |stage_key: String, error: BuildError| {
-        config.error_at(&stage_key_of(&stage_key, &error), error_text(error))
-    };
+    let context = BuildContext { manifest: &pipeline.manifest, base_dir: &pipeline.base_dir };
+    let at =
+        |stage_key: String, error: BuildError| config.error_at(&stage_key_of(&stage_key, &error), error_text(error));
 
     let decoder = registry
         .build_decoder(&pipeline.decode.kind, &pipeline.decode.options, &context)
         .map_err(|error| at(format!("{key}.decode"), error))?;
-    let preprocess = build_stages(
-        registry,
-        &pipeline.preprocess,
-        &context,
-        &format!("{key}.preprocess"),
-        &at,
-    )?;
-    let postprocess = build_stages(
-        registry,
-        &pipeline.postprocess,
-        &context,
-        &format!("{key}.postprocess"),
-        &at,
-    )?;
+    let preprocess = build_stages(registry, &pipeline.preprocess, &context, &format!("{key}.preprocess"), &at)?;
+    let postprocess = build_stages(registry, &pipeline.postprocess, &context, &format!("{key}.postprocess"), &at)?;
 
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
-    let model = Model::load(
-        ort,
-        &pipeline.manifest.model,
-        &pipeline.session,
-        default_threads,
-    )
-    .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
-    let produced: Vec<_> = preprocess
-        .iter()
-        .flat_map(|stage| stage.produces())
-        .collect();
-    let consumed: Vec<_> = postprocess
-        .iter()
-        .flat_map(|stage| stage.consumes())
-        .collect();
-    model
-        .check(&produced, &consumed)
-        .map_err(|error| config.error_at(key, error.to_string()))?;
-    Ok(Pipeline {
-        decoder,
-        preprocess,
-        model,
-        postprocess,
-    })
+    let model = Model::load(ort, &pipeline.manifest.model, &pipeline.session, default_threads)
+        .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+    let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
+    let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
+    model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
+    Ok(Pipeline { decoder, preprocess, model, postprocess })
 }
 
 /// The model identity published in results.
 pub fn identity(pipeline: &PipelineConfig) -> ModelIdentity {
-    ModelIdentity {
-        name: pipeline.manifest.name.clone(),
-        version: pipeline.manifest.version.clone(),
-    }
+    ModelIdentity { name: pipeline.manifest.name.clone(), version: pipeline.manifest.version.clone() }
 }
 
 fn build_stages(
@@ -124,24 +87,17 @@ fn verify_checksum(pipeline: &PipelineConfig) -> Result<(), String> {
         return Ok(());
     };
     let path = &pipeline.manifest.model;
-    let mut file = std::fs::File::open(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut file = std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let read = file.read(&mut buffer).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
     }
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let actual: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
     if &actual != expected {
         return Err(format!(
             "{} has sha256 {actual}, but its manifest expects {expected}; the file is corrupt or not the manifest's model",

@@ -77,11 +77,7 @@ impl Pipeline {
         let request = match request {
             Ok(request) => request,
             Err(error) => {
-                return Processed {
-                    id,
-                    verdict: Verdict::Failed(error),
-                    timings,
-                };
+                return Processed { id, verdict: Verdict::Failed(error), timings };
             }
         };
         if let Some(request_id) = request.id {
@@ -93,11 +89,7 @@ impl Pipeline {
         let preprocessed = Instant::now();
         timings.preprocess = preprocessed - decoded;
         if let Err(error) = result {
-            return Processed {
-                id,
-                verdict: Verdict::Failed(error),
-                timings,
-            };
+            return Processed { id, verdict: Verdict::Failed(error), timings };
         }
 
         let result = self.model.run(&[item.features.as_slice()]);
@@ -106,23 +98,12 @@ impl Pipeline {
         match result.map(|mut outputs| outputs.pop()) {
             Ok(Some(outputs)) => item.outputs = outputs,
             Ok(None) => {
-                let error = StageError::new(
-                    Reason::BadModelOutput,
-                    "the model returned no outputs for the item",
-                );
-                return Processed {
-                    id,
-                    verdict: Verdict::Failed(error),
-                    timings,
-                };
+                let error = StageError::new(Reason::BadModelOutput, "the model returned no outputs for the item");
+                return Processed { id, verdict: Verdict::Failed(error), timings };
             }
             Err(error) => {
                 let error = StageError::new(Reason::InferenceFailed, error.to_string());
-                return Processed {
-                    id,
-                    verdict: Verdict::Failed(error),
-                    timings,
-                };
+                return Processed { id, verdict: Verdict::Failed(error), timings };
             }
         }
 
@@ -136,11 +117,7 @@ impl Pipeline {
                 "no postprocessing stage produced a prediction; add a `classify` stage",
             )),
         };
-        Processed {
-            id,
-            verdict,
-            timings,
-        }
+        Processed { id, verdict, timings }
     }
 }
 

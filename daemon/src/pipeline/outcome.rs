@@ -74,12 +74,7 @@ impl Outcome {
     /// The wire form, with the total time measured up to now.
     pub fn to_result(&self, pipeline: &str, model: &ModelIdentity) -> proto::Result {
         let scores = |list: &[zinfer_stage_api::ClassScore]| {
-            list.iter()
-                .map(|class| proto::ClassScore {
-                    label: class.label.clone(),
-                    score: class.score,
-                })
-                .collect()
+            list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
         };
         let mut result = proto::Result {
             id: self.id.clone(),
@@ -87,10 +82,7 @@ impl Outcome {
             pipeline: pipeline.to_owned(),
             outcome: self.verdict.outcome().to_owned(),
             reason: self.verdict.reason().to_owned(),
-            model: Some(proto::ModelRef {
-                name: model.name.clone(),
-                version: model.version.clone(),
-            }),
+            model: Some(proto::ModelRef { name: model.name.clone(), version: model.version.clone() }),
             timings: Some(proto::StageTimings {
                 queue_us: micros(self.timings.queue),
                 decode_us: micros(self.timings.decode),
@@ -117,9 +109,7 @@ impl Outcome {
 
 fn drop_message(reason: &str) -> &'static str {
     match reason {
-        proto::drop_reason::QUEUE_FULL => {
-            "the pipeline's queue was full; slow down or raise queue_capacity"
-        }
+        proto::drop_reason::QUEUE_FULL => "the pipeline's queue was full; slow down or raise queue_capacity",
         proto::drop_reason::SHUTDOWN => "zinferd shut down before processing the message",
         _ => "dropped",
     }

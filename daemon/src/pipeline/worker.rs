@@ -31,45 +31,38 @@ pub fn spawn(
     abandon: Arc<AtomicBool>,
     metrics: Arc<PipelineMetrics>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("zinfer-{name}"))
-        .spawn(move || {
-            while let Ok(envelope) = queue.recv() {
-                metrics.record_dequeued();
-                let id_fallback = envelope.fallback_id.clone();
-                let key = envelope.message.key.clone();
-                let arrived = envelope.arrived;
-                let processed = if abandon.load(Ordering::Relaxed) {
-                    Processed {
-                        id: id_fallback,
-                        verdict: Verdict::Dropped(drop_reason::SHUTDOWN),
-                        timings: Timings::default(),
-                    }
-                } else {
-                    // A panicking stage (a user's plugin, say) must cost one message, not the whole pipeline.
-                    catch_unwind(AssertUnwindSafe(|| pipeline.process(envelope))).unwrap_or_else(
-                        |_| Processed {
-                            id: id_fallback,
-                            verdict: Verdict::Failed(StageError::new(
-                                Reason::Custom("stage_panicked"),
-                                "a stage panicked",
-                            )),
-                            timings: Timings::default(),
-                        },
-                    )
-                };
-                let outcome = Outcome {
-                    pipeline: index,
-                    id: processed.id,
-                    key,
-                    verdict: processed.verdict,
-                    timings: processed.timings,
-                    arrived,
-                };
-                if outcomes.send(outcome).is_err() {
-                    tracing::error!(pipeline = index, "the publisher is gone; the worker stops");
-                    break;
+    std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
+        while let Ok(envelope) = queue.recv() {
+            metrics.record_dequeued();
+            let id_fallback = envelope.fallback_id.clone();
+            let key = envelope.message.key.clone();
+            let arrived = envelope.arrived;
+            let processed = if abandon.load(Ordering::Relaxed) {
+                Processed {
+                    id: id_fallback,
+                    verdict: Verdict::Dropped(drop_reason::SHUTDOWN),
+                    timings: Timings::default(),
                 }
+            } else {
+                // A panicking stage (a user's plugin, say) must cost one message, not the whole pipeline.
+                catch_unwind(AssertUnwindSafe(|| pipeline.process(envelope))).unwrap_or_else(|_| Processed {
+                    id: id_fallback,
+                    verdict: Verdict::Failed(StageError::new(Reason::Custom("stage_panicked"), "a stage panicked")),
+                    timings: Timings::default(),
+                })
+            };
+            let outcome = Outcome {
+                pipeline: index,
+                id: processed.id,
+                key,
+                verdict: processed.verdict,
+                timings: processed.timings,
+                arrived,
+            };
+            if outcomes.send(outcome).is_err() {
+                tracing::error!(pipeline = index, "the publisher is gone; the worker stops");
+                break;
             }
-        })
+        }
+    })
 }

@@ -40,10 +40,7 @@ impl PipelineMetrics {
     /// Empty counters for a pipeline.
     pub fn new(name: String, input: String, model: ModelIdentity, providers: Vec<String>) -> Self {
         // Three significant digits up to an hour, in microseconds: ~2% of a message's worth of memory each.
-        let histogram = || {
-            Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid")
-        };
+        let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
         Self {
             name,
             input,
@@ -75,11 +72,7 @@ impl PipelineMetrics {
 
     /// The worker took a message from the queue.
     pub fn record_dequeued(&self) {
-        let _ = self
-            .queue_depth
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| {
-                depth.checked_sub(1)
-            });
+        let _ = self.queue_depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| depth.checked_sub(1));
     }
 
     /// An outcome left the daemon after `total_us` (the value in its result); `published` is false if zenoh
@@ -88,32 +81,19 @@ impl PipelineMetrics {
         if !published {
             self.publish_failures.fetch_add(1, Ordering::Relaxed);
         }
-        let mut detail = self
-            .detail
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &outcome.verdict {
             Verdict::Classified(_) => {
                 let t = &outcome.timings;
-                let values = [
-                    t.queue,
-                    t.decode,
-                    t.preprocess,
-                    t.inference,
-                    t.postprocess,
-                    outcome.arrived.elapsed(),
-                ];
-                for (histogram, value) in detail.latency.iter_mut().zip(values) {
-                    histogram.saturating_record(micros(value).max(1));
+                let stages = [t.queue, t.decode, t.preprocess, t.inference, t.postprocess].map(micros);
+                for (histogram, value) in detail.latency.iter_mut().zip(stages.into_iter().chain([total_us])) {
+                    histogram.saturating_record(value.max(1));
                 }
                 drop(detail);
                 self.completed.fetch_add(1, Ordering::SeqCst);
             }
             Verdict::Failed(error) => {
-                *detail
-                    .failed_by_reason
-                    .entry(error.reason.as_str())
-                    .or_default() += 1;
+                *detail.failed_by_reason.entry(error.reason.as_str()).or_default() += 1;
                 drop(detail);
                 self.failed.fetch_add(1, Ordering::SeqCst);
             }
@@ -132,10 +112,7 @@ impl PipelineMetrics {
         let failed = self.failed.load(Ordering::SeqCst);
         let dropped = self.dropped.load(Ordering::SeqCst);
         let received = self.received.load(Ordering::SeqCst);
-        let detail = self
-            .detail
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let latency = STAGES
             .iter()
             .zip(&detail.latency)
@@ -148,16 +125,11 @@ impl PipelineMetrics {
                 max_us: histogram.max(),
             })
             .collect();
-        let owned = |map: &BTreeMap<&'static str, u64>| {
-            map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-        };
+        let owned = |map: &BTreeMap<&'static str, u64>| map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         proto::PipelineStats {
             name: self.name.clone(),
             input: self.input.clone(),
-            model: Some(proto::ModelRef {
-                name: self.model.name.clone(),
-                version: self.model.version.clone(),
-            }),
+            model: Some(proto::ModelRef { name: self.model.name.clone(), version: self.model.version.clone() }),
             received,
             completed,
             failed,

@@ -33,35 +33,20 @@ pub struct Telemetry {
 impl Telemetry {
     /// Telemetry for a daemon with session id `zid` and these pipelines.
     pub fn new(zid: String, pipelines: Vec<Arc<PipelineMetrics>>) -> Self {
-        Self {
-            started: Instant::now(),
-            zid,
-            sampler: Mutex::new(SystemSampler::new()),
-            pipelines,
-        }
+        Self { started: Instant::now(), zid, sampler: Mutex::new(SystemSampler::new()), pipelines }
     }
 
     /// A fresh snapshot.
     pub fn snapshot(&self) -> proto::Telemetry {
-        let (process, system) = self
-            .sampler
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .sample();
+        let (process, system) = self.sampler.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sample();
         proto::Telemetry {
-            timestamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |now| now.as_millis() as u64),
+            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             zid: self.zid.clone(),
             process: Some(process),
             system: Some(system),
-            pipelines: self
-                .pipelines
-                .iter()
-                .map(|pipeline| pipeline.snapshot())
-                .collect(),
+            pipelines: self.pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
         }
     }
 }
@@ -81,9 +66,8 @@ impl Reporter {
         telemetry: Arc<Telemetry>,
         config: &TelemetryConfig,
     ) -> Result<Self, crate::Error> {
-        let zenoh_error = |what: &str, error: zenoh::Error| {
-            crate::Error::Zenoh(format!("cannot declare {what}: {error}"))
-        };
+        let zenoh_error =
+            |what: &str, error: zenoh::Error| crate::Error::Zenoh(format!("cannot declare {what}: {error}"));
         let status_key = keys::status(&config.prefix);
         let encoding = config.encoding;
         let status = Arc::clone(&telemetry);
@@ -92,11 +76,7 @@ impl Reporter {
             .declare_queryable(status_key.clone())
             .callback(move |query| {
                 let (bytes, encoding) = encode(&status.snapshot(), encoding);
-                if let Err(error) = query
-                    .reply(reply_key.clone(), bytes)
-                    .encoding(encoding)
-                    .wait()
-                {
+                if let Err(error) = query.reply(reply_key.clone(), bytes).encoding(encoding).wait() {
                     tracing::warn!(%error, "answering a status query failed");
                 }
             })
@@ -123,8 +103,7 @@ impl Reporter {
                 }
                 // Sampling reads /proc; keep it off the reactor threads.
                 let source = Arc::clone(&telemetry);
-                let Ok(snapshot) = tokio::task::spawn_blocking(move || source.snapshot()).await
-                else {
+                let Ok(snapshot) = tokio::task::spawn_blocking(move || source.snapshot()).await else {
                     break;
                 };
                 let (bytes, encoding) = encode(&snapshot, encoding);
@@ -133,12 +112,7 @@ impl Reporter {
                 }
             }
         });
-        Ok(Self {
-            stop,
-            task,
-            queryable,
-            token,
-        })
+        Ok(Self { stop, task, queryable, token })
     }
 
     /// Stops publishing and withdraws the queryable and the liveliness token.

@@ -54,9 +54,7 @@ impl SystemSampler {
     pub fn sample(&mut self) -> (proto::ProcessStats, proto::SystemStats) {
         self.refresh();
         let system = self.system.as_ref();
-        let process = self
-            .pid
-            .and_then(|pid| system.and_then(|system| system.process(pid)));
+        let process = self.pid.and_then(|pid| system.and_then(|system| system.process(pid)));
         let process = proto::ProcessStats {
             rss_bytes: process.map_or(0, |process| process.memory()),
             cpu_percent: process.map_or(0.0, |process| process.cpu_usage()),
@@ -66,13 +64,8 @@ impl SystemSampler {
             .iter()
             .flat_map(|components| components.iter())
             .filter_map(|component| {
-                let celsius = component
-                    .temperature()
-                    .filter(|celsius| celsius.is_finite())?;
-                Some(proto::Temperature {
-                    label: component.label().to_owned(),
-                    celsius,
-                })
+                let celsius = component.temperature().filter(|celsius| celsius.is_finite())?;
+                Some(proto::Temperature { label: component.label().to_owned(), celsius })
             })
             .collect();
         let system = proto::SystemStats {

@@ -76,10 +76,7 @@ pub struct StageError {
 impl StageError {
     /// Creates an error with a reason and a human-readable detail.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
+        Self { reason, detail: detail.into() }
     }
 }
 

@@ -74,14 +74,7 @@ pub struct Item {
 impl Item {
     /// A fresh item for a decoded input.
     pub fn new(id: String, key: String, input: Input) -> Self {
-        Self {
-            id,
-            key,
-            input,
-            features: Vec::new(),
-            outputs: Vec::new(),
-            prediction: None,
-        }
+        Self { id, key, input, features: Vec::new(), outputs: Vec::new(), prediction: None }
     }
 
     /// The model output with this name, if the engine produced one.

@@ -91,40 +91,26 @@ pub enum ManifestError {
 impl ModelManifest {
     /// Reads a manifest and checks that the files it names exist.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses manifest text read from `path` (used to resolve relative paths and in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|error| ManifestError::Parse {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
+        let raw: RawManifest = toml::from_str(text)
+            .map_err(|error| ManifestError::Parse { path: path.to_owned(), message: error.to_string() })?;
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
         let model = dir.join(&raw.model);
         if !model.is_file() {
-            return Err(ManifestError::MissingFile {
-                path: path.to_owned(),
-                key: "model",
-                file: model,
-            });
+            return Err(ManifestError::MissingFile { path: path.to_owned(), key: "model", file: model });
         }
         let tokenizer = raw.tokenizer.map(|tokenizer| dir.join(tokenizer));
         if let Some(file) = tokenizer.as_ref().filter(|file| !file.is_file()) {
-            return Err(ManifestError::MissingFile {
-                path: path.to_owned(),
-                key: "tokenizer",
-                file: file.clone(),
-            });
+            return Err(ManifestError::MissingFile { path: path.to_owned(), key: "tokenizer", file: file.clone() });
         }
         if raw.labels.is_empty() {
-            return Err(ManifestError::NoLabels {
-                path: path.to_owned(),
-            });
+            return Err(ManifestError::NoLabels { path: path.to_owned() });
         }
         Ok(Self {
             path: path.to_owned(),

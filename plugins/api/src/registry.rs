@@ -24,23 +24,17 @@ pub struct BuildContext<'a> {
 impl BuildContext<'_> {
     /// Resolves a path from a stage option against [`BuildContext::base_dir`].
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 }
 
 /// Builds a stage from its options table (without the `type` key).
-pub type StageFactory = Box<
-    dyn Fn(&toml::Table, &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> + Send + Sync,
->;
+pub type StageFactory =
+    Box<dyn Fn(&toml::Table, &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> + Send + Sync>;
 
 /// Builds a decoder from its options table (without the `type` key).
-pub type DecoderFactory = Box<
-    dyn Fn(&toml::Table, &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> + Send + Sync,
->;
+pub type DecoderFactory =
+    Box<dyn Fn(&toml::Table, &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> + Send + Sync>;
 
 /// Named factories for decoders and stages.
 #[derive(Default)]
@@ -74,14 +68,11 @@ impl Registry {
         options: &toml::Table,
         context: &BuildContext<'_>,
     ) -> Result<Box<dyn Stage>, BuildError> {
-        let factory = self
-            .stages
-            .get(kind)
-            .ok_or_else(|| BuildError::UnknownType {
-                what: "stage",
-                name: kind.to_owned(),
-                known: join(self.stages.keys()),
-            })?;
+        let factory = self.stages.get(kind).ok_or_else(|| BuildError::UnknownType {
+            what: "stage",
+            name: kind.to_owned(),
+            known: join(self.stages.keys()),
+        })?;
         factory(options, context)
     }
 
@@ -92,14 +83,11 @@ impl Registry {
         options: &toml::Table,
         context: &BuildContext<'_>,
     ) -> Result<Box<dyn Decoder>, BuildError> {
-        let factory = self
-            .decoders
-            .get(kind)
-            .ok_or_else(|| BuildError::UnknownType {
-                what: "decoder",
-                name: kind.to_owned(),
-                known: join(self.decoders.keys()),
-            })?;
+        let factory = self.decoders.get(kind).ok_or_else(|| BuildError::UnknownType {
+            what: "decoder",
+            name: kind.to_owned(),
+            known: join(self.decoders.keys()),
+        })?;
         factory(options, context)
     }
 
@@ -125,10 +113,7 @@ pub fn parse_options<T: DeserializeOwned>(options: &toml::Table) -> Result<T, Bu
     let value = toml::Value::Table(options.clone());
     serde_path_to_error::deserialize(value).map_err(|error| {
         let key = error.path().to_string();
-        BuildError::Option {
-            key: if key == "." { String::new() } else { key },
-            reason: error.into_inner().to_string(),
-        }
+        BuildError::Option { key: if key == "." { String::new() } else { key }, reason: error.into_inner().to_string() }
     })
 }
 
@@ -149,10 +134,7 @@ mod tests {
     fn parse_options_names_the_bad_key() {
         let table: toml::Table = toml::from_str("top_k = \"three\"").expect("toml");
         let error = parse_options::<Options>(&table).expect_err("wrong type");
-        assert!(
-            matches!(&error, BuildError::Option { key, .. } if key == "top_k"),
-            "{error}"
-        );
+        assert!(matches!(&error, BuildError::Option { key, .. } if key == "top_k"), "{error}");
 
         let table: toml::Table = toml::from_str("top_k = 3\ntreshold = 0.5").expect("toml");
         let error = parse_options::<Options>(&table).expect_err("unknown key");

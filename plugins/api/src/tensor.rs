@@ -42,18 +42,12 @@ pub struct Tensor {
 impl Tensor {
     /// A 1-D int64 tensor.
     pub fn i64_vector(values: Vec<i64>) -> Self {
-        Self {
-            shape: vec![values.len()],
-            data: TensorData::I64(values),
-        }
+        Self { shape: vec![values.len()], data: TensorData::I64(values) }
     }
 
     /// A 1-D float32 tensor.
     pub fn f32_vector(values: Vec<f32>) -> Self {
-        Self {
-            shape: vec![values.len()],
-            data: TensorData::F32(values),
-        }
+        Self { shape: vec![values.len()], data: TensorData::F32(values) }
     }
 
     /// The element type.
@@ -103,15 +97,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     /// A spec with the given name, type and per-item dimensions.
-    pub fn new(
-        name: impl Into<String>,
-        element_type: ElementType,
-        dims: Vec<Option<usize>>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            element_type,
-            dims,
-        }
+    pub fn new(name: impl Into<String>, element_type: ElementType, dims: Vec<Option<usize>>) -> Self {
+        Self { name: name.into(), element_type, dims }
     }
 }

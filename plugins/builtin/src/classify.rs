@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 use zinfer_stage_api::{
-    BuildContext, BuildError, ClassScore, ElementType, Item, Prediction, Reason, Stage, StageError,
-    TensorSpec, parse_options,
+    BuildContext, BuildError, ClassScore, ElementType, Item, Prediction, Reason, Stage, StageError, TensorSpec,
+    parse_options,
 };
 
 /// The registry name.
@@ -54,30 +54,17 @@ fn default_top_k() -> usize {
 }
 
 /// Builds the head from its options and the manifest's labels.
-pub fn build(
-    options: &toml::Table,
-    context: &BuildContext<'_>,
-) -> Result<Box<dyn Stage>, BuildError> {
+pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
     let config: ClassifyConfig = parse_options(options)?;
-    if let Some(threshold) = config
-        .threshold
-        .filter(|threshold| !(0.0..=1.0).contains(threshold))
-    {
+    if let Some(threshold) = config.threshold.filter(|threshold| !(0.0..=1.0).contains(threshold)) {
         return Err(BuildError::Option {
             key: "threshold".into(),
             reason: format!("{threshold} is not a probability between 0 and 1"),
         });
     }
-    let output = config
-        .output
-        .clone()
-        .or_else(|| context.manifest.output.clone())
-        .unwrap_or_else(|| DEFAULT_OUTPUT.to_owned());
-    Ok(Box::new(Classify::new(
-        output,
-        context.manifest.labels.clone(),
-        config,
-    )))
+    let output =
+        config.output.clone().or_else(|| context.manifest.output.clone()).unwrap_or_else(|| DEFAULT_OUTPUT.to_owned());
+    Ok(Box::new(Classify::new(output, context.manifest.labels.clone(), config)))
 }
 
 /// The head itself.
@@ -91,11 +78,7 @@ pub struct Classify {
 impl Classify {
     /// A head reading `output`, naming its columns with `labels`.
     pub fn new(output: String, labels: Vec<String>, config: ClassifyConfig) -> Self {
-        Self {
-            output,
-            labels,
-            config,
-        }
+        Self { output, labels, config }
     }
 }
 
@@ -114,78 +97,39 @@ impl Stage for Classify {
 
     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
         let tensor = item.output(&self.output).ok_or_else(|| {
-            StageError::new(
-                Reason::MissingInput,
-                format!("the model produced no output `{}`", self.output),
-            )
+            StageError::new(Reason::MissingInput, format!("the model produced no output `{}`", self.output))
         })?;
         let raw = tensor.tensor.as_f32().ok_or_else(|| {
-            StageError::new(
-                Reason::BadModelOutput,
-                format!("output `{}` is not float32", self.output),
-            )
+            StageError::new(Reason::BadModelOutput, format!("output `{}` is not float32", self.output))
         })?;
         if raw.len() != self.labels.len() {
             return Err(StageError::new(
                 Reason::BadModelOutput,
-                format!(
-                    "output `{}` has {} values for {} labels",
-                    self.output,
-                    raw.len(),
-                    self.labels.len()
-                ),
+                format!("output `{}` has {} values for {} labels", self.output, raw.len(), self.labels.len()),
             ));
         }
         if raw.iter().any(|value| !value.is_finite()) {
-            return Err(StageError::new(
-                Reason::BadModelOutput,
-                "the model produced a non-finite score",
-            ));
+            return Err(StageError::new(Reason::BadModelOutput, "the model produced a non-finite score"));
         }
         let values = match self.config.activation {
             Activation::Softmax => softmax(raw),
             Activation::None => raw.to_vec(),
         };
-        let scores: Vec<ClassScore> = self
-            .labels
-            .iter()
-            .zip(&values)
-            .map(|(label, &score)| ClassScore {
-                label: label.clone(),
-                score,
-            })
-            .collect();
+        let scores: Vec<ClassScore> =
+            self.labels.iter().zip(&values).map(|(label, &score)| ClassScore { label: label.clone(), score }).collect();
         let mut ranked = scores.clone();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let best = ranked
-            .first()
-            .cloned()
-            .ok_or_else(|| StageError::new(Reason::BadModelOutput, "no classes"))?;
-        let keep = if self.config.top_k == 0 {
-            ranked.len()
-        } else {
-            self.config.top_k.min(ranked.len())
-        };
+        let best = ranked.first().cloned().ok_or_else(|| StageError::new(Reason::BadModelOutput, "no classes"))?;
+        let keep = if self.config.top_k == 0 { ranked.len() } else { self.config.top_k.min(ranked.len()) };
         ranked.truncate(keep);
-        let confident = self
-            .config
-            .threshold
-            .is_none_or(|threshold| best.score >= threshold);
-        item.prediction = Some(Prediction {
-            label: confident.then_some(best.label),
-            score: best.score,
-            scores,
-            top_k: ranked,
-        });
+        let confident = self.config.threshold.is_none_or(|threshold| best.score >= threshold);
+        item.prediction =
+            Some(Prediction { label: confident.then_some(best.label), score: best.score, scores, top_k: ranked });
         Ok(())
     }
 
     fn consumes(&self) -> Vec<TensorSpec> {
-        vec![TensorSpec::new(
-            self.output.clone(),
-            ElementType::F32,
-            vec![Some(self.labels.len())],
-        )]
+        vec![TensorSpec::new(self.output.clone(), ElementType::F32, vec![Some(self.labels.len())])]
     }
 }
 
@@ -195,25 +139,13 @@ mod tests {
     use zinfer_stage_api::{Input, NamedTensor, Tensor};
 
     fn head(top_k: usize, threshold: Option<f32>) -> Classify {
-        let config = ClassifyConfig {
-            output: None,
-            activation: Activation::Softmax,
-            top_k,
-            threshold,
-        };
-        Classify::new(
-            "logits".into(),
-            vec!["neg".into(), "pos".into(), "neutral".into()],
-            config,
-        )
+        let config = ClassifyConfig { output: None, activation: Activation::Softmax, top_k, threshold };
+        Classify::new("logits".into(), vec!["neg".into(), "pos".into(), "neutral".into()], config)
     }
 
     fn item(logits: Vec<f32>) -> Item {
         let mut item = Item::new("1".into(), "k".into(), Input::Text("t".into()));
-        item.outputs.push(NamedTensor {
-            name: "logits".into(),
-            tensor: Tensor::f32_vector(logits),
-        });
+        item.outputs.push(NamedTensor { name: "logits".into(), tensor: Tensor::f32_vector(logits) });
         item
     }
 
@@ -242,9 +174,7 @@ mod tests {
     #[test]
     fn wrong_output_shape_is_an_error() {
         let mut item = item(vec![0.0, 1.0]);
-        let error = head(1, None)
-            .process(&mut item)
-            .expect_err("2 values for 3 labels");
+        let error = head(1, None).process(&mut item).expect_err("2 values for 3 labels");
         assert_eq!(error.reason, Reason::BadModelOutput);
     }
 }

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 use zinfer_stage_api::{
-    BuildContext, BuildError, ElementType, Input, Item, NamedTensor, Reason, Stage, StageError,
-    Tensor, TensorSpec, parse_options,
+    BuildContext, BuildError, ElementType, Input, Item, NamedTensor, Reason, Stage, StageError, Tensor, TensorSpec,
+    parse_options,
 };
 
 /// The registry name.
@@ -60,10 +60,7 @@ fn default_overflow() -> Overflow {
 }
 
 /// Builds the stage: loads and configures the tokenizer.
-pub fn build(
-    options: &toml::Table,
-    context: &BuildContext<'_>,
-) -> Result<Box<dyn Stage>, BuildError> {
+pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
     let config: TokenizeConfig = parse_options(options)?;
     let path = match (&config.tokenizer, &context.manifest.tokenizer) {
         (Some(path), _) => context.resolve(path),
@@ -79,29 +76,17 @@ pub fn build(
         }
     };
     let model_max = context.manifest.max_length;
-    let max_length = config
-        .max_length
-        .or(model_max)
-        .unwrap_or(DEFAULT_MAX_LENGTH);
+    let max_length = config.max_length.or(model_max).unwrap_or(DEFAULT_MAX_LENGTH);
     if max_length < 2 {
-        return Err(BuildError::Option {
-            key: "max_length".into(),
-            reason: "must be at least 2".into(),
-        });
+        return Err(BuildError::Option { key: "max_length".into(), reason: "must be at least 2".into() });
     }
     if let Some(model_max) = model_max.filter(|&model_max| max_length > model_max) {
         return Err(BuildError::Option {
             key: "max_length".into(),
-            reason: format!(
-                "{max_length} exceeds the model's max_length of {model_max} (from its manifest)"
-            ),
+            reason: format!("{max_length} exceeds the model's max_length of {model_max} (from its manifest)"),
         });
     }
-    Ok(Box::new(Tokenize::from_file(
-        &path,
-        max_length,
-        config.overflow,
-    )?))
+    Ok(Box::new(Tokenize::from_file(&path, max_length, config.overflow)?))
 }
 
 /// The stage itself.
@@ -113,39 +98,20 @@ pub struct Tokenize {
 
 impl Tokenize {
     /// Loads `path` and configures truncation for `max_length` and `overflow`.
-    pub fn from_file(
-        path: &std::path::Path,
-        max_length: usize,
-        overflow: Overflow,
-    ) -> Result<Self, BuildError> {
-        let file_error = |reason: String| BuildError::File {
-            key: "tokenizer".into(),
-            path: path.display().to_string(),
-            reason,
-        };
+    pub fn from_file(path: &std::path::Path, max_length: usize, overflow: Overflow) -> Result<Self, BuildError> {
+        let file_error =
+            |reason: String| BuildError::File { key: "tokenizer".into(), path: path.display().to_string(), reason };
         if !path.is_file() {
-            return Err(file_error(
-                "file not found; check the path in the stage or the manifest".into(),
-            ));
+            return Err(file_error("file not found; check the path in the stage or the manifest".into()));
         }
-        let mut tokenizer =
-            Tokenizer::from_file(path).map_err(|error| file_error(error.to_string()))?;
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|error| file_error(error.to_string()))?;
         tokenizer.with_padding(None);
         let truncation = match overflow {
-            Overflow::Truncate => Some(TruncationParams {
-                max_length,
-                ..TruncationParams::default()
-            }),
+            Overflow::Truncate => Some(TruncationParams { max_length, ..TruncationParams::default() }),
             Overflow::Reject => None,
         };
-        tokenizer
-            .with_truncation(truncation)
-            .map_err(|error| file_error(error.to_string()))?;
-        Ok(Self {
-            tokenizer,
-            max_length,
-            overflow,
-        })
+        tokenizer.with_truncation(truncation).map_err(|error| file_error(error.to_string()))?;
+        Ok(Self { tokenizer, max_length, overflow })
     }
 }
 
@@ -164,31 +130,17 @@ impl Stage for Tokenize {
         if self.overflow == Overflow::Reject && length > self.max_length {
             return Err(StageError::new(
                 Reason::TooManyTokens,
-                format!(
-                    "the text is {length} tokens long; this pipeline accepts at most {}",
-                    self.max_length
-                ),
+                format!("the text is {length} tokens long; this pipeline accepts at most {}", self.max_length),
             ));
         }
-        let widen = |values: &[u32]| {
-            values
-                .iter()
-                .map(|&value| i64::from(value))
-                .collect::<Vec<_>>()
-        };
+        let widen = |values: &[u32]| values.iter().map(|&value| i64::from(value)).collect::<Vec<_>>();
         item.features = vec![
-            NamedTensor {
-                name: INPUT_IDS.into(),
-                tensor: Tensor::i64_vector(widen(encoding.get_ids())),
-            },
+            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids())) },
             NamedTensor {
                 name: ATTENTION_MASK.into(),
                 tensor: Tensor::i64_vector(widen(encoding.get_attention_mask())),
             },
-            NamedTensor {
-                name: TOKEN_TYPE_IDS.into(),
-                tensor: Tensor::i64_vector(widen(encoding.get_type_ids())),
-            },
+            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids())) },
         ];
         Ok(())
     }

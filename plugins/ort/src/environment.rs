@@ -25,9 +25,7 @@ impl OrtEnvironment {
     ///
     /// Telemetry is turned off: a daemon on a customer's board has no business phoning home.
     pub fn load(library: &Path) -> Result<Self, OrtError> {
-        let _guard = LOADING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(loaded) = LOADED.get() {
             if loaded.library != library {
                 return Err(OrtError::AlreadyLoaded {
@@ -37,10 +35,7 @@ impl OrtEnvironment {
             }
             return Ok(loaded.clone());
         }
-        let load_error = |reason: String| OrtError::LibraryLoad {
-            path: library.display().to_string(),
-            reason,
-        };
+        let load_error = |reason: String| OrtError::LibraryLoad { path: library.display().to_string(), reason };
         // `ort` asserts on a few "impossible" states of a foreign library; turn those into errors too.
         let built = std::panic::catch_unwind(|| {
             ort::init_from(library)
@@ -50,14 +45,9 @@ impl OrtEnvironment {
                 .build()
                 .map_err(|error| error.to_string())
         })
-        .map_err(|_| {
-            load_error("ONNX Runtime panicked while loading; is this really libonnxruntime?".into())
-        })?
+        .map_err(|_| load_error("ONNX Runtime panicked while loading; is this really libonnxruntime?".into()))?
         .map_err(load_error)?;
-        let loaded = Self {
-            library: library.to_owned(),
-            environment: built,
-        };
+        let loaded = Self { library: library.to_owned(), environment: built };
         Ok(LOADED.get_or_init(|| loaded).clone())
     }
 

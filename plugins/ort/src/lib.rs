@@ -42,9 +42,7 @@ pub enum OrtError {
         reason: String,
     },
     /// The environment was already initialised from another library file in this process.
-    #[error(
-        "ONNX Runtime is already loaded from {loaded}; cannot switch to {requested} in the same process"
-    )]
+    #[error("ONNX Runtime is already loaded from {loaded}; cannot switch to {requested} in the same process")]
     AlreadyLoaded {
         /// The library in use.
         loaded: String,

@@ -20,10 +20,7 @@ pub const LIBRARY_NAME: &str = "libonnxruntime.so";
 pub fn conventional_paths() -> Vec<PathBuf> {
     let arch = std::env::consts::ARCH;
     let mut paths = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_owned))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_owned)) {
         paths.push(dir.join(LIBRARY_NAME));
         paths.push(dir.join("../lib/zinfer").join(LIBRARY_NAME));
     }
@@ -41,10 +38,7 @@ pub fn conventional_paths() -> Vec<PathBuf> {
 /// another build than the one the operator named would be worse than stopping.
 pub fn locate(configured: Option<&Path>, from_env: Option<&Path>) -> Result<PathBuf, OrtError> {
     let mut searched = Vec::new();
-    for (origin, path) in [
-        ("config key onnxruntime.library", configured),
-        ("ORT_DYLIB_PATH", from_env),
-    ] {
+    for (origin, path) in [("config key onnxruntime.library", configured), ("ORT_DYLIB_PATH", from_env)] {
         match path {
             Some(path) if path.is_file() => return Ok(absolute(path)),
             Some(path) => {
@@ -83,10 +77,7 @@ mod tests {
         let missing = dir.join("nope.so");
         let error = locate(Some(&missing), Some(&lib)).expect_err("configured path must exist");
         let message = error.to_string();
-        assert!(
-            message.contains("nope.so") && message.contains("install-onnxruntime.sh"),
-            "{message}"
-        );
+        assert!(message.contains("nope.so") && message.contains("install-onnxruntime.sh"), "{message}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

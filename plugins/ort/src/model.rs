@@ -38,60 +38,24 @@ impl Model {
         config: &SessionConfig,
         default_threads: usize,
     ) -> Result<Self, OrtError> {
-        let session_error = |reason: String| OrtError::Session {
-            path: path.display().to_string(),
-            reason,
-        };
+        let session_error = |reason: String| OrtError::Session { path: path.display().to_string(), reason };
         let intra_threads = config.intra_threads.unwrap_or(default_threads).max(1);
         let builder = Session::builder(environment.environment())
-            .and_then(|builder| {
-                builder
-                    .with_intra_threads(intra_threads)
-                    .map_err(Into::into)
-            })
-            .and_then(|builder| {
-                builder
-                    .with_intra_op_spinning(config.spinning)
-                    .map_err(Into::into)
-            })
-            .and_then(|builder| {
-                builder
-                    .with_optimization_level(optimization(config.optimization))
-                    .map_err(Into::into)
-            })
-            .and_then(|builder| {
-                builder
-                    .with_memory_pattern(config.memory_pattern)
-                    .map_err(Into::into)
-            })
+            .and_then(|builder| builder.with_intra_threads(intra_threads).map_err(Into::into))
+            .and_then(|builder| builder.with_intra_op_spinning(config.spinning).map_err(Into::into))
+            .and_then(|builder| builder.with_optimization_level(optimization(config.optimization)).map_err(Into::into))
+            .and_then(|builder| builder.with_memory_pattern(config.memory_pattern).map_err(Into::into))
             .map_err(|error: ort::Error| session_error(error.to_string()))?;
         let (mut builder, providers) = register_providers(builder, config);
-        let session = builder
-            .commit_from_file(path)
-            .map_err(|error| session_error(error.to_string()))?;
-        let signature_error = |reason: String| OrtError::Signature {
-            path: path.display().to_string(),
-            reason,
-        };
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|input| spec(input.name(), input.dtype()));
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|output| spec(output.name(), output.dtype()));
+        let session = builder.commit_from_file(path).map_err(|error| session_error(error.to_string()))?;
+        let signature_error = |reason: String| OrtError::Signature { path: path.display().to_string(), reason };
+        let inputs = session.inputs().iter().map(|input| spec(input.name(), input.dtype()));
+        let outputs = session.outputs().iter().map(|output| spec(output.name(), output.dtype()));
         let signature = ModelSignature {
             inputs: inputs.collect::<Result<_, _>>().map_err(signature_error)?,
             outputs: outputs.collect::<Result<_, _>>().map_err(signature_error)?,
         };
-        Ok(Self {
-            session,
-            path: path.to_owned(),
-            signature,
-            providers,
-            intra_threads,
-        })
+        Ok(Self { session, path: path.to_owned(), signature, providers, intra_threads })
     }
 
     /// The model's per-item signature.
@@ -112,10 +76,7 @@ impl Model {
     /// Checks that the stages produce every model input and that what they consume exists among the outputs,
     /// with matching element types and fixed dimensions.
     pub fn check(&self, produced: &[TensorSpec], consumed: &[TensorSpec]) -> Result<(), OrtError> {
-        let fail = |reason: String| OrtError::Signature {
-            path: self.path.display().to_string(),
-            reason,
-        };
+        let fail = |reason: String| OrtError::Signature { path: self.path.display().to_string(), reason };
         for input in &self.signature.inputs {
             let Some(offer) = produced.iter().find(|offer| offer.name == input.name) else {
                 let names: Vec<&str> = produced.iter().map(|offer| offer.name.as_str()).collect();
@@ -123,37 +84,21 @@ impl Model {
                     "model input `{}` ({}) is produced by no preprocessing stage (they produce: {})",
                     input.name,
                     describe(input),
-                    if names.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
+                    if names.is_empty() { "nothing".to_owned() } else { names.join(", ") }
                 )));
             };
-            compatible(offer, input)
-                .map_err(|why| fail(format!("model input `{}`: {why}", input.name)))?;
+            compatible(offer, input).map_err(|why| fail(format!("model input `{}`: {why}", input.name)))?;
         }
         for need in consumed {
-            let Some(output) = self
-                .signature
-                .outputs
-                .iter()
-                .find(|output| output.name == need.name)
-            else {
-                let names: Vec<&str> = self
-                    .signature
-                    .outputs
-                    .iter()
-                    .map(|output| output.name.as_str())
-                    .collect();
+            let Some(output) = self.signature.outputs.iter().find(|output| output.name == need.name) else {
+                let names: Vec<&str> = self.signature.outputs.iter().map(|output| output.name.as_str()).collect();
                 return Err(fail(format!(
                     "a postprocessing stage reads output `{}`, but the model's outputs are: {}",
                     need.name,
                     names.join(", ")
                 )));
             };
-            compatible(need, output)
-                .map_err(|why| fail(format!("model output `{}`: {why}", need.name)))?;
+            compatible(need, output).map_err(|why| fail(format!("model output `{}`: {why}", need.name)))?;
         }
         Ok(())
     }
@@ -164,26 +109,19 @@ impl Model {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inputs: Vec<(String, SessionInputValue<'static>)> =
-            Vec::with_capacity(self.signature.inputs.len());
+        let mut inputs: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(self.signature.inputs.len());
         for spec in &self.signature.inputs {
             inputs.push((spec.name.clone(), stack(spec, batch)?.into()));
         }
-        let outputs = self
-            .session
-            .run(inputs)
-            .map_err(|error| OrtError::Run(error.to_string()))?;
+        let outputs = self.session.run(inputs).map_err(|error| OrtError::Run(error.to_string()))?;
         let mut per_item: Vec<Vec<NamedTensor>> = (0..batch.len()).map(|_| Vec::new()).collect();
         for spec in &self.signature.outputs {
-            let value = outputs.get(spec.name.as_str()).ok_or_else(|| {
-                OrtError::Run(format!("the model returned no output `{}`", spec.name))
-            })?;
+            let value = outputs
+                .get(spec.name.as_str())
+                .ok_or_else(|| OrtError::Run(format!("the model returned no output `{}`", spec.name)))?;
             let tensors = unstack(&spec.name, value, batch.len())?;
             for (item, tensor) in per_item.iter_mut().zip(tensors) {
-                item.push(NamedTensor {
-                    name: spec.name.clone(),
-                    tensor,
-                });
+                item.push(NamedTensor { name: spec.name.clone(), tensor });
             }
         }
         Ok(per_item)
@@ -201,30 +139,16 @@ fn optimization(level: OptimizationLevel) -> GraphOptimizationLevel {
 
 /// Registers the configured providers one by one so that a provider this ONNX Runtime build lacks, or one that
 /// fails to initialise (no GPU, missing CUDA libraries), is skipped with a warning instead of failing start-up.
-fn register_providers(
-    mut builder: SessionBuilder,
-    config: &SessionConfig,
-) -> (SessionBuilder, Vec<String>) {
+fn register_providers(mut builder: SessionBuilder, config: &SessionConfig) -> (SessionBuilder, Vec<String>) {
     let mut in_force = Vec::new();
-    for kind in config
-        .execution_providers
-        .iter()
-        .copied()
-        .filter(|kind| *kind != ExecutionProviderKind::Cpu)
-    {
+    for kind in config.execution_providers.iter().copied().filter(|kind| *kind != ExecutionProviderKind::Cpu) {
         let (available, dispatch) = match kind {
             ExecutionProviderKind::Cuda => (ep::CUDA::is_available(), ep::CUDA::default().build()),
-            ExecutionProviderKind::Tensorrt => (
-                ep::TensorRT::is_available(),
-                ep::TensorRT::default().build(),
-            ),
+            ExecutionProviderKind::Tensorrt => (ep::TensorRT::is_available(), ep::TensorRT::default().build()),
             ExecutionProviderKind::Cpu => continue,
         };
         if !matches!(available, Ok(true)) {
-            tracing::warn!(
-                provider = kind.as_str(),
-                "execution provider not in this ONNX Runtime build; skipping it"
-            );
+            tracing::warn!(provider = kind.as_str(), "execution provider not in this ONNX Runtime build; skipping it");
             continue;
         }
         match builder.with_execution_providers([dispatch.error_on_failure()]) {
@@ -238,9 +162,7 @@ fn register_providers(
             }
         }
     }
-    let cpu = ep::CPU::default()
-        .with_arena_allocator(config.memory_arena)
-        .build();
+    let cpu = ep::CPU::default().with_arena_allocator(config.memory_arena).build();
     match builder.with_execution_providers([cpu.error_on_failure()]) {
         Ok(next) => builder = next,
         Err(error) => {
@@ -254,59 +176,35 @@ fn register_providers(
 
 fn spec(name: &str, value_type: &ValueType) -> Result<TensorSpec, String> {
     let ValueType::Tensor { ty, shape, .. } = value_type else {
-        return Err(format!(
-            "`{name}` is not a tensor; zinfer handles tensor inputs and outputs only"
-        ));
+        return Err(format!("`{name}` is not a tensor; zinfer handles tensor inputs and outputs only"));
     };
     let element_type = match ty {
         TensorElementType::Int64 => ElementType::I64,
         TensorElementType::Float32 => ElementType::F32,
         other => {
-            return Err(format!(
-                "`{name}` has element type {other:?}; zinfer handles int64 and float32"
-            ));
+            return Err(format!("`{name}` has element type {other:?}; zinfer handles int64 and float32"));
         }
     };
     if shape.is_empty() {
-        return Err(format!(
-            "`{name}` is a scalar; zinfer expects a leading batch axis"
-        ));
+        return Err(format!("`{name}` is a scalar; zinfer expects a leading batch axis"));
     }
-    let dims = shape[1..]
-        .iter()
-        .map(|&dim| usize::try_from(dim).ok())
-        .collect();
+    let dims = shape[1..].iter().map(|&dim| usize::try_from(dim).ok()).collect();
     Ok(TensorSpec::new(name, element_type, dims))
 }
 
 fn describe(spec: &TensorSpec) -> String {
-    let dims: Vec<String> = spec
-        .dims
-        .iter()
-        .map(|dim| dim.map_or("?".to_owned(), |dim| dim.to_string()))
-        .collect();
+    let dims: Vec<String> = spec.dims.iter().map(|dim| dim.map_or("?".to_owned(), |dim| dim.to_string())).collect();
     format!("{} [batch, {}]", spec.element_type, dims.join(", "))
 }
 
 fn compatible(stage: &TensorSpec, model: &TensorSpec) -> Result<(), String> {
     if stage.element_type != model.element_type {
-        return Err(format!(
-            "the model has {}, the stage uses {}",
-            describe(model),
-            describe(stage)
-        ));
+        return Err(format!("the model has {}, the stage uses {}", describe(model), describe(stage)));
     }
-    let fixed_mismatch = stage
-        .dims
-        .iter()
-        .zip(&model.dims)
-        .any(|(a, b)| matches!((a, b), (Some(a), Some(b)) if a != b));
+    let fixed_mismatch =
+        stage.dims.iter().zip(&model.dims).any(|(a, b)| matches!((a, b), (Some(a), Some(b)) if a != b));
     if stage.dims.len() != model.dims.len() || fixed_mismatch {
-        return Err(format!(
-            "the model has {}, the stage uses {}",
-            describe(model),
-            describe(stage)
-        ));
+        return Err(format!("the model has {}, the stage uses {}", describe(model), describe(stage)));
     }
     Ok(())
 }
@@ -319,12 +217,7 @@ fn stack(spec: &TensorSpec, batch: &[&[NamedTensor]]) -> Result<DynValue, OrtErr
         let tensor = &features
             .iter()
             .find(|feature| feature.name == spec.name)
-            .ok_or_else(|| {
-                OrtError::Run(format!(
-                    "item {index} of the batch lacks input `{}`",
-                    spec.name
-                ))
-            })?
+            .ok_or_else(|| OrtError::Run(format!("item {index} of the batch lacks input `{}`", spec.name)))?
             .tensor;
         match shape {
             None => shape = Some(&tensor.shape),
@@ -352,12 +245,8 @@ fn stack(spec: &TensorSpec, batch: &[&[NamedTensor]]) -> Result<DynValue, OrtErr
     let mut dims: Vec<i64> = vec![batch.len() as i64];
     dims.extend(shape.unwrap_or_default().iter().map(|&dim| dim as i64));
     let value = match spec.element_type {
-        ElementType::I64 => {
-            ort::value::Tensor::from_array((dims, ints)).map(|tensor| tensor.into_dyn())
-        }
-        ElementType::F32 => {
-            ort::value::Tensor::from_array((dims, floats)).map(|tensor| tensor.into_dyn())
-        }
+        ElementType::I64 => ort::value::Tensor::from_array((dims, ints)).map(|tensor| tensor.into_dyn()),
+        ElementType::F32 => ort::value::Tensor::from_array((dims, floats)).map(|tensor| tensor.into_dyn()),
     };
     value.map_err(|error| OrtError::Run(format!("input `{}`: {error}", spec.name)))
 }
@@ -365,14 +254,9 @@ fn stack(spec: &TensorSpec, batch: &[&[NamedTensor]]) -> Result<DynValue, OrtErr
 fn unstack(name: &str, value: &DynValue, items: usize) -> Result<Vec<Tensor>, OrtError> {
     let bad = |why: String| OrtError::Run(format!("output `{name}`: {why}"));
     let split = |shape: &[i64]| -> Result<(Vec<usize>, usize), OrtError> {
-        let dims: Vec<usize> = shape
-            .iter()
-            .map(|&dim| usize::try_from(dim).unwrap_or(0))
-            .collect();
+        let dims: Vec<usize> = shape.iter().map(|&dim| usize::try_from(dim).unwrap_or(0)).collect();
         if dims.first() != Some(&items) {
-            return Err(bad(format!(
-                "shape {dims:?} does not start with the batch size {items}"
-            )));
+            return Err(bad(format!("shape {dims:?} does not start with the batch size {items}")));
         }
         let per_item: Vec<usize> = dims[1..].to_vec();
         let size = per_item.iter().product();
@@ -383,10 +267,7 @@ fn unstack(name: &str, value: &DynValue, items: usize) -> Result<Vec<Tensor>, Or
         return Ok(data
             .chunks(size.max(1))
             .take(items)
-            .map(|chunk| Tensor {
-                shape: per_item.clone(),
-                data: TensorData::F32(chunk.to_vec()),
-            })
+            .map(|chunk| Tensor { shape: per_item.clone(), data: TensorData::F32(chunk.to_vec()) })
             .collect());
     }
     if let Ok((shape, data)) = value.try_extract_tensor::<i64>() {
@@ -394,10 +275,7 @@ fn unstack(name: &str, value: &DynValue, items: usize) -> Result<Vec<Tensor>, Or
         return Ok(data
             .chunks(size.max(1))
             .take(items)
-            .map(|chunk| Tensor {
-                shape: per_item.clone(),
-                data: TensorData::I64(chunk.to_vec()),
-            })
+            .map(|chunk| Tensor { shape: per_item.clone(), data: TensorData::I64(chunk.to_vec()) })
             .collect());
     }
     Err(bad("not a float32 or int64 tensor".into()))

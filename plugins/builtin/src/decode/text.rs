@@ -10,8 +10,7 @@
 use prost::Message;
 use serde::Deserialize;
 use zinfer_stage_api::{
-    BuildContext, BuildError, Decoder, Input, RawMessage, Reason, Request, StageError,
-    parse_options,
+    BuildContext, BuildError, Decoder, Input, RawMessage, Reason, Request, StageError, parse_options,
 };
 
 /// The registry name.
@@ -50,16 +49,10 @@ fn default_max_bytes() -> usize {
 }
 
 /// Builds the decoder from its options.
-pub fn build(
-    options: &toml::Table,
-    _context: &BuildContext<'_>,
-) -> Result<Box<dyn Decoder>, BuildError> {
+pub fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> {
     let config: TextDecoderConfig = parse_options(options)?;
     if config.max_bytes == 0 {
-        return Err(BuildError::Option {
-            key: "max_bytes".into(),
-            reason: "must be at least 1".into(),
-        });
+        return Err(BuildError::Option { key: "max_bytes".into(), reason: "must be at least 1".into() });
     }
     Ok(Box::new(TextDecoder { config }))
 }
@@ -112,29 +105,19 @@ impl Decoder for TextDecoder {
     fn decode(&self, message: &RawMessage) -> Result<Request, StageError> {
         let payload = message.payload.as_slice();
         if payload.is_empty() {
-            return Err(StageError::new(
-                Reason::EmptyPayload,
-                "the payload is empty",
-            ));
+            return Err(StageError::new(Reason::EmptyPayload, "the payload is empty"));
         }
         if payload.len() > self.config.max_bytes {
             return Err(StageError::new(
                 Reason::PayloadTooLarge,
-                format!(
-                    "payload of {} bytes exceeds the limit of {} bytes",
-                    payload.len(),
-                    self.config.max_bytes
-                ),
+                format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.config.max_bytes),
             ));
         }
         let (id, text) = match self.format_of(&message.encoding)? {
             Format::Text => (None, utf8(payload)?.to_owned()),
             Format::Json => {
                 let request: JsonRequest = serde_json::from_slice(payload).map_err(|error| {
-                    StageError::new(
-                        Reason::MalformedJson,
-                        format!("expected {{\"id\": ..., \"text\": ...}}: {error}"),
-                    )
+                    StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
                 })?;
                 let id = request.id.map(|id| match id {
                     JsonId::Text(text) => text,
@@ -144,30 +127,20 @@ impl Decoder for TextDecoder {
             }
             Format::Protobuf => {
                 let request = zinfer_proto::TextRequest::decode(payload).map_err(|error| {
-                    StageError::new(
-                        Reason::MalformedProtobuf,
-                        format!("expected zinfer.v1.TextRequest: {error}"),
-                    )
+                    StageError::new(Reason::MalformedProtobuf, format!("expected zinfer.v1.TextRequest: {error}"))
                 })?;
                 (Some(request.id).filter(|id| !id.is_empty()), request.text)
             }
         };
         if text.is_empty() {
-            return Err(StageError::new(
-                Reason::EmptyText,
-                "the request has no text",
-            ));
+            return Err(StageError::new(Reason::EmptyText, "the request has no text"));
         }
-        Ok(Request {
-            id,
-            input: Input::Text(text),
-        })
+        Ok(Request { id, input: Input::Text(text) })
     }
 }
 
 fn utf8(payload: &[u8]) -> Result<&str, StageError> {
-    std::str::from_utf8(payload)
-        .map_err(|error| StageError::new(Reason::InvalidUtf8, error.to_string()))
+    std::str::from_utf8(payload).map_err(|error| StageError::new(Reason::InvalidUtf8, error.to_string()))
 }
 
 #[cfg(test)]
@@ -175,19 +148,11 @@ mod tests {
     use super::*;
 
     fn decoder(default_format: Format) -> TextDecoder {
-        TextDecoder::new(TextDecoderConfig {
-            default_format,
-            max_bytes: 64,
-        })
+        TextDecoder::new(TextDecoderConfig { default_format, max_bytes: 64 })
     }
 
     fn message(payload: &[u8], encoding: &str) -> RawMessage {
-        RawMessage {
-            key: "k".into(),
-            payload: payload.to_vec(),
-            encoding: encoding.into(),
-            attachment_id: None,
-        }
+        RawMessage { key: "k".into(), payload: payload.to_vec(), encoding: encoding.into(), attachment_id: None }
     }
 
     fn reason(result: Result<Request, StageError>) -> Reason {
@@ -196,84 +161,31 @@ mod tests {
 
     #[test]
     fn formats_follow_the_encoding() {
-        let text = decoder(Format::Json)
-            .decode(&message(b"hello", "text/plain;charset=utf-8"))
-            .expect("text");
-        assert_eq!(
-            text,
-            Request {
-                id: None,
-                input: Input::Text("hello".into())
-            }
-        );
+        let text = decoder(Format::Json).decode(&message(b"hello", "text/plain;charset=utf-8")).expect("text");
+        assert_eq!(text, Request { id: None, input: Input::Text("hello".into()) });
 
-        let json = decoder(Format::Text)
-            .decode(&message(br#"{"id": 7, "text": "hi"}"#, "application/json"))
-            .expect("json");
-        assert_eq!(
-            json,
-            Request {
-                id: Some("7".into()),
-                input: Input::Text("hi".into())
-            }
-        );
+        let json =
+            decoder(Format::Text).decode(&message(br#"{"id": 7, "text": "hi"}"#, "application/json")).expect("json");
+        assert_eq!(json, Request { id: Some("7".into()), input: Input::Text("hi".into()) });
 
-        let bytes = zinfer_proto::TextRequest {
-            id: "p".into(),
-            text: "pb".into(),
-        }
-        .encode_to_vec();
-        let proto = decoder(Format::Text)
-            .decode(&message(&bytes, "application/protobuf"))
-            .expect("protobuf");
-        assert_eq!(
-            proto,
-            Request {
-                id: Some("p".into()),
-                input: Input::Text("pb".into())
-            }
-        );
+        let bytes = zinfer_proto::TextRequest { id: "p".into(), text: "pb".into() }.encode_to_vec();
+        let proto = decoder(Format::Text).decode(&message(&bytes, "application/protobuf")).expect("protobuf");
+        assert_eq!(proto, Request { id: Some("p".into()), input: Input::Text("pb".into()) });
 
-        let default = decoder(Format::Json)
-            .decode(&message(br#"{"text": "d"}"#, "zenoh/bytes"))
-            .expect("default");
+        let default = decoder(Format::Json).decode(&message(br#"{"text": "d"}"#, "zenoh/bytes")).expect("default");
         assert_eq!(default.input, Input::Text("d".into()));
     }
 
     #[test]
     fn bad_input_gets_a_reason() {
         let d = decoder(Format::Text);
-        assert_eq!(
-            reason(d.decode(&message(b"", "text/plain"))),
-            Reason::EmptyPayload
-        );
-        assert_eq!(
-            reason(d.decode(&message(&[b'a'; 65], "text/plain"))),
-            Reason::PayloadTooLarge
-        );
-        assert_eq!(
-            reason(d.decode(&message(&[0xff, 0xfe], "text/plain"))),
-            Reason::InvalidUtf8
-        );
-        assert_eq!(
-            reason(d.decode(&message(b"{\"text\":", "application/json"))),
-            Reason::MalformedJson
-        );
-        assert_eq!(
-            reason(d.decode(&message(b"{\"id\":1}", "application/json"))),
-            Reason::MalformedJson
-        );
-        assert_eq!(
-            reason(d.decode(&message(&[0x0a, 0xff], "application/protobuf"))),
-            Reason::MalformedProtobuf
-        );
-        assert_eq!(
-            reason(d.decode(&message(b"x", "image/png"))),
-            Reason::UnsupportedEncoding
-        );
-        assert_eq!(
-            reason(d.decode(&message(br#"{"text": ""}"#, "application/json"))),
-            Reason::EmptyText
-        );
+        assert_eq!(reason(d.decode(&message(b"", "text/plain"))), Reason::EmptyPayload);
+        assert_eq!(reason(d.decode(&message(&[b'a'; 65], "text/plain"))), Reason::PayloadTooLarge);
+        assert_eq!(reason(d.decode(&message(&[0xff, 0xfe], "text/plain"))), Reason::InvalidUtf8);
+        assert_eq!(reason(d.decode(&message(b"{\"text\":", "application/json"))), Reason::MalformedJson);
+        assert_eq!(reason(d.decode(&message(b"{\"id\":1}", "application/json"))), Reason::MalformedJson);
+        assert_eq!(reason(d.decode(&message(&[0x0a, 0xff], "application/protobuf"))), Reason::MalformedProtobuf);
+        assert_eq!(reason(d.decode(&message(b"x", "image/png"))), Reason::UnsupportedEncoding);
+        assert_eq!(reason(d.decode(&message(br#"{"text": ""}"#, "application/json"))), Reason::EmptyText);
     }
 }

@@ -1,0 +1,125 @@
+//! Loading and validating configuration from real files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn pipeline_toml(manifest: &str) -> String {
+    format!(
+        "[[pipeline]]\nname = \"p\"\ninput = \"in/**\"\nmodel = \"{manifest}\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n"
+    )
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let configs: Vec<PathBuf> = std::fs::read_dir(repo().join("configs"))
+        .expect("configs/")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    assert!(configs.len() >= 2, "{configs:?}");
+    for path in configs {
+        let config = load_with_env(std::slice::from_ref(&path), Some(HashMap::new()))
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        assert!(!config.pipelines.is_empty(), "{}", path.display());
+    }
+}
+
+#[test]
+fn defaults_are_loopback_peer_without_scouting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml");
+    let file = write(dir.path(), "a.toml", &pipeline_toml(&manifest.display().to_string()));
+    let config = load_with_env(&[file], Some(HashMap::new())).expect("valid");
+    assert_eq!(config.telemetry.prefix, "zinfer");
+    assert_eq!(config.telemetry.interval, Duration::from_secs(1));
+    let pipeline = &config.pipelines[0];
+    assert_eq!((pipeline.output_prefix.as_str(), pipeline.queue_capacity), ("zinfer/out", 64));
+    assert_eq!(pipeline.decode.kind, "text");
+    let native = crate::io::session::zenoh_config(&config.zenoh).expect("zenoh config");
+    let json = format!("{native}");
+    assert!(json.contains("tcp/127.0.0.1:7447"), "{json}");
+}
+
+#[test]
+fn later_files_and_the_environment_override_earlier_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml");
+    let base = write(
+        dir.path(),
+        "base.toml",
+        &format!("[telemetry]\ninterval_ms = 500\nprefix = \"a\"\n{}", pipeline_toml(&manifest.display().to_string())),
+    );
+    let site = write(dir.path(), "site.toml", "[telemetry]\nprefix = \"b\"\n");
+    let env = HashMap::from([
+        ("ZINFER_TELEMETRY__INTERVAL_MS".to_owned(), "250".to_owned()),
+        ("ZINFER_ZENOH__LISTEN".to_owned(), "tcp/127.0.0.1:7001,tcp/127.0.0.1:7002".to_owned()),
+    ]);
+    let config = load_with_env(&[base, site], Some(env)).expect("valid");
+    assert_eq!(config.telemetry.prefix, "b");
+    assert_eq!(config.telemetry.interval, Duration::from_millis(250));
+    assert_eq!(
+        config.zenoh.listen.as_deref(),
+        Some(&["tcp/127.0.0.1:7001".to_owned(), "tcp/127.0.0.1:7002".to_owned()][..])
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_file_that_sets_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model_dir = dir.path().join("models");
+    std::fs::create_dir(&model_dir).expect("mkdir");
+    let fixture = repo().join("models/fixture");
+    for file in ["model.onnx", "tokenizer.json", "manifest.toml"] {
+        std::fs::copy(fixture.join(file), model_dir.join(file)).expect("copy fixture");
+    }
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).expect("mkdir");
+    let file = write(&conf_d, "p.toml", &pipeline_toml("../models/manifest.toml"));
+    let config = load_with_env(&[file], Some(HashMap::new())).expect("valid");
+    assert_eq!(config.pipelines[0].manifest.model, conf_d.join("../models/model.onnx"));
+}
+
+#[test]
+fn errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml");
+    let good = write(dir.path(), "good.toml", &pipeline_toml(&manifest.display().to_string()));
+    let bad = write(dir.path(), "bad.toml", "[telemetry]\nprefix = \"x/*\"\n");
+    let error = load_with_env(&[good.clone(), bad.clone()], Some(HashMap::new())).expect_err("wildcard prefix");
+    assert_eq!(error.key.as_deref(), Some("telemetry.prefix"));
+    assert!(error.file.as_deref().is_some_and(|file| file.ends_with("bad.toml")), "{error}");
+
+    let missing = write(dir.path(), "missing.toml", "[[pipeline]]\nname = \"p\"\nmodel = \"m.toml\"\n");
+    let error = load_with_env(&[missing], Some(HashMap::new())).expect_err("no input");
+    assert_eq!(error.key.as_deref(), Some("pipeline[0].input"), "{error}");
+    assert!(error.reason.contains("missing"), "{error}");
+
+    let broken = write(dir.path(), "broken.toml", "[telemetry\n");
+    let error = load_with_env(&[broken], Some(HashMap::new())).expect_err("not TOML");
+    assert!(error.file.as_deref().is_some_and(|file| file.ends_with("broken.toml")), "{error}");
+
+    let env = HashMap::from([("ZINFER_DAEMON__DRAIN_TIMEOUT_MS".to_owned(), "soon".to_owned())]);
+    let error = load_with_env(&[good], Some(env)).expect_err("not a number");
+    assert_eq!(error.key.as_deref(), Some("daemon.drain_timeout_ms"), "{error}");
+}
+
+#[test]
+fn duplicate_pipeline_names_are_rejected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml").display().to_string();
+    let file = write(dir.path(), "dup.toml", &(pipeline_toml(&manifest) + &pipeline_toml(&manifest)));
+    let error = load_with_env(&[file], Some(HashMap::new())).expect_err("duplicate");
+    assert_eq!(error.key.as_deref(), Some("pipeline[1].name"), "{error}");
+}

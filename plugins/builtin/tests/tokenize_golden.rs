@@ -1,0 +1,54 @@
+//! The tokenize stage reproduces, id for id, what Python's `tokenizers` produced for the fixture model's golden
+//! cases (including truncation to 128 tokens with the closing [SEP] kept).
+
+use std::path::PathBuf;
+
+use zinfer_plugins::tokenize::{ATTENTION_MASK, INPUT_IDS, Overflow, TOKEN_TYPE_IDS, Tokenize};
+use zinfer_stage_api::{Input, Item, Stage};
+
+#[derive(serde::Deserialize)]
+struct Golden {
+    max_length: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    text: String,
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    token_type_ids: Vec<i64>,
+}
+
+fn fixture(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fixture").join(file)
+}
+
+#[test]
+fn token_ids_match_the_python_tokenizer() {
+    let golden: Golden =
+        serde_json::from_str(&std::fs::read_to_string(fixture("golden.json")).expect("golden.json")).expect("parse");
+    let mut stage =
+        Tokenize::from_file(&fixture("tokenizer.json"), golden.max_length, Overflow::Truncate).expect("tokenizer");
+    let mut truncated = 0;
+    for case in &golden.cases {
+        let mut item = Item::new("id".into(), "key".into(), Input::Text(case.text.clone()));
+        stage.process(&mut item).expect("tokenize");
+        let feature = |name: &str| item.feature(name).and_then(|f| f.tensor.as_i64()).expect("feature").to_vec();
+        assert_eq!(feature(INPUT_IDS), case.input_ids, "{:?}", case.text);
+        assert_eq!(feature(ATTENTION_MASK), case.attention_mask, "{:?}", case.text);
+        assert_eq!(feature(TOKEN_TYPE_IDS), case.token_type_ids, "{:?}", case.text);
+        truncated += usize::from(case.input_ids.len() == golden.max_length);
+    }
+    assert!(truncated >= 1, "the golden set must exercise truncation");
+}
+
+#[test]
+fn reject_mode_refuses_long_texts() {
+    let mut stage = Tokenize::from_file(&fixture("tokenizer.json"), 8, Overflow::Reject).expect("tokenizer");
+    let mut item = Item::new("id".into(), "key".into(), Input::Text("a b c d e f g h i j".into()));
+    let error = stage.process(&mut item).expect_err("too long");
+    assert_eq!(error.reason.as_str(), "too_many_tokens");
+    let mut short = Item::new("id".into(), "key".into(), Input::Text("fine".into()));
+    stage.process(&mut short).expect("short text fits");
+}

@@ -1,0 +1,109 @@
+//! The fixture model through a real ONNX Runtime: its signature is read from the model, mismatches with the stages
+//! are start-up errors, and batched runs reproduce Python onnxruntime's logits.
+//!
+//! Needs the library from `scripts/install-onnxruntime.sh` (or ORT_DYLIB_PATH).
+
+use std::path::PathBuf;
+
+use zinfer_ort::{Model, OrtEnvironment, SessionConfig};
+use zinfer_stage_api::{ElementType, NamedTensor, Tensor, TensorSpec};
+
+#[derive(serde::Deserialize)]
+struct Golden {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    token_type_ids: Vec<i64>,
+    logits: Vec<f32>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn load() -> Model {
+    let library = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
+    let environment = OrtEnvironment::load(&library).expect("run scripts/install-onnxruntime.sh first");
+    Model::load(&environment, &repo().join("models/fixture/model.onnx"), &SessionConfig::default(), 1).expect("model")
+}
+
+fn features(case: &Case) -> Vec<NamedTensor> {
+    [("input_ids", &case.input_ids), ("attention_mask", &case.attention_mask), ("token_type_ids", &case.token_type_ids)]
+        .into_iter()
+        .map(|(name, values)| NamedTensor { name: name.into(), tensor: Tensor::i64_vector(values.clone()) })
+        .collect()
+}
+
+#[test]
+fn signature_comes_from_the_model() {
+    let model = load();
+    let names: Vec<&str> = model.signature().inputs.iter().map(|spec| spec.name.as_str()).collect();
+    assert_eq!(names, ["input_ids", "attention_mask", "token_type_ids"]);
+    assert!(model.signature().inputs.iter().all(|spec| spec.element_type == ElementType::I64 && spec.dims == [None]));
+    assert_eq!(model.signature().outputs, [TensorSpec::new("logits", ElementType::F32, vec![Some(2)])]);
+    assert_eq!(model.providers(), ["cpu"]);
+}
+
+#[test]
+fn mismatches_are_reported_before_any_message() {
+    let model = load();
+    let ids = |name: &str| TensorSpec::new(name, ElementType::I64, vec![None]);
+    let produced = [ids("input_ids"), ids("attention_mask")];
+    let logits = [TensorSpec::new("logits", ElementType::F32, vec![Some(2)])];
+    let error = model.check(&produced, &logits).expect_err("token_type_ids missing").to_string();
+    assert!(error.contains("token_type_ids"), "{error}");
+
+    let all = [ids("input_ids"), ids("attention_mask"), ids("token_type_ids")];
+    let three_labels = [TensorSpec::new("logits", ElementType::F32, vec![Some(3)])];
+    let error = model.check(&all, &three_labels).expect_err("3 labels for 2 logits").to_string();
+    assert!(error.contains("logits"), "{error}");
+    let floats =
+        [TensorSpec::new("input_ids", ElementType::F32, vec![None]), ids("attention_mask"), ids("token_type_ids")];
+    assert!(model.check(&floats, &logits).is_err());
+    model.check(&all, &logits).expect("the real wiring fits");
+}
+
+#[test]
+fn runs_match_python_onnxruntime_alone_and_batched() {
+    let golden: Golden =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("models/fixture/golden.json")).expect("golden.json"))
+            .expect("parse");
+    let mut model = load();
+    for case in &golden.cases {
+        let outputs = model.run(&[features(case).as_slice()]).expect("run");
+        let logits = outputs[0][0].tensor.as_f32().expect("float logits");
+        for (actual, expected) in logits.iter().zip(&case.logits) {
+            assert!((actual - expected).abs() < 1e-4, "{logits:?} vs {:?}", case.logits);
+        }
+    }
+    // Items of equal length batched together give the logits each gives alone, up to quantisation: the int8 model
+    // quantises activations dynamically with one scale per tensor, i.e. per batch, so batching moves logits by
+    // ~1e-3 (measured: 2e-3). The label must not move.
+    let first = &golden.cases[0];
+    let twin = golden.cases.iter().skip(1).find(|case| case.input_ids.len() == first.input_ids.len()).unwrap_or(first);
+    let batch = [features(first), features(twin)];
+    let outputs = model.run(&[batch[0].as_slice(), batch[1].as_slice()]).expect("batched run");
+    assert_eq!(outputs.len(), 2);
+    for (output, case) in outputs.iter().zip([first, twin]) {
+        assert_eq!(output[0].tensor.shape, [2]);
+        let logits = output[0].tensor.as_f32().expect("float logits");
+        for (actual, expected) in logits.iter().zip(&case.logits) {
+            assert!((actual - expected).abs() < 1e-2, "batched {logits:?} vs {:?}", case.logits);
+        }
+    }
+
+    let argmax = |values: &[f32]| values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    for (output, case) in outputs.iter().zip([first, twin]) {
+        assert_eq!(argmax(output[0].tensor.as_f32().expect("logits")), argmax(&case.logits));
+    }
+
+    let other = golden.cases.iter().find(|case| case.input_ids.len() != first.input_ids.len()).expect("two lengths");
+    let unequal = [features(first), features(other)];
+    assert!(model.run(&[unequal[0].as_slice(), unequal[1].as_slice()]).is_err(), "a batch needs equal shapes");
+}
