@@ -28,6 +28,30 @@ enum Command {
     Check,
     /// Publish one text to a running zinferd and print the result as JSON.
     Send(SendArgs),
+    /// Measure inference directly vs. round-tripped through zenoh and a zinferd child, and the daemon's RSS.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// The pipeline to measure (default: the first).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// The text to classify.
+    #[arg(long, default_value = "A moving, beautifully acted film that stays with you long after the credits.")]
+    text: String,
+    /// Timed iterations per measurement.
+    #[arg(long, default_value_t = 500)]
+    iterations: usize,
+    /// Untimed warm-up iterations before each measurement.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
+    #[arg(long)]
+    key: Option<String>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +132,23 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Send(args)) => runtime()?.block_on(send(args)),
+        Some(Command::Bench(args)) => {
+            let options = zinferd::bench::BenchOptions {
+                config: config_files(&cli),
+                pipeline: args.pipeline.clone(),
+                text: args.text.clone(),
+                iterations: args.iterations,
+                warmup: args.warmup,
+                key: args.key.clone(),
+            };
+            let report = runtime()?.block_on(zinferd::bench::run(&options))?;
+            print!("{}", zinferd::bench::markdown(&report));
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
     }
 }
 

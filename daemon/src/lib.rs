@@ -19,6 +19,7 @@
 //! [`run`] takes the configuration and a shutdown future, in the style of mini-redis: the caller owns the signal,
 //! so tests can run a daemon in-process and stop it deterministically.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod io;

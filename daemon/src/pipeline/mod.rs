@@ -64,6 +64,16 @@ impl Pipeline {
         &self.model
     }
 
+    /// The model, for direct measurements.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// Runs only the preprocessing stages on an item (benchmarks measure the model on their output).
+    pub fn preprocess_only(&mut self, item: &mut Item) -> Result<(), StageError> {
+        run_stages(&mut self.preprocess, item)
+    }
+
     /// Runs one envelope through every phase. Never panics on bad input: failures become [`Verdict::Failed`].
     pub fn process(&mut self, envelope: Envelope) -> Processed {
         let mut timings = Timings::default();

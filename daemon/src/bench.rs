@@ -1,0 +1,331 @@
+//! `zinferd bench`: what the daemon costs on top of the model, measured in one run on one machine.
+//!
+//! For one pipeline of the given configuration it measures, in this order:
+//! 1. the model run alone (`Model::run` on pre-tokenised input), in this process;
+//! 2. the whole pipeline in this process (decode → tokenize → model → classify), no zenoh;
+//! 3. the same message round-tripped through zenoh and a real `zinferd` child process on loopback;
+//! 4. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded.
+//!
+//! Requests are sequential (one in flight), so latencies are service times, not queueing. This is a benchmark,
+//! not a test: it asserts nothing about speed, it reports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use zinfer_proto::keys;
+use zinfer_stage_api::{Input, Item, RawMessage};
+
+use crate::client::{Client, RequestFormat};
+use crate::config::Config;
+use crate::pipeline::Envelope;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The configuration files (as for `run`).
+    pub config: Vec<PathBuf>,
+    /// The pipeline to measure (default: the first).
+    pub pipeline: Option<String>,
+    /// The text to classify.
+    pub text: String,
+    /// Timed iterations per measurement (after `warmup` untimed ones).
+    pub iterations: usize,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// The key to publish on (default: the pipeline's input with a trailing wildcard replaced by `bench`).
+    pub key: Option<String>,
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub count: usize,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl Summary {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let micros = |duration: Duration| duration.as_secs_f64() * 1e6;
+        let at = |quantile: f64| {
+            let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
+            samples.get(index).copied().map_or(0.0, micros)
+        };
+        let mean = samples.iter().copied().map(micros).sum::<f64>() / samples.len().max(1) as f64;
+        Self { count: samples.len(), p50_us: at(0.5), p99_us: at(0.99), mean_us: mean }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// The pipeline measured.
+    pub pipeline: String,
+    /// The model.
+    pub model: String,
+    /// Tokens in the benchmark text (special tokens included).
+    pub tokens: usize,
+    /// Intra-op threads of the model.
+    pub intra_threads: usize,
+    /// `Model::run` alone.
+    pub inference_direct: Summary,
+    /// The whole pipeline in-process.
+    pub pipeline_direct: Summary,
+    /// Round trip through zenoh and the daemon.
+    pub round_trip: Summary,
+    /// The daemon's own view of the round trips: arrival to publish.
+    pub daemon_total: Summary,
+    /// Idle RSS of zinferd with no pipeline, bytes.
+    pub idle_rss_without_model: u64,
+    /// Idle RSS of zinferd with the model loaded (before any request), bytes.
+    pub idle_rss_with_model: u64,
+    /// RSS of the loaded daemon after the round trips, bytes.
+    pub rss_after_requests: u64,
+    /// Peak RSS (VmHWM) of the loaded daemon after the round trips, bytes.
+    pub peak_rss_after_requests: u64,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let config = crate::config::load(&options.config)?;
+    let index = match &options.pipeline {
+        Some(name) => config.pipelines.iter().position(|p| &p.name == name).context("no pipeline of that name")?,
+        None if config.pipelines.is_empty() => bail!("the configuration has no [[pipeline]] to measure"),
+        None => 0,
+    };
+    let settings = config.pipelines[index].clone();
+    let registry = crate::default_registry();
+    let mut pipelines = crate::build_pipelines(&config, &registry)?;
+    let mut pipeline = pipelines.swap_remove(index);
+    let iterations = options.iterations.max(1);
+
+    // 1. The model alone, on the features the preprocessing stages produce for the text.
+    let mut item = Item::new("bench".into(), "bench".into(), Input::Text(options.text.clone()));
+    pipeline.preprocess_only(&mut item)?;
+    let tokens = item.features.first().map_or(0, |feature| feature.tensor.shape.iter().product());
+    let features = item.features.clone();
+    let mut samples = Vec::with_capacity(iterations);
+    for round in 0..options.warmup + iterations {
+        let started = Instant::now();
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+        if round >= options.warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    let inference_direct = Summary::of(samples);
+
+    // 2. The whole pipeline, in process.
+    let mut samples = Vec::with_capacity(iterations);
+    for round in 0..options.warmup + iterations {
+        let envelope = Envelope {
+            message: RawMessage {
+                key: "bench".into(),
+                payload: options.text.clone().into_bytes(),
+                encoding: "text/plain".into(),
+                attachment_id: None,
+            },
+            arrived: Instant::now(),
+            fallback_id: "bench".into(),
+        };
+        let started = Instant::now();
+        let processed = pipeline.process(envelope);
+        if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {
+            bail!("the pipeline failed on the benchmark text: {error}");
+        }
+        if round >= options.warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    let pipeline_direct = Summary::of(samples);
+    let intra_threads = pipeline.model().intra_threads();
+    drop(pipeline);
+
+    // 4a. A daemon without any model.
+    let scratch = tempfile::tempdir().context("temp dir")?;
+    let bare = spawn_daemon(scratch.path(), &config, None, "bare").await?;
+    let idle_rss_without_model = bare.settled_rss().await?;
+    bare.stop();
+
+    // 3 and 4b. The daemon with the model.
+    let loaded = spawn_daemon(scratch.path(), &config, Some(&options.config), "loaded").await?;
+    let idle_rss_with_model = loaded.settled_rss().await?;
+    let client = Client::connect(&loaded.endpoint).await?;
+    let key = options
+        .key
+        .clone()
+        .unwrap_or_else(|| format!("{}/bench", settings.input.trim_end_matches("/**").trim_end_matches("/*")));
+    client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
+    let mut round_trips = Vec::with_capacity(iterations);
+    let mut daemon_totals = Vec::with_capacity(iterations);
+    for round in 0..options.warmup + iterations {
+        let id = format!("bench-{round}");
+        let started = Instant::now();
+        let pending = client.request(&key, &settings.output_prefix, &id, &options.text, RequestFormat::Text).await?;
+        let result = pending.result(Duration::from_secs(10)).await?;
+        let elapsed = started.elapsed();
+        if result.outcome != zinfer_proto::outcome::OK {
+            bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
+        }
+        if round >= options.warmup {
+            round_trips.push(elapsed);
+            let total = result.timings.map_or(0, |timings| timings.total_us);
+            daemon_totals.push(Duration::from_micros(total));
+        }
+    }
+    client.close().await;
+    let (rss_after_requests, peak_rss_after_requests) = loaded.rss()?;
+    loaded.stop();
+
+    Ok(BenchReport {
+        pipeline: settings.name.clone(),
+        model: format!("{} {}", settings.manifest.name, settings.manifest.version),
+        tokens,
+        intra_threads,
+        inference_direct,
+        pipeline_direct,
+        round_trip: Summary::of(round_trips),
+        daemon_total: Summary::of(daemon_totals),
+        idle_rss_without_model,
+        idle_rss_with_model,
+        rss_after_requests,
+        peak_rss_after_requests,
+    })
+}
+
+/// The report as a markdown table.
+pub fn markdown(report: &BenchReport) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let row = |name: &str, summary: &Summary| {
+        format!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} |\n",
+            summary.count, summary.p50_us, summary.p99_us, summary.mean_us
+        )
+    };
+    let mut text = format!(
+        "pipeline `{}`, model {}, {} tokens, {} intra-op thread(s)\n\n\
+         | measurement | n | median µs | p99 µs | mean µs |\n|---|---|---|---|---|\n",
+        report.pipeline, report.model, report.tokens, report.intra_threads
+    );
+    text += &row("model run only (in process)", &report.inference_direct);
+    text += &row("whole pipeline (in process)", &report.pipeline_direct);
+    text += &row("round trip via zenoh + zinferd", &report.round_trip);
+    text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    text += &format!(
+        "\nround trip / model run (median): {:.2}×; round trip − in-process pipeline (median): {:.0} µs\n\n\
+         | zinferd RSS | MiB |\n|---|---|\n| idle, no pipeline | {:.1} |\n| idle, model loaded | {:.1} |\n\
+         | after the round trips | {:.1} |\n| peak (VmHWM) after the round trips | {:.1} |\n",
+        report.round_trip.p50_us / report.inference_direct.p50_us.max(1.0),
+        report.round_trip.p50_us - report.pipeline_direct.p50_us,
+        mib(report.idle_rss_without_model),
+        mib(report.idle_rss_with_model),
+        mib(report.rss_after_requests),
+        mib(report.peak_rss_after_requests),
+    );
+    text
+}
+
+struct ChildDaemon {
+    child: Child,
+    endpoint: String,
+    prefix: String,
+}
+
+impl ChildDaemon {
+    /// Waits until the daemon's liveliness token is visible, lets it settle, and reads its RSS.
+    async fn settled_rss(&self) -> anyhow::Result<u64> {
+        let client = Client::connect(&self.endpoint).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replies = client.session().liveliness().get(keys::alive(&self.prefix)).await;
+            let alive = match replies {
+                Ok(replies) => matches!(
+                    tokio::time::timeout(Duration::from_secs(1), replies.recv_async()).await,
+                    Ok(Ok(reply)) if reply.result().is_ok()
+                ),
+                Err(_) => false,
+            };
+            if alive {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the benchmark's zinferd did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close().await;
+        // Let start-up allocations settle (thread stacks, zenoh buffers) before reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(self.rss()?.0)
+    }
+
+    /// (VmRSS, VmHWM) in bytes, from /proc.
+    fn rss(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .context("reading the daemon's /proc status")?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a child zinferd on a free loopback port: with the user's config files plus an override (`files`), or
+/// with no pipeline at all (`None`).
+async fn spawn_daemon(
+    dir: &Path,
+    config: &Config,
+    files: Option<&[PathBuf]>,
+    name: &str,
+) -> anyhow::Result<ChildDaemon> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let prefix = format!("zinfer-bench/{name}/{port}");
+    let overrides = format!(
+        "[zenoh]\nmode = \"peer\"\nlisten = [\"{endpoint}\"]\nconnect = []\nmulticast_scouting = false\n\
+         [telemetry]\nprefix = \"{prefix}\"\n"
+    );
+    let override_file = dir.join(format!("{name}.toml"));
+    std::fs::write(&override_file, overrides)?;
+    let mut command = Command::new(std::env::current_exe().context("locating zinferd")?);
+    for file in files.unwrap_or_default() {
+        command.arg("--config").arg(file);
+    }
+    command.arg("--config").arg(&override_file);
+    if let Some(library) = &config.ort_library {
+        command.env("ORT_DYLIB_PATH", library);
+    }
+    let child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting zinferd for the benchmark")?;
+    Ok(ChildDaemon { child, endpoint, prefix })
+}
