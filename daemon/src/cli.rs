@@ -90,11 +90,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr as plain lines (journald adds its own timestamps), filtered by RUST_LOG (default `info`).
+/// Logs go to stderr as plain lines, filtered by RUST_LOG (default `info`). Under systemd (JOURNAL_STREAM set) the
+/// timestamp is left out: journald stamps every line itself.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zenoh=warn,zenoh_transport=warn,ort=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

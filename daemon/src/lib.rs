@@ -96,6 +96,8 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
     let zid = session.zid().to_string();
     let ids = Arc::new(IdGenerator::new(zid.clone()));
     let abandon = Arc::new(AtomicBool::new(false));
+    // Unbounded on purpose: every entry is an outcome owed for a message already admitted (and so already in
+    // memory); blocking here would block zenoh's callback. Admission (queue capacity) is what bounds it.
     let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
 
     let mut routes = Vec::new();

@@ -123,3 +123,27 @@ fn duplicate_pipeline_names_are_rejected() {
     let error = load_with_env(&[file], Some(HashMap::new())).expect_err("duplicate");
     assert_eq!(error.key.as_deref(), Some("pipeline[1].name"), "{error}");
 }
+
+#[test]
+fn a_native_zenoh_file_keeps_what_the_toml_does_not_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "zenoh.json5", "{ mode: \"peer\", listen: { endpoints: [\"tcp/127.0.0.1:7999\"] } }");
+    let manifest = repo().join("models/fixture/manifest.toml").display().to_string();
+    let file = write(
+        dir.path(),
+        "z.toml",
+        &format!(
+            "[zenoh]\nconfig_file = \"zenoh.json5\"\nconnect = [\"tcp/127.0.0.1:7998\"]\n{}",
+            pipeline_toml(&manifest)
+        ),
+    );
+    let config = load_with_env(&[file], Some(HashMap::new())).expect("valid");
+    assert_eq!(config.zenoh.config_file, Some(dir.path().join("zenoh.json5")));
+    let native = format!("{}", crate::io::session::zenoh_config(&config.zenoh).expect("zenoh config"));
+    assert!(native.contains("tcp/127.0.0.1:7999"), "the file's listen endpoint stays: {native}");
+    assert!(native.contains("tcp/127.0.0.1:7998"), "the TOML's connect endpoint is added: {native}");
+
+    let bad = write(dir.path(), "bad.toml", "[zenoh]\nlisten = [\"nonsense\"]\n");
+    let error = load_with_env(&[bad], Some(HashMap::new())).expect_err("bad endpoint");
+    assert_eq!(error.key.as_deref(), Some("zenoh.listen"), "{error}");
+}
