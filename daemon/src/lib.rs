@@ -156,7 +156,11 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             "drain timeout passed; answering the remaining queued messages `dropped: shutdown`"
         );
         abandon.store(true, Ordering::Relaxed);
-        let _ = egress.await;
+        // A result stuck in zenoh (a blocked peer) must not keep the daemon from exiting forever.
+        if tokio::time::timeout(config.drain_timeout, &mut egress).await.is_err() {
+            tracing::error!("outcomes could not be published within a second drain timeout; exiting without them");
+            egress.abort();
+        }
     }
     for worker in workers {
         let joined = tokio::task::spawn_blocking(move || worker.join()).await;

@@ -7,6 +7,7 @@
 mod bad_input;
 mod check;
 mod classify;
+mod custom_stage;
 mod providers;
 mod shutdown;
 mod support;

@@ -13,6 +13,64 @@
 //! written and unit-tested without any of them.
 //!
 //! Stages are synchronous and run on the pipeline's worker thread; they must not block on I/O.
+//!
+//! # Writing a stage
+//!
+//! Implement [`Stage`], give it a typed options struct that rejects unknown keys, and register a factory under
+//! the name that TOML's `type = "..."` will use. Then start the daemon with that registry
+//! (`zinferd::run(config, &registry, shutdown)`); `tests/e2e/custom_stage.rs` does exactly that.
+//!
+//! ```
+//! use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Reason, Registry, Stage, StageError, parse_options};
+//!
+//! /// Rejects texts shorter than `min_chars` before they reach the model.
+//! struct MinLength {
+//!     min_chars: usize,
+//! }
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct MinLengthOptions {
+//!     min_chars: usize,
+//! }
+//!
+//! impl Stage for MinLength {
+//!     fn name(&self) -> &str {
+//!         "min_length"
+//!     }
+//!
+//!     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
+//!         let Input::Text(text) = &item.input;
+//!         if text.chars().count() < self.min_chars {
+//!             return Err(StageError::new(Reason::Custom("too_short"), format!("under {} characters", self.min_chars)));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
+//!     let options: MinLengthOptions = parse_options(options)?;
+//!     Ok(Box::new(MinLength { min_chars: options.min_chars }))
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.register_stage("min_length", Box::new(build));
+//! assert_eq!(registry.stage_types().collect::<Vec<_>>(), ["min_length"]);
+//!
+//! // [[pipeline.preprocess]]
+//! // type = "min_length"
+//! // min_chars = 3
+//! let mut stage = build(&toml::from_str("min_chars = 3").unwrap(), &context_for_docs()).unwrap();
+//! let mut item = Item::new("id".into(), "key".into(), Input::Text("ok".into()));
+//! assert_eq!(stage.process(&mut item).unwrap_err().reason.as_str(), "too_short");
+//! # fn context_for_docs() -> BuildContext<'static> {
+//! #     let manifest = Box::leak(Box::new(zinfer_stage_api::ModelManifest {
+//! #         path: "m.toml".into(), name: "m".into(), version: "1".into(), task: "t".into(), model: "m.onnx".into(),
+//! #         tokenizer: None, max_length: None, labels: vec!["a".into()], output: None, sha256: None,
+//! #     }));
+//! #     BuildContext { manifest, base_dir: std::path::Path::new(".") }
+//! # }
+//! ```
 
 mod error;
 mod item;

@@ -1,0 +1,85 @@
+//! The plugin API from a user's side: a stage of their own, registered next to the built-ins, running inside an
+//! in-process daemon started with `zinferd::run(config, &registry, shutdown)`.
+
+use std::time::Duration;
+
+use zinfer_proto::outcome;
+use zinfer_stage_api::{BuildContext, BuildError, Item, Stage, StageError, parse_options};
+use zinferd::client::{Client, RequestFormat};
+
+use crate::support::{WAIT, base_config, free_port, ort_library, text_pipeline};
+
+/// A postprocessing stage a user might write: renames labels, e.g. for a downstream system's vocabulary.
+struct RenameLabels {
+    renames: toml::Table,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameOptions {
+    renames: toml::Table,
+}
+
+impl Stage for RenameLabels {
+    fn name(&self) -> &str {
+        "rename_labels"
+    }
+
+    fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
+        if let Some(prediction) = item.prediction.as_mut() {
+            let rename = |label: &mut String| {
+                if let Some(new) = self.renames.get(label.as_str()).and_then(toml::Value::as_str) {
+                    *label = new.to_owned();
+                }
+            };
+            prediction.label.iter_mut().for_each(rename);
+            prediction.scores.iter_mut().for_each(|score| rename(&mut score.label));
+            prediction.top_k.iter_mut().for_each(|score| rename(&mut score.label));
+        }
+        Ok(())
+    }
+}
+
+fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
+    let options: RenameOptions = parse_options(options)?;
+    Ok(Box::new(RenameLabels { renames: options.renames }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_stage_runs_in_an_in_process_daemon() {
+    let port = free_port();
+    let prefix = format!("zt/custom/{port}");
+    let pipeline = text_pipeline("custom", "in/custom/**", "", "", "")
+        + "[[pipeline.postprocess]]\ntype = \"rename_labels\"\nrenames = { positive = \"thumbs_up\", negative = \"thumbs_down\" }\n";
+    let mut config = base_config(port, &prefix) + &pipeline;
+    config += &format!("[onnxruntime]\nlibrary = \"{}\"\n", ort_library().display());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("custom.toml");
+    std::fs::write(&path, config).expect("write config");
+    let config = zinferd::config::load(&[path]).expect("valid config");
+
+    let mut registry = zinferd::default_registry();
+    registry.register_stage("rename_labels", Box::new(build));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(async move {
+        zinferd::run(config, &registry, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    let client = Client::connect(&format!("tcp/127.0.0.1:{port}")).await.expect("client");
+    client.wait_for_subscriber("in/custom/x", WAIT).await.expect("the in-process daemon subscribes");
+    let pending =
+        client.request("in/custom/x", "out", "c1", "a warm and funny film", RequestFormat::Text).await.expect("send");
+    let result = pending.result(WAIT).await.expect("result");
+    assert_eq!(result.outcome, outcome::OK, "{result:?}");
+    let labels: Vec<&str> = result.scores.iter().map(|score| score.label.as_str()).collect();
+    assert_eq!(labels, ["thumbs_down", "thumbs_up"]);
+    assert!(result.label.as_deref().is_some_and(|label| label.starts_with("thumbs_")), "{result:?}");
+    client.close().await;
+
+    stop.send(()).expect("daemon still running");
+    let finished = tokio::time::timeout(Duration::from_secs(30), daemon).await.expect("daemon stops in time");
+    finished.expect("daemon task").expect("daemon exits cleanly");
+}
