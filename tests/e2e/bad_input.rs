@@ -5,17 +5,12 @@ use zenoh::bytes::Encoding;
 use zinfer_proto::outcome;
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, text_pipeline, wait_for_stats};
+use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
 
 /// Starts a daemon whose pipeline has the given tokenize/decode options, sends `payload`, and checks that the
 /// outcome is an error with `reason`, that telemetry counted it, and that a good message still works afterwards.
 async fn expect_error(tokenize: &str, decode: &str, payload: Vec<u8>, encoding: Encoding, reason: &str) {
-    let port = free_port();
-    let prefix = format!("zt/bad/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("bad", "in/bad/**", "", tokenize, decode);
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/bad/x", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon, client, prefix } = start_text("bad", "", tokenize, decode).await;
 
     let id = format!("bad-{reason}");
     let pending = client.request_raw("in/bad/x", "out", &id, payload, encoding).await.expect("publish");
@@ -84,13 +79,8 @@ async fn unsupported_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_text_is_truncated_when_truncating() {
-    let port = free_port();
-    let prefix = format!("zt/trunc/{port}");
     let tokenize = "max_length = 16\noverflow = \"truncate\"";
-    let config = base_config(port, &prefix) + &text_pipeline("trunc", "in/trunc/**", "", tokenize, "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/trunc/x", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon: _daemon, client, .. } = start_text("trunc", "", tokenize, "").await;
     let text = "a wonderful film ".repeat(50);
     let pending = client.request("in/trunc/x", "out", "long", &text, RequestFormat::Text).await.expect("publish");
     let result = pending.result(WAIT).await.expect("result");

@@ -3,26 +3,21 @@
 use zinfer_proto::outcome;
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, golden, text_pipeline};
+use crate::support::{TextDaemon, WAIT, golden, start_text};
 
 /// Softmax probabilities agree to this much: same model and ORT version, float32 on both sides.
 const TOLERANCE: f64 = 1e-4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() {
-    let port = free_port();
-    let prefix = format!("zt/classify/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("sentiment", "in/text/**", "", "", "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/text/golden", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon, client, .. } = start_text("sentiment", "", "", "").await;
 
     let golden = golden();
     let formats = [RequestFormat::Json, RequestFormat::Protobuf, RequestFormat::Text];
     for (index, case) in golden.cases.iter().enumerate() {
         let format = formats[index % formats.len()];
         let id = format!("golden-{index}");
-        let key = format!("in/text/golden/{index}");
+        let key = format!("in/sentiment/golden/{index}");
         let pending = client.request(&key, "out", &id, &case.text, format).await.expect("publish");
         let result = pending.result(WAIT).await.unwrap_or_else(|error| panic!("{id}: {error}\n{}", daemon.log()));
 
@@ -49,12 +44,7 @@ async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
-    let port = free_port();
-    let prefix = format!("zt/ids/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("ids", "in/ids/**", "", "", "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/ids/a", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon: _daemon, client, .. } = start_text("ids", "", "", "").await;
 
     // The JSON id wins over the attachment.
     let results = client.session().declare_subscriber("out/in/ids/**").await.expect("subscribe");
@@ -90,13 +80,7 @@ async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_results_when_configured() {
-    let port = free_port();
-    let prefix = format!("zt/pb/{port}");
-    let config =
-        base_config(port, &prefix) + &text_pipeline("pb", "in/pb/**", "result_encoding = \"protobuf\"", "", "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/pb/x", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon: _daemon, client, .. } = start_text("pb", "result_encoding = \"protobuf\"", "", "").await;
     let results = client.session().declare_subscriber("out/in/pb/x").await.expect("subscribe");
     client.session().put("in/pb/x", "a fine film").attachment("pb-1").await.expect("put");
     let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");

@@ -6,17 +6,12 @@
 use zinfer_proto::outcome;
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, status, text_pipeline};
+use crate::support::{TextDaemon, WAIT, start_text, status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_gpu_providers_fall_back_to_cpu_with_a_warning() {
-    let port = free_port();
-    let prefix = format!("zt/ep/{port}");
-    let pipeline = text_pipeline("ep", "in/ep/**", "", "", "")
-        + "[pipeline.session]\nexecution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\nintra_threads = 1\n";
-    let daemon = Daemon::start(&(base_config(port, &prefix) + &pipeline), port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/ep/x", WAIT).await.expect("zinferd subscribes");
+    let session = "[pipeline.session]\nexecution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\nintra_threads = 1";
+    let TextDaemon { daemon, client, prefix } = start_text("ep", session, "", "").await;
     let pending = client.request("in/ep/x", "out", "ep", "a fine film", RequestFormat::Text).await.expect("publish");
     assert_eq!(pending.result(WAIT).await.expect("result").outcome, outcome::OK);
 

@@ -5,31 +5,31 @@ use std::collections::BTreeSet;
 use zinfer_proto::outcome;
 use zinferd::client::decode_result;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, text_pipeline, wait_for_stats};
+use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
 
 const MESSAGES: usize = 200;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
-    let port = free_port();
-    let prefix = format!("zt/term/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("term", "in/term/**", "queue_capacity = 1000", "", "");
-    let mut daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/term/x", WAIT).await.expect("zinferd subscribes");
-    let results = client.session().declare_subscriber("out/in/term/**").await.expect("subscribe");
-
-    // Long texts keep the worker busy, so most messages are still queued when SIGTERM arrives.
+/// Publishes MESSAGES long texts (ids `0`..), blocking rather than letting zenoh drop any.
+async fn burst(client: &zinferd::client::Client, key: &str) {
     let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
     for index in 0..MESSAGES {
         client
             .session()
-            .put("in/term/x", text.clone())
-            .attachment(format!("m{index}"))
+            .put(key, text.clone())
+            .attachment(index.to_string())
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .await
             .expect("put");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
+    let TextDaemon { mut daemon, client, prefix } = start_text("term", "queue_capacity = 1000", "", "").await;
+    let results = client.session().declare_subscriber("out/in/term/**").await.expect("subscribe");
+
+    // Long texts keep the worker busy, so most messages are still queued when SIGTERM arrives.
+    burst(&client, "in/term/x").await;
     let accepted = wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
     let in_flight = accepted.pipelines[0].in_flight;
     assert!(in_flight > 0, "the test needs messages in flight at SIGTERM: {accepted:?}");
@@ -54,24 +54,10 @@ async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_with_an_outcome_and_the_books_balance() {
-    let port = free_port();
-    let prefix = format!("zt/full/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("full", "in/full/**", "queue_capacity = 2", "", "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/full/x", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon, client, prefix } = start_text("full", "queue_capacity = 2", "", "").await;
     let results = client.session().declare_subscriber("out/in/full/**").await.expect("subscribe");
 
-    let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
-    for index in 0..MESSAGES {
-        client
-            .session()
-            .put("in/full/x", text.clone())
-            .attachment(format!("f{index}"))
-            .congestion_control(zenoh::qos::CongestionControl::Block)
-            .await
-            .expect("put");
-    }
+    burst(&client, "in/full/x").await;
     let mut ids = BTreeSet::new();
     let mut dropped = 0;
     while ids.len() < MESSAGES {

@@ -60,6 +60,29 @@ pub fn text_pipeline(name: &str, input: &str, extra: &str, tokenize: &str, decod
     )
 }
 
+/// A zinferd running one text pipeline `name` on the fixture model, subscribed to `in/<name>/**` and publishing
+/// results under `out/`, and a client that has seen its subscriber.
+pub struct TextDaemon {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// A connected client.
+    pub client: Client,
+    /// The daemon's telemetry prefix.
+    pub prefix: String,
+}
+
+/// Starts a [`TextDaemon`]; `extra` goes into the pipeline table (it may open sub-tables such as
+/// `[pipeline.session]`), `tokenize` and `decode` into those stages' tables.
+pub async fn start_text(name: &str, extra: &str, tokenize: &str, decode: &str) -> TextDaemon {
+    let port = free_port();
+    let prefix = format!("zt/{name}/{port}");
+    let config = base_config(port, &prefix) + &text_pipeline(name, &format!("in/{name}/**"), extra, tokenize, decode);
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber(&format!("in/{name}/x"), WAIT).await.expect("zinferd subscribes");
+    TextDaemon { daemon, client, prefix }
+}
+
 /// A running zinferd.
 pub struct Daemon {
     child: Option<Child>,

@@ -3,7 +3,7 @@
 use zinfer_proto::{self as proto, keys, outcome};
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, status, text_pipeline, wait_for_stats};
+use crate::support::{TextDaemon, WAIT, start_text, status, wait_for_stats};
 
 async fn next_snapshot(
     subscriber: &zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
@@ -14,12 +14,7 @@ async fn next_snapshot(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_and_status_report_changing_counters() {
-    let port = free_port();
-    let prefix = format!("zt/telemetry/{port}");
-    let config = base_config(port, &prefix) + &text_pipeline("tele", "in/tele/**", "", "", "");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/tele/x", WAIT).await.expect("zinferd subscribes");
+    let TextDaemon { daemon: _daemon, client, prefix } = start_text("tele", "", "", "").await;
 
     let alive = client.session().liveliness().get(keys::alive(&prefix)).await.expect("liveliness query");
     let token = tokio::time::timeout(WAIT, alive.recv_async()).await.expect("in time").expect("a reply");
