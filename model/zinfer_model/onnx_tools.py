@@ -1,0 +1,87 @@
+"""ONNX export (legacy exporter, opset ≥ 17, dynamic batch/sequence axes, BERT input names), ONNX Runtime's
+transformer optimizer (fusions), dynamic int8 quantization, and small latency probes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from .modeling import LogitsOnly
+
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def export_onnx(model, path: Path, opset: int = 17) -> Path:
+    """fp32 ONNX with inputs input_ids/attention_mask/token_type_ids (int64 [batch, sequence]) → logits."""
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    was_training = model.training
+    model.eval()
+    wrapper = LogitsOnly(model).eval()
+    axes = {"batch": 0, "sequence": 1}
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    dynamic["logits"] = {0: "batch"}
+    del axes
+    torch.onnx.export(wrapper, (ids, mask, torch.zeros_like(ids)), str(path), input_names=INPUT_NAMES,
+                      output_names=["logits"], dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+                      do_constant_folding=True)
+    model.train(was_training)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def optimize(src: Path, dst: Path) -> dict:
+    """ORT transformer optimizer for BERT (Attention/SkipLayerNorm/BiasGelu… fusions); heads and hidden size
+    are detected from the graph (they may differ per layer after pruning)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=None)
+    opt.save_model_to_file(str(dst))
+    fused = opt.get_fused_operator_statistics()
+    return {k: int(v) for k, v in fused.items() if v}
+
+
+def quantize_int8(src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     reduce_range=reduce_range,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
+
+
+def latency_ms(path: Path, seq: int = 64, threads: int = 1, runs: int = 50, warmup: int = 10) -> float:
+    """Median batch-1 latency of one session (a quick probe; the efficiency report measures properly)."""
+    sess = session(path, threads)
+    ids = np.full((1, seq), 1000 % 5000 + 5, dtype=np.int64)
+    ids[0, 0], ids[0, -1] = 2, 3
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
