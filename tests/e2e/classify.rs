@@ -90,3 +90,28 @@ async fn protobuf_results_when_configured() {
     assert_eq!((result.id.as_str(), result.outcome.as_str()), ("pb-1", outcome::OK));
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_serve_their_own_keys_independently() {
+    use crate::support::{Daemon, base_config, free_port, text_pipeline};
+    let port = free_port();
+    let prefix = format!("zt/two/{port}");
+    let config = base_config(port, &prefix)
+        + &text_pipeline("first", "in/first/**", "", "", "")
+        + &text_pipeline("second", "in/second/**", "result_encoding = \"protobuf\"", "", "");
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    for key in ["in/first/x", "in/second/x"] {
+        client.wait_for_subscriber(key, WAIT).await.expect("zinferd subscribes");
+    }
+    let first = client.request("in/first/x", "out", "one", "fine", RequestFormat::Text).await.expect("send");
+    let second = client.request("in/second/x", "out", "two", "fine", RequestFormat::Text).await.expect("send");
+    let (first, second) = (first.result(WAIT).await.expect("first"), second.result(WAIT).await.expect("second"));
+    assert_eq!((first.pipeline.as_str(), first.outcome.as_str()), ("first", outcome::OK));
+    assert_eq!((second.pipeline.as_str(), second.outcome.as_str()), ("second", outcome::OK));
+    let snapshot = crate::support::status(&client, &prefix).await;
+    let names: Vec<&str> = snapshot.pipelines.iter().map(|stats| stats.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert!(snapshot.pipelines.iter().all(|stats| stats.received == 1), "{snapshot:?}");
+    client.close().await;
+}

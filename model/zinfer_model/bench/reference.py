@@ -10,8 +10,11 @@ dynamic quantization. The files are cached under a folder keyed by a hash of the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -251,23 +254,26 @@ def max_diff_vs_torch(model, onnx_path: Path, with_token_types: bool, vocab: int
     return worst
 
 
-def _optimize(src: Path, dst: Path, heads: int, width: int) -> dict:
-    """ONNX Runtime's transformer optimizer (model type bert; Python fusions only, no hardware-specific passes)."""
-    import contextlib
-    import io
-    import logging
-
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    quiet = io.StringIO()
+@contextlib.contextmanager
+def _quiet():
+    """Silence ONNX Runtime's Python tools (their shape inference logs whole protobufs)."""
+    sink = io.StringIO()
     level = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # its shape inference logs whole protobufs
+    logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=width, opt_level=0)
-            opt.save_model_to_file(str(dst))
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
     finally:
         logging.disable(level)
+
+
+def _optimize(src: Path, dst: Path, heads: int, width: int) -> dict:
+    """ONNX Runtime's transformer optimizer (model type bert; Python fusions only, no hardware-specific passes)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet():
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=width, opt_level=0)
+        opt.save_model_to_file(str(dst))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
@@ -276,7 +282,8 @@ def _quantize(src: Path, dst: Path, optimized: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimized else None
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, extra_options=extra)
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, extra_options=extra)
 
 
 def build_reference(key: str, spec: dict, cache_dir: Path, *, num_labels: int = 2, seed: int = 0,
