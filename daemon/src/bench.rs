@@ -133,6 +133,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 attachment_id: None,
             },
             arrived: Instant::now(),
+            arrived_wall: std::time::SystemTime::now(),
             fallback_id: "bench".into(),
         };
         let started = Instant::now();

@@ -106,7 +106,7 @@ impl Client {
                 (body.to_string().into_bytes(), Encoding::APPLICATION_JSON)
             }
             RequestFormat::Protobuf => {
-                let body = proto::TextRequest { id: id.to_owned(), text: text.to_owned() };
+                let body = proto::TextRequest { id: id.to_owned(), text: text.to_owned(), ..Default::default() };
                 (body.encode_to_vec(), Encoding::APPLICATION_PROTOBUF)
             }
         };

@@ -113,15 +113,14 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
         let metrics =
             Arc::new(PipelineMetrics::new(settings.name.clone(), settings.input.clone(), identity.clone(), providers));
         let (queue, queue_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
-        workers.push(pipeline::worker::spawn(
+        let context = pipeline::worker::WorkerContext {
             index,
-            &settings.name,
-            pipeline,
-            queue_rx,
-            outcomes.clone(),
-            Arc::clone(&abandon),
-            Arc::clone(&metrics),
-        )?);
+            capacity: settings.queue_capacity,
+            outcomes: outcomes.clone(),
+            abandon: Arc::clone(&abandon),
+            metrics: Arc::clone(&metrics),
+        };
+        workers.push(pipeline::worker::spawn(&settings.name, pipeline, queue_rx, context)?);
         admissions.push((Admission { queue, outcomes: outcomes.clone() }, Arc::clone(&metrics)));
         routes.push(Route {
             name: settings.name.clone(),

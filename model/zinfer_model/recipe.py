@@ -25,15 +25,15 @@ DEFAULTS: dict = {
         "layers": [],  # teacher layers the student keeps; [] = all
         "init": "teacher",  # "teacher" (importance-selected slices) or "random"
         "importance_batches": 40,
-        "epochs": 4, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.01, "warmup": 0.1,
+        "epochs": 6, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.01, "warmup": 0.1,
         "dropout": 0.1, "attention_dropout": 0.0,
         "temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "alpha_hidden": 1.0, "alpha_attention": 1.0,
         "augment": 0.5, "augment_token_prob": 0.15,
     },
     "vocab": {"min_count": 1, "check_texts": 1000},
     "prune": {
-        "head_sparsity": 0.33, "ffn_sparsity": 0.33, "scope": "global", "importance_batches": 40,
-        "epochs": 1, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1,
+        "head_sparsity": 0.25, "ffn_sparsity": 0.25, "scope": "global", "importance_batches": 40,
+        "epochs": 2, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1,
         "temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5,
     },
     "quantize": {"opset": 17, "optimize": True, "per_channel": False, "reduce_range": False,

@@ -36,7 +36,8 @@ class TrainSpec:
     checkpoint_every: int = 100
 
 
-# step_fn(model, batch, epoch, index) -> (loss, logits for the batch's gold labels or None, parts dict)
+# step_fn(model, batch, epoch, index) -> (loss, (logits, gold labels) for the running accuracy or None,
+#                                         {loss part name: value} shown on the progress bar)
 StepFn = Callable[[torch.nn.Module, Batch, int, int], tuple[torch.Tensor, torch.Tensor | None, dict]]
 ValFn = Callable[[torch.nn.Module], dict]
 
@@ -97,7 +98,7 @@ def fit(model: torch.nn.Module, data: list[Encoded], *, spec: TrainSpec, step_fn
             for m in modules:
                 m.train()
             batch = make_batch(data, chunks[i])
-            loss, logits, parts = step_fn(model, batch, epoch, i)
+            loss, scored, parts = step_fn(model, batch, epoch, i)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if spec.grad_clip:
@@ -105,15 +106,16 @@ def fit(model: torch.nn.Module, data: list[Encoded], *, spec: TrainSpec, step_fn
             opt.step()
             sched.step()
             r = state["running"]
-            r[0] += float(loss) * len(batch.labels)
+            r[0] += loss.item() * len(batch.labels)
             r[1] += len(batch.labels)
-            if logits is not None:
-                r[2] += int((logits.argmax(-1) == batch.labels).sum())
-                r[3] += len(batch.labels)
+            if scored is not None:  # (logits, gold labels) of the rows that count for the running accuracy
+                logits, gold_labels = scored
+                r[2] += int((logits.argmax(-1) == gold_labels).sum())
+                r[3] += len(gold_labels)
             post = {"loss": f"{r[0] / r[1]:.4f}"}
             if r[3]:
                 post["acc"] = f"{r[2] / r[3]:.3f}"
-            post.update({k: f"{float(v):.3f}" for k, v in parts.items()})
+            post.update({k: f"{float(v):.4f}" for k, v in parts.items()})
             bar.set_postfix(post, refresh=False)
             bar.update(1)
             state["step_in_epoch"] = i + 1

@@ -19,6 +19,16 @@ pub mod outcome {
     pub const ERROR: &str = "error";
     /// The message was accepted but not processed (queue full, shutdown).
     pub const DROPPED: &str = "dropped";
+    /// The message's deadline could no longer be met, so it was not run.
+    pub const EXPIRED: &str = "expired";
+}
+
+/// Reasons of [`Result::reason`] when the outcome is [`outcome::EXPIRED`].
+pub mod expire_reason {
+    /// The deadline had already passed when the message reached the model.
+    pub const PASSED: &str = "deadline_passed";
+    /// The deadline was still ahead, but the model's measured cost would overrun it.
+    pub const UNREACHABLE: &str = "deadline_unreachable";
 }
 
 /// Drop reasons of [`Result::reason`] when the outcome is [`outcome::DROPPED`].

@@ -82,6 +82,8 @@ pub struct PipelineConfig {
     pub result_encoding: WireEncoding,
     /// Messages that may wait for the worker; beyond this, new ones are dropped with `queue_full`.
     pub queue_capacity: usize,
+    /// Per-message deadline in milliseconds from arrival (a request may carry a tighter one).
+    pub deadline_ms: Option<u64>,
     /// The model manifest (files checked).
     pub manifest: ModelManifest,
     /// The decoder's table.
@@ -345,6 +347,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if raw.queue_capacity == 0 {
         return Err(err("queue_capacity", "must be at least 1".into()));
     }
+    if raw.deadline_ms == Some(0) {
+        return Err(err("deadline_ms", "must be at least 1 (leave it out for no deadline)".into()));
+    }
     if raw.session.intra_threads == Some(0) {
         return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
     }
@@ -357,6 +362,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         output_prefix: raw.output_prefix.trim_end_matches('/').to_owned(),
         result_encoding: raw.result_encoding,
         queue_capacity: raw.queue_capacity,
+        deadline_ms: raw.deadline_ms,
         manifest,
         decode: raw.decode,
         preprocess: raw.preprocess,

@@ -129,6 +129,7 @@ pub struct RawPipeline {
     pub result_encoding: WireEncoding,
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    pub deadline_ms: Option<u64>,
     /// The model manifest.
     pub model: PathBuf,
     #[serde(default = "default_decoder")]

@@ -61,6 +61,6 @@ pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outco
                 false
             }
         };
-        route.metrics.record_outcome(&outcome, result.timings.map_or(0, |timings| timings.total_us), published);
+        route.metrics.record_outcome(&outcome, &result, published);
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 use zenoh::sample::Sample;
@@ -89,6 +89,7 @@ impl Ingress {
 
 fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Sample) {
     let arrived = Instant::now();
+    let arrived_wall = SystemTime::now();
     let gate = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // Closed: the daemon is shutting down and no longer accepts messages.
     let Some(admission) = gate.as_ref() else {
@@ -108,7 +109,7 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
     };
     // Count before sending: the worker may dequeue before try_send returns.
     context.metrics.record_enqueued();
-    let refused = match admission.queue.try_send(Envelope { message, arrived, fallback_id }) {
+    let refused = match admission.queue.try_send(Envelope { message, arrived, arrived_wall, fallback_id }) {
         Ok(()) => return,
         Err(TrySendError::Full(envelope)) => (envelope, drop_reason::QUEUE_FULL),
         Err(TrySendError::Disconnected(envelope)) => (envelope, drop_reason::SHUTDOWN),
@@ -123,6 +124,7 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
         verdict: Verdict::Dropped(reason),
         timings: Timings::default(),
         arrived,
+        deadline: None,
     };
     if admission.outcomes.send(outcome).is_err() {
         tracing::error!(pipeline = context.pipeline, "the publisher is gone; a dropped message gets no outcome");

@@ -6,17 +6,20 @@
 //!
 //! [`build`] turns the validated config into a [`Pipeline`] through the stage registry (the daemon knows no stage
 //! by name). [`worker`] runs one pipeline on a dedicated OS thread that owns the model session, fed by a bounded
-//! queue. [`outcome`] is what every accepted message becomes: a result, an error, or a drop notice.
+//! queue, in earliest-deadline-first order. [`deadline`] decides when a message can no longer make it.
+//! [`outcome`] is what every accepted message becomes: a result, an error, an expiry, or a drop notice.
 
 pub mod build;
+pub mod deadline;
 pub mod outcome;
 pub mod worker;
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use zinfer_ort::Model;
 use zinfer_stage_api::{Decoder, Item, RawMessage, Reason, Stage, StageError};
 
+use deadline::Deadline;
 use outcome::{Timings, Verdict};
 
 /// A message waiting for its pipeline.
@@ -26,6 +29,8 @@ pub struct Envelope {
     pub message: RawMessage,
     /// When the sample reached the daemon; deadlines and queue time run from here.
     pub arrived: Instant,
+    /// The same moment on the wall clock, to compare with a publisher's timestamp.
+    pub arrived_wall: SystemTime,
     /// The id to use if the payload carries none: the attachment's, else a generated one.
     pub fallback_id: String,
 }
@@ -45,6 +50,7 @@ pub struct Pipeline {
     preprocess: Vec<Box<dyn Stage>>,
     model: Model,
     postprocess: Vec<Box<dyn Stage>>,
+    deadline_ms: Option<u64>,
 }
 
 /// What processing one envelope yields.
@@ -56,6 +62,28 @@ pub struct Processed {
     pub verdict: Verdict,
     /// Time per stage.
     pub timings: Timings,
+    /// The message's deadline, if it had one.
+    pub deadline: Option<Deadline>,
+}
+
+/// A decoded, preprocessed message waiting for the model.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The item, features filled in.
+    pub item: Item,
+    /// Timings so far (decode, preprocess).
+    pub timings: Timings,
+    /// Arrival time.
+    pub arrived: Instant,
+    /// The deadline, if any.
+    pub deadline: Option<Deadline>,
+}
+
+impl Prepared {
+    /// The longest input dimension: what the model's cost grows with (tokens, for text).
+    pub fn length(&self) -> usize {
+        self.item.features.iter().map(|feature| feature.tensor.shape.iter().product::<usize>()).max().unwrap_or(0)
+    }
 }
 
 impl Pipeline {
@@ -76,50 +104,66 @@ impl Pipeline {
 
     /// Runs one envelope through every phase. Never panics on bad input: failures become [`Verdict::Failed`].
     pub fn process(&mut self, envelope: Envelope) -> Processed {
+        match self.prepare(envelope) {
+            Ok(prepared) => self.run(prepared),
+            Err(processed) => processed,
+        }
+    }
+
+    /// Decodes and preprocesses; a failure is already the message's final outcome.
+    pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Processed> {
         let mut timings = Timings::default();
         let started = Instant::now();
-        timings.queue = started.saturating_duration_since(envelope.arrived);
-        let mut id = envelope.fallback_id;
-
         let request = self.decoder.decode(&envelope.message);
         let decoded = Instant::now();
         timings.decode = decoded - started;
         let request = match request {
             Ok(request) => request,
             Err(error) => {
-                return Processed { id, verdict: Verdict::Failed(error), timings };
+                let (id, verdict) = (envelope.fallback_id, Verdict::Failed(error));
+                return Err(Processed { id, verdict, timings, deadline: None });
             }
         };
-        if let Some(request_id) = request.id {
-            id = request_id;
-        }
-        let mut item = Item::new(id.clone(), envelope.message.key, request.input);
-
+        let deadline = deadline::deadline_for(
+            envelope.arrived,
+            envelope.arrived_wall,
+            self.deadline_ms,
+            request.deadline_ms,
+            request.sent_at_ms,
+        );
+        let id = request.id.unwrap_or(envelope.fallback_id);
+        let mut item = Item::new(id, envelope.message.key, request.input);
         let result = run_stages(&mut self.preprocess, &mut item);
-        let preprocessed = Instant::now();
-        timings.preprocess = preprocessed - decoded;
-        if let Err(error) = result {
-            return Processed { id, verdict: Verdict::Failed(error), timings };
+        timings.preprocess = decoded.elapsed();
+        match result {
+            Ok(()) => Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
+            Err(error) => Err(Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline }),
         }
+    }
+
+    /// Runs the model and the postprocessing stages on a prepared message.
+    pub fn run(&mut self, prepared: Prepared) -> Processed {
+        let Prepared { mut item, mut timings, arrived, deadline } = prepared;
+        let started = Instant::now();
+        timings.queue = started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
+        let failed =
+            |item: Item, timings, error| Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline };
 
         let result = self.model.run(&[item.features.as_slice()]);
         let inferred = Instant::now();
-        timings.inference = inferred - preprocessed;
+        timings.inference = inferred - started;
         match result.map(|mut outputs| outputs.pop()) {
             Ok(Some(outputs)) => item.outputs = outputs,
             Ok(None) => {
                 let error = StageError::new(Reason::BadModelOutput, "the model returned no outputs for the item");
-                return Processed { id, verdict: Verdict::Failed(error), timings };
+                return failed(item, timings, error);
             }
-            Err(error) => {
-                let error = StageError::new(Reason::InferenceFailed, error.to_string());
-                return Processed { id, verdict: Verdict::Failed(error), timings };
-            }
+            Err(error) => return failed(item, timings, StageError::new(Reason::InferenceFailed, error.to_string())),
         }
 
         let result = run_stages(&mut self.postprocess, &mut item);
         timings.postprocess = inferred.elapsed();
-        let verdict = match (result, item.prediction) {
+        let verdict = match (result, item.prediction.take()) {
             (Err(error), _) => Verdict::Failed(error),
             (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
             (Ok(()), None) => Verdict::Failed(StageError::new(
@@ -127,7 +171,7 @@ impl Pipeline {
                 "no postprocessing stage produced a prediction; add a `classify` stage",
             )),
         };
-        Processed { id, verdict, timings }
+        Processed { id: item.id, verdict, timings, deadline }
     }
 }
 

@@ -6,6 +6,7 @@ use zinfer_proto as proto;
 use zinfer_stage_api::{Prediction, StageError};
 
 use super::ModelIdentity;
+use super::deadline::Deadline;
 
 /// Time spent per stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub enum Verdict {
     Failed(StageError),
     /// Accepted but not processed; the reason is one of [`proto::drop_reason`].
     Dropped(&'static str),
+    /// Not run because its deadline could no longer be met; the reason is one of [`proto::expire_reason`].
+    Expired(&'static str),
 }
 
 impl Verdict {
@@ -40,6 +43,7 @@ impl Verdict {
             Self::Classified(_) => proto::outcome::OK,
             Self::Failed(_) => proto::outcome::ERROR,
             Self::Dropped(_) => proto::outcome::DROPPED,
+            Self::Expired(_) => proto::outcome::EXPIRED,
         }
     }
 
@@ -48,7 +52,7 @@ impl Verdict {
         match self {
             Self::Classified(_) => "",
             Self::Failed(error) => error.reason.as_str(),
-            Self::Dropped(reason) => reason,
+            Self::Dropped(reason) | Self::Expired(reason) => reason,
         }
     }
 }
@@ -68,11 +72,14 @@ pub struct Outcome {
     pub timings: Timings,
     /// When it arrived.
     pub arrived: Instant,
+    /// Its deadline, if it had one.
+    pub deadline: Option<Deadline>,
 }
 
 impl Outcome {
-    /// The wire form, with the total time measured up to now.
+    /// The wire form, with the total time and the deadline slack measured up to now.
     pub fn to_result(&self, pipeline: &str, model: &ModelIdentity) -> proto::Result {
+        let now = Instant::now();
         let scores = |list: &[zinfer_stage_api::ClassScore]| {
             list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
         };
@@ -89,10 +96,16 @@ impl Outcome {
                 preprocess_us: micros(self.timings.preprocess),
                 inference_us: micros(self.timings.inference),
                 postprocess_us: micros(self.timings.postprocess),
-                total_us: micros(self.arrived.elapsed()),
+                total_us: micros(now.saturating_duration_since(self.arrived)),
             }),
             ..Default::default()
         };
+        if let Some(deadline) = self.deadline {
+            let early = micros(deadline.at.saturating_duration_since(now)) as i64;
+            let late = micros(now.saturating_duration_since(deadline.at)) as i64;
+            result.deadline_met = Some(late == 0);
+            result.deadline_slack_us = early - late;
+        }
         match &self.verdict {
             Verdict::Classified(prediction) => {
                 result.label = prediction.label.clone();
@@ -101,17 +114,21 @@ impl Outcome {
                 result.top_k = scores(&prediction.top_k);
             }
             Verdict::Failed(error) => result.message = error.detail.clone(),
-            Verdict::Dropped(reason) => result.message = drop_message(reason).to_owned(),
+            Verdict::Dropped(reason) | Verdict::Expired(reason) => result.message = reason_message(reason).to_owned(),
         }
         result
     }
 }
 
-fn drop_message(reason: &str) -> &'static str {
+fn reason_message(reason: &str) -> &'static str {
     match reason {
         proto::drop_reason::QUEUE_FULL => "the pipeline's queue was full; slow down or raise queue_capacity",
         proto::drop_reason::SHUTDOWN => "zinferd shut down before processing the message",
-        _ => "dropped",
+        proto::expire_reason::PASSED => "the deadline passed while the message waited; it was not run",
+        proto::expire_reason::UNREACHABLE => {
+            "the model's measured cost would overrun the deadline; the message was not run"
+        }
+        _ => "not processed",
     }
 }
 

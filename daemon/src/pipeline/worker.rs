@@ -1,68 +1,217 @@
 //! The worker: one OS thread per pipeline that owns the pipeline (and so the ONNX Runtime session).
 //!
 //! Decoding, tokenization and inference are CPU work; running them here keeps tokio's reactor and zenoh's own
-//! threads free to move bytes. The worker reads a bounded queue and ends when the queue's senders are gone and it
-//! is empty, which is how shutdown drains: stop admitting, let the worker finish, then stop publishing.
+//! threads free to move bytes. The worker moves every message that has arrived into a local queue ordered
+//! earliest-deadline-first (arrival order among messages without a deadline, which come after those with one),
+//! then runs the most urgent. A message whose deadline has passed, or can no longer be met given the measured cost
+//! of the model for inputs of its size, is answered `expired` without running, so it does not take CPU from
+//! messages that can still make it.
+//!
+//! It ends when the admission queue's senders are gone and everything queued is answered, which is how shutdown
+//! drains: stop admitting, let the worker finish, then stop publishing.
 
+use std::cmp::Ordering as Order;
+use std::collections::BinaryHeap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
-use zinfer_proto::drop_reason;
+use zinfer_proto::{drop_reason, expire_reason};
 use zinfer_stage_api::{Reason, StageError};
 
+use super::deadline::CostModel;
 use super::outcome::{Outcome, Timings, Verdict};
-use super::{Envelope, Pipeline, Processed};
+use super::{Envelope, Pipeline, Prepared, Processed};
 use crate::telemetry::metrics::PipelineMetrics;
 
-/// Starts the worker thread for pipeline `index`.
-///
-/// Once `abandon` is set (the drain timeout passed), queued envelopes are answered `dropped: shutdown` instead of
-/// being processed.
+/// What the worker needs besides its pipeline.
+pub struct WorkerContext {
+    /// Index of the pipeline.
+    pub index: usize,
+    /// Most prepared messages waiting for the model; more are dropped with `queue_full`.
+    pub capacity: usize,
+    /// Where outcomes go.
+    pub outcomes: UnboundedSender<Outcome>,
+    /// Set when the drain timeout passed: answer what is left `dropped: shutdown`.
+    pub abandon: Arc<AtomicBool>,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+}
+
+/// Starts the worker thread.
 pub fn spawn(
-    index: usize,
     name: &str,
-    mut pipeline: Pipeline,
+    pipeline: Pipeline,
     queue: Receiver<Envelope>,
-    outcomes: UnboundedSender<Outcome>,
-    abandon: Arc<AtomicBool>,
-    metrics: Arc<PipelineMetrics>,
+    context: WorkerContext,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
-        while let Ok(envelope) = queue.recv() {
-            metrics.record_dequeued();
-            let id_fallback = envelope.fallback_id.clone();
-            let key = envelope.message.key.clone();
-            let arrived = envelope.arrived;
-            let processed = if abandon.load(Ordering::Relaxed) {
-                Processed {
-                    id: id_fallback,
-                    verdict: Verdict::Dropped(drop_reason::SHUTDOWN),
-                    timings: Timings::default(),
+    std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || Worker::new(pipeline, context).run(&queue))
+}
+
+struct Worker {
+    pipeline: Pipeline,
+    context: WorkerContext,
+    waiting: BinaryHeap<Waiting>,
+    sequence: u64,
+    costs: CostModel,
+}
+
+/// A prepared message in the EDF queue.
+struct Waiting {
+    prepared: Prepared,
+    sequence: u64,
+}
+
+impl Waiting {
+    /// Earliest deadline first; no deadline sorts last; ties in arrival order.
+    fn urgency(&self) -> (bool, Option<Instant>, u64) {
+        let deadline = self.prepared.deadline.map(|deadline| deadline.at);
+        (deadline.is_none(), deadline, self.sequence)
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.sequence == other.sequence
+    }
+}
+
+impl Eq for Waiting {}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Order {
+        // BinaryHeap pops the greatest: the most urgent must compare greatest.
+        other.urgency().cmp(&self.urgency())
+    }
+}
+
+impl Worker {
+    fn new(pipeline: Pipeline, context: WorkerContext) -> Self {
+        Self { pipeline, context, waiting: BinaryHeap::new(), sequence: 0, costs: CostModel::default() }
+    }
+
+    fn run(mut self, queue: &Receiver<Envelope>) {
+        loop {
+            if self.waiting.is_empty() {
+                match queue.recv() {
+                    Ok(envelope) => self.admit(envelope),
+                    Err(_) => return,
                 }
-            } else {
-                // A panicking stage (a user's plugin, say) must cost one message, not the whole pipeline.
-                catch_unwind(AssertUnwindSafe(|| pipeline.process(envelope))).unwrap_or_else(|_| Processed {
-                    id: id_fallback,
-                    verdict: Verdict::Failed(StageError::new(Reason::Custom("stage_panicked"), "a stage panicked")),
-                    timings: Timings::default(),
-                })
-            };
-            let outcome = Outcome {
-                pipeline: index,
-                id: processed.id,
-                key,
-                verdict: processed.verdict,
-                timings: processed.timings,
-                arrived,
-            };
-            if outcomes.send(outcome).is_err() {
-                tracing::error!(pipeline = index, "the publisher is gone; the worker stops");
-                break;
+            }
+            while let Ok(envelope) = queue.try_recv() {
+                self.admit(envelope);
+            }
+            if let Some(next) = self.waiting.pop() {
+                self.context.metrics.record_dequeued();
+                let outcome = self.execute(next.prepared);
+                if !self.send(outcome) {
+                    return;
+                }
             }
         }
-    })
+    }
+
+    /// Decodes and preprocesses a newly arrived message and queues it, or answers it at once.
+    fn admit(&mut self, envelope: Envelope) {
+        let (key, arrived, fallback_id) =
+            (envelope.message.key.clone(), envelope.arrived, envelope.fallback_id.clone());
+        let answer = |processed: Processed| Outcome {
+            pipeline: self.context.index,
+            id: processed.id,
+            key: key.clone(),
+            verdict: processed.verdict,
+            timings: processed.timings,
+            arrived,
+            deadline: processed.deadline,
+        };
+        let early = if self.context.abandon.load(Ordering::Relaxed) {
+            Some(answer(dropped(fallback_id, drop_reason::SHUTDOWN)))
+        } else {
+            match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
+                Ok(Ok(prepared)) if self.waiting.len() < self.context.capacity => {
+                    self.sequence += 1;
+                    self.waiting.push(Waiting { prepared, sequence: self.sequence });
+                    None
+                }
+                Ok(Ok(prepared)) => Some(answer(Processed {
+                    id: prepared.item.id,
+                    verdict: Verdict::Dropped(drop_reason::QUEUE_FULL),
+                    timings: prepared.timings,
+                    deadline: prepared.deadline,
+                })),
+                Ok(Err(processed)) => Some(answer(processed)),
+                Err(_) => Some(answer(panicked(fallback_id))),
+            }
+        };
+        if let Some(outcome) = early {
+            self.context.metrics.record_dequeued();
+            self.send(outcome);
+        }
+    }
+
+    /// Runs a queued message, or expires it if it can no longer make its deadline.
+    fn execute(&mut self, prepared: Prepared) -> Outcome {
+        let (key, arrived, deadline) = (prepared.item.key.clone(), prepared.arrived, prepared.deadline);
+        let length = prepared.length();
+        let now = Instant::now();
+        let expired = match deadline {
+            _ if self.context.abandon.load(Ordering::Relaxed) => Some(Verdict::Dropped(drop_reason::SHUTDOWN)),
+            Some(deadline) if now >= deadline.at => Some(Verdict::Expired(expire_reason::PASSED)),
+            Some(deadline) if now + self.costs.estimate(length) > deadline.at => {
+                Some(Verdict::Expired(expire_reason::UNREACHABLE))
+            }
+            _ => None,
+        };
+        let processed = match expired {
+            Some(verdict) => Processed { id: prepared.item.id.clone(), verdict, timings: prepared.timings, deadline },
+            None => {
+                let id = prepared.item.id.clone();
+                match catch_unwind(AssertUnwindSafe(|| self.pipeline.run(prepared))) {
+                    Ok(processed) => {
+                        let cost = processed.timings.inference + processed.timings.postprocess;
+                        self.costs.observe(length, cost);
+                        processed
+                    }
+                    Err(_) => Processed { deadline, ..panicked(id) },
+                }
+            }
+        };
+        Outcome {
+            pipeline: self.context.index,
+            id: processed.id,
+            key,
+            verdict: processed.verdict,
+            timings: processed.timings,
+            arrived,
+            deadline: processed.deadline,
+        }
+    }
+
+    fn send(&self, outcome: Outcome) -> bool {
+        if self.context.outcomes.send(outcome).is_err() {
+            tracing::error!(pipeline = self.context.index, "the publisher is gone; the worker stops");
+            return false;
+        }
+        true
+    }
+}
+
+fn dropped(id: String, reason: &'static str) -> Processed {
+    Processed { id, verdict: Verdict::Dropped(reason), timings: Timings::default(), deadline: None }
+}
+
+/// A panicking stage (a user's plugin, say) costs one message, not the whole pipeline.
+fn panicked(id: String) -> Processed {
+    let error = StageError::new(Reason::Custom("stage_panicked"), "a stage panicked");
+    Processed { id, verdict: Verdict::Failed(error), timings: Timings::default(), deadline: None }
 }

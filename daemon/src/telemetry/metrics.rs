@@ -1,8 +1,8 @@
 //! Per-pipeline counters and latency histograms.
 //!
 //! Counters are updated at two points only: `received` at admission, and the outcome counters by the egress once the
-//! outcome has been handed to zenoh. So `in_flight = received - completed - failed - dropped` counts exactly the
-//! messages the daemon still owes an outcome.
+//! outcome has been handed to zenoh. So `in_flight = received - completed - failed - expired - dropped` counts
+//! exactly the messages the daemon still owes an outcome.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,6 +25,8 @@ pub struct PipelineMetrics {
     completed: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    expired: AtomicU64,
+    deadline_missed: AtomicU64,
     publish_failures: AtomicU64,
     queue_depth: AtomicU64,
     detail: Mutex<Detail>,
@@ -33,6 +35,7 @@ pub struct PipelineMetrics {
 struct Detail {
     failed_by_reason: BTreeMap<&'static str, u64>,
     dropped_by_reason: BTreeMap<&'static str, u64>,
+    expired_by_reason: BTreeMap<&'static str, u64>,
     latency: Vec<Histogram<u64>>,
 }
 
@@ -50,11 +53,14 @@ impl PipelineMetrics {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            deadline_missed: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             detail: Mutex::new(Detail {
                 failed_by_reason: BTreeMap::new(),
                 dropped_by_reason: BTreeMap::new(),
+                expired_by_reason: BTreeMap::new(),
                 latency: STAGES.iter().map(|_| histogram()).collect(),
             }),
         }
@@ -75,12 +81,15 @@ impl PipelineMetrics {
         let _ = self.queue_depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| depth.checked_sub(1));
     }
 
-    /// An outcome left the daemon after `total_us` (the value in its result); `published` is false if zenoh
-    /// refused it.
-    pub fn record_outcome(&self, outcome: &Outcome, total_us: u64, published: bool) {
+    /// An outcome left the daemon as `result`; `published` is false if zenoh refused it.
+    pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result, published: bool) {
         if !published {
             self.publish_failures.fetch_add(1, Ordering::Relaxed);
         }
+        if result.deadline_met == Some(false) && matches!(outcome.verdict, Verdict::Classified(_)) {
+            self.deadline_missed.fetch_add(1, Ordering::Relaxed);
+        }
+        let total_us = result.timings.map_or(0, |timings| timings.total_us);
         let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &outcome.verdict {
             Verdict::Classified(_) => {
@@ -102,6 +111,11 @@ impl PipelineMetrics {
                 drop(detail);
                 self.dropped.fetch_add(1, Ordering::SeqCst);
             }
+            Verdict::Expired(reason) => {
+                *detail.expired_by_reason.entry(reason).or_default() += 1;
+                drop(detail);
+                self.expired.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -111,6 +125,7 @@ impl PipelineMetrics {
         let completed = self.completed.load(Ordering::SeqCst);
         let failed = self.failed.load(Ordering::SeqCst);
         let dropped = self.dropped.load(Ordering::SeqCst);
+        let expired = self.expired.load(Ordering::SeqCst);
         let received = self.received.load(Ordering::SeqCst);
         let detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let latency = STAGES
@@ -134,13 +149,16 @@ impl PipelineMetrics {
             completed,
             failed,
             dropped,
-            in_flight: received.saturating_sub(completed + failed + dropped),
+            in_flight: received.saturating_sub(completed + failed + dropped + expired),
             failed_by_reason: owned(&detail.failed_by_reason),
             dropped_by_reason: owned(&detail.dropped_by_reason),
             latency,
             execution_providers: self.providers.clone(),
             publish_failures: self.publish_failures.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
+            expired,
+            deadline_missed: self.deadline_missed.load(Ordering::Relaxed),
+            expired_by_reason: owned(&detail.expired_by_reason),
         }
     }
 }

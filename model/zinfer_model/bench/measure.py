@@ -95,6 +95,27 @@ def measure_floor(settings: Settings) -> dict:
     return {"peak_rss": int(statistics.median(runs)), "runs": runs}
 
 
+def measure_empty_session(settings: Settings, work_dir: Path) -> int:
+    """Peak RSS of the harness after creating a session on a one-node model: the runtime's own fixed cost."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = Path(work_dir) / "empty-session.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    runs = []
+    for _ in range(max(1, settings.floor_runs)):
+        spec = settings.worker_spec(str(path), max(settings.threads), None)
+        spec["load_only"] = True
+        runs.append(run_worker(spec, settings.timeout_s)["memory"]["final"]["peak_rss"])
+    return int(statistics.median(runs))
+
+
 def job_key(model_sha256: str, threads: int, settings: Settings, ort_version: str) -> str:
     blob = json.dumps({"sha": model_sha256, "threads": threads, "settings": settings.worker_spec("-", threads, 0),
                        "ort": ort_version}, sort_keys=True)

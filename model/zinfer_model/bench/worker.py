@@ -14,6 +14,7 @@ Spec keys (all set by the harness, see ``measure.py``):
     warmup_runs, warmup_s, min_runs, min_s, max_runs, max_s   repetition policy of each timed case
     spinning, arena, memory_pattern, optimization             session options (the daemon's defaults)
     seed             seed of the token ids
+    load_only        create the session and stop (the empty-session floor)
 """
 
 from __future__ import annotations
@@ -153,6 +154,12 @@ def main(argv: list[str]) -> int:
     sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
     result["load_s"] = time.perf_counter() - t
     mem["after_load"] = memory()
+    if spec.get("load_only"):  # the empty-session floor: a session on a one-node model, never run
+        mem["final"] = memory()
+        result["memory"] = mem
+        result["wall_s"] = time.perf_counter() - wall0
+        print(json.dumps(result))
+        return 0
     inputs = sess.get_inputs()
     result["inputs"] = [i.name for i in inputs]
     out_name = sess.get_outputs()[0].name

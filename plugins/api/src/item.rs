@@ -30,6 +30,17 @@ pub struct Request {
     pub id: Option<String>,
     /// The content.
     pub input: Input,
+    /// The publisher's own deadline for this request, in milliseconds (the pipeline's may be tighter).
+    pub deadline_ms: Option<u64>,
+    /// When the publisher sent it, in milliseconds since the Unix epoch; deadlines run from here when it is sane.
+    pub sent_at_ms: Option<u64>,
+}
+
+impl Request {
+    /// A request with no id and no timing of its own.
+    pub fn new(input: Input) -> Self {
+        Self { id: None, input, deadline_ms: None, sent_at_ms: None }
+    }
 }
 
 /// One class and its score.

@@ -92,6 +92,10 @@ struct JsonRequest {
     #[serde(default)]
     id: Option<JsonId>,
     text: String,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    sent_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -113,8 +117,8 @@ impl Decoder for TextDecoder {
                 format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.config.max_bytes),
             ));
         }
-        let (id, text) = match self.format_of(&message.encoding)? {
-            Format::Text => (None, utf8(payload)?.to_owned()),
+        let (id, text, deadline_ms, sent_at_ms) = match self.format_of(&message.encoding)? {
+            Format::Text => (None, utf8(payload)?.to_owned(), None, None),
             Format::Json => {
                 let request: JsonRequest = serde_json::from_slice(payload).map_err(|error| {
                     StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
@@ -123,19 +127,21 @@ impl Decoder for TextDecoder {
                     JsonId::Text(text) => text,
                     JsonId::Number(number) => number.to_string(),
                 });
-                (id, request.text)
+                (id, request.text, request.deadline_ms, request.sent_at_ms)
             }
             Format::Protobuf => {
                 let request = zinfer_proto::TextRequest::decode(payload).map_err(|error| {
                     StageError::new(Reason::MalformedProtobuf, format!("expected zinfer.v1.TextRequest: {error}"))
                 })?;
-                (Some(request.id).filter(|id| !id.is_empty()), request.text)
+                let nonzero = |value: u64| Some(value).filter(|&value| value > 0);
+                let id = Some(request.id).filter(|id| !id.is_empty());
+                (id, request.text, nonzero(u64::from(request.deadline_ms)), nonzero(request.sent_at_ms))
             }
         };
         if text.is_empty() {
             return Err(StageError::new(Reason::EmptyText, "the request has no text"));
         }
-        Ok(Request { id, input: Input::Text(text) })
+        Ok(Request { id, input: Input::Text(text), deadline_ms, sent_at_ms })
     }
 }
 
@@ -162,15 +168,17 @@ mod tests {
     #[test]
     fn formats_follow_the_encoding() {
         let text = decoder(Format::Json).decode(&message(b"hello", "text/plain;charset=utf-8")).expect("text");
-        assert_eq!(text, Request { id: None, input: Input::Text("hello".into()) });
+        assert_eq!(text, Request::new(Input::Text("hello".into())));
 
         let json =
             decoder(Format::Text).decode(&message(br#"{"id": 7, "text": "hi"}"#, "application/json")).expect("json");
         assert_eq!(json, Request { id: Some("7".into()), input: Input::Text("hi".into()) });
 
-        let bytes = zinfer_proto::TextRequest { id: "p".into(), text: "pb".into() }.encode_to_vec();
+        let bytes = zinfer_proto::TextRequest { id: "p".into(), text: "pb".into(), deadline_ms: 5, sent_at_ms: 0 }
+            .encode_to_vec();
         let proto = decoder(Format::Text).decode(&message(&bytes, "application/protobuf")).expect("protobuf");
-        assert_eq!(proto, Request { id: Some("p".into()), input: Input::Text("pb".into()) });
+        let expected = Request { id: Some("p".into()), deadline_ms: Some(5), ..Request::new(Input::Text("pb".into())) };
+        assert_eq!(proto, expected);
 
         let default = decoder(Format::Json).decode(&message(br#"{"text": "d"}"#, "zenoh/bytes")).expect("default");
         assert_eq!(default.input, Input::Text("d".into()));

@@ -1,0 +1,73 @@
+"""Command line: `python -m zinfer_model <step> --recipe FILE [--quick] [--run-dir DIR] [--force]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from .data import MissingPackage
+
+STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
+  teacher         fine-tune all-MiniLM-L6-v2 (the original model) on Rotten Tomatoes
+  shrink          build the half-width student from the teacher and distil it
+  vocab           trim the student's embedding table and tokenizer.json to the training corpus
+  prune           remove whole heads and FFN neurons by importance, then a recovery fine-tune
+  quantize        ONNX export, ORT optimizer fusions, dynamic int8 quantization, agreement checks
+  evaluate        test-split accuracy/macro-F1 of every stage; ONNX vs PyTorch agreement
+  export-shipped  write models/<name>/ (model.onnx, tokenizer.json, manifest.toml, README.md, predictions)
+  recipe          all of the above; completed steps are skipped
+  bench           the efficiency report (zinfer_model.bench; its own options follow)
+
+Every step writes into <run-dir>/<step>/ with a metrics.json. An interrupted step resumes from its last
+checkpoint when run again with the same --run-dir and recipe."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        if importlib.util.find_spec("zinfer_model.bench") is None:
+            print("bench: the efficiency report (zinfer_model.bench) is not available in this checkout",
+                  file=sys.stderr)
+            return 2
+        from . import bench  # type: ignore[attr-defined]
+
+        return int(bench.main(argv[1:]) or 0)
+
+    from .steps import STEPS
+
+    parser = argparse.ArgumentParser(prog="python -m zinfer_model", description=__doc__, epilog=STEP_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=STEPS + ["recipe", "bench"])
+    parser.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parents[1] / "recipes" / "default.toml",
+                        help="TOML recipe (default: model/recipes/default.toml)")
+    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps per stage (seconds)")
+    parser.add_argument("--run-dir", type=Path, help="default: model/runs/<recipe name>[-quick]")
+    parser.add_argument("--force", action="store_true", help="redo the step(s) even if complete")
+    parser.add_argument("--export-dir", type=Path,
+                        help="export-shipped target (default: the recipe's export.out; <run-dir>/export/ with --quick)")
+    args = parser.parse_args(argv)
+
+    from .recipe import load_recipe
+    from .steps import Run, run_step
+
+    try:
+        recipe = load_recipe(args.recipe, args.quick)
+        run_dir = args.run_dir or (Path(__file__).resolve().parents[1] / "runs" /
+                                   (recipe["name"] + ("-quick" if args.quick else "")))
+        run = Run(recipe, run_dir, force=args.force, export_dir=args.export_dir)
+        steps = STEPS if args.step == "recipe" else [args.step]
+        for step in steps:
+            run_step(run, step)
+    except MissingPackage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
