@@ -8,6 +8,7 @@ mod bad_input;
 mod check;
 mod classify;
 mod custom_stage;
+mod deadlines;
 mod providers;
 mod shutdown;
 mod support;

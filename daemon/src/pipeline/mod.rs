@@ -106,12 +106,12 @@ impl Pipeline {
     pub fn process(&mut self, envelope: Envelope) -> Processed {
         match self.prepare(envelope) {
             Ok(prepared) => self.run(prepared),
-            Err(processed) => processed,
+            Err(processed) => *processed,
         }
     }
 
     /// Decodes and preprocesses; a failure is already the message's final outcome.
-    pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Processed> {
+    pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Box<Processed>> {
         let mut timings = Timings::default();
         let started = Instant::now();
         let request = self.decoder.decode(&envelope.message);
@@ -121,7 +121,7 @@ impl Pipeline {
             Ok(request) => request,
             Err(error) => {
                 let (id, verdict) = (envelope.fallback_id, Verdict::Failed(error));
-                return Err(Processed { id, verdict, timings, deadline: None });
+                return Err(Box::new(Processed { id, verdict, timings, deadline: None }));
             }
         };
         let deadline = deadline::deadline_for(
@@ -137,7 +137,7 @@ impl Pipeline {
         timings.preprocess = decoded.elapsed();
         match result {
             Ok(()) => Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
-            Err(error) => Err(Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline }),
+            Err(error) => Err(Box::new(Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline })),
         }
     }
 

@@ -11,7 +11,7 @@ use super::deadline::Deadline;
 /// Time spent per stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {
-    /// From arrival to the start of decoding.
+    /// Waiting: from arrival to the model run, less decoding and preprocessing.
     pub queue: Duration,
     /// Decoding.
     pub decode: Duration,

@@ -136,20 +136,17 @@ impl Worker {
         };
         let early = if self.context.abandon.load(Ordering::Relaxed) {
             Some(answer(dropped(fallback_id, drop_reason::SHUTDOWN)))
+        } else if self.waiting.len() >= self.context.capacity {
+            // Refuse before decoding: under overload, tokenizing what cannot be queued would only add to it.
+            Some(answer(dropped(fallback_id, drop_reason::QUEUE_FULL)))
         } else {
             match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
-                Ok(Ok(prepared)) if self.waiting.len() < self.context.capacity => {
+                Ok(Ok(prepared)) => {
                     self.sequence += 1;
                     self.waiting.push(Waiting { prepared, sequence: self.sequence });
                     None
                 }
-                Ok(Ok(prepared)) => Some(answer(Processed {
-                    id: prepared.item.id,
-                    verdict: Verdict::Dropped(drop_reason::QUEUE_FULL),
-                    timings: prepared.timings,
-                    deadline: prepared.deadline,
-                })),
-                Ok(Err(processed)) => Some(answer(processed)),
+                Ok(Err(processed)) => Some(answer(*processed)),
                 Err(_) => Some(answer(panicked(fallback_id))),
             }
         };

@@ -69,6 +69,9 @@ def build_parser(prog: str = "python -m zinfer_model bench") -> argparse.Argumen
     p.add_argument("--batch", type=int, default=None, help="throughput batch size (default 8; 0 skips)")
     p.add_argument("--batch-seq", type=int, default=None, help="throughput sequence length (default 64)")
     p.add_argument("--min-time", type=float, default=None, help="seconds each timed case runs at least")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="measure every model this many times, interleaved, keeping each case's best round "
+                        "(default 2; 1 with --quick)")
     p.add_argument("--resume", action="store_true",
                    help="reuse measurements an interrupted run saved in OUT/raw/ (same model file and settings)")
     p.add_argument("--title", default=None, help="report title (default: the models file's title)")
@@ -146,6 +149,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
         settings.batch = args.batch
     if args.batch_seq is not None:
         settings.batch_seq = args.batch_seq
+    if args.rounds is not None:
+        settings.rounds = max(1, args.rounds)
     if args.min_time is not None:
         settings.min_s = args.min_time
     threads, seqs = list(settings.threads), list(settings.seq_lengths)
@@ -211,19 +216,22 @@ def run(args: argparse.Namespace, command: str) -> dict:
         floor["empty_session_peak_rss"] = measure.measure_empty_session(settings, Path(tmp))
     _log(f"floor {floor['peak_rss'] / 2**20:.1f} MiB; with an empty session "
          f"{floor['empty_session_peak_rss'] / 2**20:.1f} MiB")
-    jobs = [measure.Job(r["name"], Path(r["path"]), t, r["vocab_size"],
-                        measure.job_key(r["sha256"], t, settings, env["onnxruntime"]))
-            for r in rows for t in threads]
+    jobs = [(k, measure.Job(r["name"], Path(r["path"]), t, r["vocab_size"],
+                            measure.job_key(r["sha256"], t, settings, env["onnxruntime"], k)))
+            for k in range(settings.rounds) for r in rows for t in threads]
     bar = _progress(len(jobs))
-    by_name = {r["name"]: r for r in rows}
+    results: dict[tuple[str, int], list[dict]] = {}
     try:
-        for job in jobs:
-            bar.set_description(f"{job.name}, {job.threads} thr")
+        for k, job in jobs:
+            round_txt = f", round {k + 1}/{settings.rounds}" if settings.rounds > 1 else ""
+            bar.set_description(f"{job.name}, {job.threads} thr{round_txt}")
             res = measure.run_job(job, settings, raw_dir, args.resume)
-            by_name[job.name]["runs"][str(job.threads)] = res
+            results.setdefault((job.name, job.threads), []).append(res)
             bar.update(1)
     finally:
         bar.close()
+    for (name, t), res in results.items():
+        next(r for r in rows if r["name"] == name)["runs"][str(t)] = measure.merge_rounds(res)
 
     for r in rows:
         missing = [r_ for r_ in r["inputs"] if r_ not in ("input_ids", "attention_mask", "token_type_ids",

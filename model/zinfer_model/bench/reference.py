@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,8 @@ def export_onnx(model, path: Path, with_token_types: bool = True) -> None:
     args = (ids, mask) + ((torch.zeros_like(ids),) if with_token_types else ())
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and constant-folding chatter; the result is checked instead
         torch.onnx.export(_wrapper(model, with_token_types), args, str(path), input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False,
                           do_constant_folding=True)

@@ -170,9 +170,16 @@ mod tests {
         let text = decoder(Format::Json).decode(&message(b"hello", "text/plain;charset=utf-8")).expect("text");
         assert_eq!(text, Request::new(Input::Text("hello".into())));
 
-        let json =
-            decoder(Format::Text).decode(&message(br#"{"id": 7, "text": "hi"}"#, "application/json")).expect("json");
-        assert_eq!(json, Request { id: Some("7".into()), input: Input::Text("hi".into()) });
+        let json = decoder(Format::Text)
+            .decode(&message(br#"{"id": 7, "text": "hi", "deadline_ms": 50, "sent_at_ms": 9}"#, "application/json"))
+            .expect("json");
+        let expected = Request {
+            id: Some("7".into()),
+            deadline_ms: Some(50),
+            sent_at_ms: Some(9),
+            ..Request::new(Input::Text("hi".into()))
+        };
+        assert_eq!(json, expected);
 
         let bytes = zinfer_proto::TextRequest { id: "p".into(), text: "pb".into(), deadline_ms: 5, sent_at_ms: 0 }
             .encode_to_vec();
