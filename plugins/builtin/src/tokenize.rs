@@ -7,6 +7,10 @@
 //!   may not exceed the manifest's).
 //! - `overflow` = `"truncate"` (default; keeps the final special token) | `"reject"` (error outcome
 //!   `too_many_tokens`).
+//! - `buckets`: sequence lengths to pad to, e.g. `[16, 32, 64, 128]` (default: none, no padding). A text is padded
+//!   (pad token, attention mask 0) to the smallest bucket that holds it. Texts in one bucket have one shape, so the
+//!   worker can batch them, and ONNX Runtime sees a few shapes only instead of one per length.
+//! - `pad_token`: the token padding uses (default `[PAD]`).
 //!
 //! The tokenizer file's own padding and truncation settings are ignored: the pipeline decides both, so a file
 //! exported with `padding="max_length"` cannot silently inflate every request.
@@ -53,6 +57,16 @@ pub struct TokenizeConfig {
     /// Overflow policy.
     #[serde(default = "default_overflow")]
     pub overflow: Overflow,
+    /// Sequence lengths to pad to.
+    #[serde(default)]
+    pub buckets: Vec<usize>,
+    /// The padding token.
+    #[serde(default = "default_pad_token")]
+    pub pad_token: String,
+}
+
+fn default_pad_token() -> String {
+    "[PAD]".to_owned()
 }
 
 fn default_overflow() -> Overflow {
@@ -86,7 +100,31 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
             reason: format!("{max_length} exceeds the model's max_length of {model_max} (from its manifest)"),
         });
     }
-    Ok(Box::new(Tokenize::from_file(&path, max_length, config.overflow)?))
+    let mut stage = Tokenize::from_file(&path, max_length, config.overflow)?;
+    if !config.buckets.is_empty() {
+        let mut buckets = config.buckets.clone();
+        buckets.sort_unstable();
+        buckets.dedup();
+        if buckets[0] == 0 || buckets.last().is_some_and(|&largest| largest > max_length) {
+            return Err(BuildError::Option {
+                key: "buckets".into(),
+                reason: format!("bucket lengths must be between 1 and max_length ({max_length}); got {buckets:?}"),
+            });
+        }
+        let pad_id = stage.tokenizer.token_to_id(&config.pad_token).ok_or_else(|| BuildError::Option {
+            key: "pad_token".into(),
+            reason: format!("`{}` is not in the tokenizer's vocabulary", config.pad_token),
+        })?;
+        stage.padding = Some(Padding { buckets, pad_id: i64::from(pad_id) });
+    }
+    Ok(Box::new(stage))
+}
+
+/// Padding to bucket lengths.
+#[derive(Debug, Clone)]
+struct Padding {
+    buckets: Vec<usize>,
+    pad_id: i64,
 }
 
 /// The stage itself.
@@ -94,6 +132,7 @@ pub struct Tokenize {
     tokenizer: Tokenizer,
     max_length: usize,
     overflow: Overflow,
+    padding: Option<Padding>,
 }
 
 impl Tokenize {
@@ -111,7 +150,7 @@ impl Tokenize {
             Overflow::Reject => None,
         };
         tokenizer.with_truncation(truncation).map_err(|error| file_error(error.to_string()))?;
-        Ok(Self { tokenizer, max_length, overflow })
+        Ok(Self { tokenizer, max_length, overflow, padding: None })
     }
 }
 
@@ -133,14 +172,25 @@ impl Stage for Tokenize {
                 format!("the text is {length} tokens long; this pipeline accepts at most {}", self.max_length),
             ));
         }
-        let widen = |values: &[u32]| values.iter().map(|&value| i64::from(value)).collect::<Vec<_>>();
+        // Pad to the smallest bucket that holds the text; longer texts (up to max_length) stay as they are.
+        let target = self
+            .padding
+            .as_ref()
+            .and_then(|padding| padding.buckets.iter().copied().find(|&bucket| bucket >= length))
+            .unwrap_or(length);
+        let pad_id = self.padding.as_ref().map_or(0, |padding| padding.pad_id);
+        let widen = |values: &[u32], pad: i64| {
+            let mut widened: Vec<i64> = values.iter().map(|&value| i64::from(value)).collect();
+            widened.resize(target, pad);
+            widened
+        };
         item.features = vec![
-            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids())) },
+            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids(), pad_id)) },
             NamedTensor {
                 name: ATTENTION_MASK.into(),
-                tensor: Tensor::i64_vector(widen(encoding.get_attention_mask())),
+                tensor: Tensor::i64_vector(widen(encoding.get_attention_mask(), 0)),
             },
-            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids())) },
+            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids(), 0)) },
         ];
         Ok(())
     }
