@@ -116,6 +116,7 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
         let context = pipeline::worker::WorkerContext {
             index,
             capacity: settings.queue_capacity,
+            max_batch: settings.max_batch,
             outcomes: outcomes.clone(),
             abandon: Arc::clone(&abandon),
             metrics: Arc::clone(&metrics),

@@ -38,6 +38,7 @@ async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() 
         assert_eq!((model.name.as_str(), model.version.as_str()), ("zinfer-fixture-tiny-bert", "0.1.0"));
         let timings = result.timings.expect("timings");
         assert!(timings.inference_us > 0 && timings.total_us >= timings.inference_us, "{timings:?}");
+        assert_eq!(timings.batch_size, 1, "an isolated message runs alone, at once");
     }
     client.close().await;
 }

@@ -5,6 +5,7 @@
 //! run in parallel.
 
 mod bad_input;
+mod batching;
 mod check;
 mod classify;
 mod custom_stage;

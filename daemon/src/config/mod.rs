@@ -84,6 +84,8 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     /// Per-message deadline in milliseconds from arrival (a request may carry a tighter one).
     pub deadline_ms: Option<u64>,
+    /// Most messages per model run.
+    pub max_batch: usize,
     /// The model manifest (files checked).
     pub manifest: ModelManifest,
     /// The decoder's table.
@@ -347,6 +349,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if raw.queue_capacity == 0 {
         return Err(err("queue_capacity", "must be at least 1".into()));
     }
+    if !(1..=1024).contains(&raw.max_batch) {
+        return Err(err("max_batch", format!("{} is not between 1 and 1024", raw.max_batch)));
+    }
     if raw.deadline_ms == Some(0) {
         return Err(err("deadline_ms", "must be at least 1 (leave it out for no deadline)".into()));
     }
@@ -363,6 +368,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         result_encoding: raw.result_encoding,
         queue_capacity: raw.queue_capacity,
         deadline_ms: raw.deadline_ms,
+        max_batch: raw.max_batch,
         manifest,
         decode: raw.decode,
         preprocess: raw.preprocess,

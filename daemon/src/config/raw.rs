@@ -130,6 +130,8 @@ pub struct RawPipeline {
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
     pub deadline_ms: Option<u64>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
     /// The model manifest.
     pub model: PathBuf,
     #[serde(default = "default_decoder")]
@@ -144,6 +146,10 @@ pub struct RawPipeline {
 
 fn default_output_prefix() -> String {
     "zinfer/out".to_owned()
+}
+
+fn default_max_batch() -> usize {
+    8
 }
 
 fn default_queue_capacity() -> usize {

@@ -40,13 +40,16 @@ pub fn deadline_for(
     Some(Deadline { at: start + Duration::from_millis(budget) })
 }
 
-/// A running estimate of what running the model (plus postprocessing) costs, per input-length bucket.
+/// A running estimate of what one model run (plus postprocessing) costs, per input-length bucket and batch size.
 ///
 /// Buckets are powers of two of the longest input dimension, so a 20-token and a 30-token text share one.
 /// Estimates are exponentially weighted (new = 0.8·old + 0.2·sample), so they follow thermal throttling and load.
+/// An unmeasured batch size is extrapolated linearly from the same bucket's single-message cost (pessimistic:
+/// batching is cheaper per message than that).
 #[derive(Debug, Default)]
 pub struct CostModel {
     micros: BTreeMap<usize, f64>,
+    batched: BTreeMap<(usize, usize), f64>,
 }
 
 impl CostModel {
@@ -55,13 +58,23 @@ impl CostModel {
         length.max(1).next_power_of_two()
     }
 
-    /// Records one measured run.
-    pub fn observe(&mut self, length: usize, cost: Duration) {
+    /// Records one measured run of `batch` messages of `length`.
+    pub fn observe(&mut self, length: usize, batch: usize, cost: Duration) {
         let sample = cost.as_secs_f64() * 1e6;
-        self.micros
-            .entry(Self::bucket(length))
-            .and_modify(|estimate| *estimate = 0.8 * *estimate + 0.2 * sample)
-            .or_insert(sample);
+        let update = |estimate: &mut f64| *estimate = 0.8 * *estimate + 0.2 * sample;
+        if batch <= 1 {
+            self.micros.entry(Self::bucket(length)).and_modify(update).or_insert(sample);
+        } else {
+            self.batched.entry((Self::bucket(length), batch)).and_modify(update).or_insert(sample);
+        }
+    }
+
+    /// The expected cost of one run of `batch` messages of `length`.
+    pub fn estimate_batch(&self, length: usize, batch: usize) -> Duration {
+        match self.batched.get(&(Self::bucket(length), batch)) {
+            Some(&micros) if batch > 1 => Duration::from_secs_f64(micros / 1e6),
+            _ => self.estimate(length) * batch.max(1) as u32,
+        }
     }
 
     /// The expected cost for `length`: its bucket's estimate, else the nearest measured bucket's scaled linearly
@@ -109,10 +122,13 @@ mod tests {
     fn the_cost_model_learns_and_extrapolates() {
         let mut model = CostModel::default();
         assert_eq!(model.estimate(20), Duration::ZERO);
-        model.observe(20, Duration::from_micros(1000));
+        model.observe(20, 1, Duration::from_micros(1000));
         assert_eq!(model.estimate(30), Duration::from_micros(1000));
         assert_eq!(model.estimate(64), Duration::from_micros(2000));
-        model.observe(30, Duration::from_micros(2000));
+        model.observe(30, 1, Duration::from_micros(2000));
         assert_eq!(model.estimate(17), Duration::from_micros(1200));
+        assert_eq!(model.estimate_batch(17, 4), Duration::from_micros(4800));
+        model.observe(17, 4, Duration::from_micros(2000));
+        assert_eq!(model.estimate_batch(17, 4), Duration::from_micros(2000));
     }
 }

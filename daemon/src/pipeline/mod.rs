@@ -143,35 +143,60 @@ impl Pipeline {
 
     /// Runs the model and the postprocessing stages on a prepared message.
     pub fn run(&mut self, prepared: Prepared) -> Processed {
-        let Prepared { mut item, mut timings, arrived, deadline } = prepared;
+        let mut processed = self.run_batch(vec![prepared]);
+        processed.pop().expect("run_batch answers every item: this is a bug")
+    }
+
+    /// Runs the model once on a batch of prepared messages whose features have equal shapes, then postprocesses
+    /// each. Every message gets its own [`Processed`], in order.
+    pub fn run_batch(&mut self, batch: Vec<Prepared>) -> Vec<Processed> {
         let started = Instant::now();
-        timings.queue = started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
-        let failed =
-            |item: Item, timings, error| Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline };
-
-        let result = self.model.run(&[item.features.as_slice()]);
+        let size = batch.len() as u32;
+        let features: Vec<&[zinfer_stage_api::NamedTensor]> =
+            batch.iter().map(|prepared| prepared.item.features.as_slice()).collect();
+        let result = self.model.run(&features);
         let inferred = Instant::now();
-        timings.inference = inferred - started;
-        match result.map(|mut outputs| outputs.pop()) {
-            Ok(Some(outputs)) => item.outputs = outputs,
-            Ok(None) => {
-                let error = StageError::new(Reason::BadModelOutput, "the model returned no outputs for the item");
-                return failed(item, timings, error);
-            }
-            Err(error) => return failed(item, timings, StageError::new(Reason::InferenceFailed, error.to_string())),
-        }
-
-        let result = run_stages(&mut self.postprocess, &mut item);
-        timings.postprocess = inferred.elapsed();
-        let verdict = match (result, item.prediction.take()) {
-            (Err(error), _) => Verdict::Failed(error),
-            (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
-            (Ok(()), None) => Verdict::Failed(StageError::new(
-                Reason::MissingInput,
-                "no postprocessing stage produced a prediction; add a `classify` stage",
-            )),
+        let outputs: Result<Vec<_>, StageError> = match result {
+            Ok(outputs) if outputs.len() == batch.len() => Ok(outputs),
+            Ok(_) => Err(StageError::new(Reason::BadModelOutput, "the model returned outputs for another batch size")),
+            Err(error) => Err(StageError::new(Reason::InferenceFailed, error.to_string())),
         };
-        Processed { id: item.id, verdict, timings, deadline }
+        let mut outputs = outputs.map(|outputs| outputs.into_iter().map(Some).collect::<Vec<_>>());
+        batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, prepared)| {
+                let Prepared { mut item, mut timings, arrived, deadline } = prepared;
+                timings.queue =
+                    started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
+                timings.inference = inferred - started;
+                timings.batch_size = size;
+                let verdict = match outputs.as_mut().map(|outputs| outputs[index].take()) {
+                    Ok(Some(item_outputs)) => {
+                        item.outputs = item_outputs;
+                        let postprocessing = Instant::now();
+                        let result = run_stages(&mut self.postprocess, &mut item);
+                        timings.postprocess = postprocessing.elapsed();
+                        match (result, item.prediction.take()) {
+                            (Err(error), _) => Verdict::Failed(error),
+                            (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
+                            (Ok(()), None) => Verdict::Failed(StageError::new(
+                                Reason::MissingInput,
+                                "no postprocessing stage produced a prediction; add a `classify` stage",
+                            )),
+                        }
+                    }
+                    Ok(None) => Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item")),
+                    Err(error) => Verdict::Failed(error.clone()),
+                };
+                Processed { id: item.id, verdict, timings, deadline }
+            })
+            .collect()
+    }
+
+    /// The shape of each feature: messages with equal signatures can share a model run.
+    pub fn signature(prepared: &Prepared) -> Vec<Vec<usize>> {
+        prepared.item.features.iter().map(|feature| feature.tensor.shape.clone()).collect()
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Timings {
     pub inference: Duration,
     /// Postprocessing stages.
     pub postprocess: Duration,
+    /// How many messages shared the model run (0: it did not run).
+    pub batch_size: u32,
 }
 
 /// How a message ended.
@@ -97,6 +99,7 @@ impl Outcome {
                 inference_us: micros(self.timings.inference),
                 postprocess_us: micros(self.timings.postprocess),
                 total_us: micros(now.saturating_duration_since(self.arrived)),
+                batch_size: self.timings.batch_size,
             }),
             ..Default::default()
         };

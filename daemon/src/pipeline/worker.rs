@@ -34,6 +34,8 @@ pub struct WorkerContext {
     pub index: usize,
     /// Most prepared messages waiting for the model; more are dropped with `queue_full`.
     pub capacity: usize,
+    /// Most messages per model run.
+    pub max_batch: usize,
     /// Where outcomes go.
     pub outcomes: UnboundedSender<Outcome>,
     /// Set when the drain timeout passed: answer what is left `dropped: shutdown`.
@@ -111,11 +113,12 @@ impl Worker {
             while let Ok(envelope) = queue.try_recv() {
                 self.admit(envelope);
             }
-            if let Some(next) = self.waiting.pop() {
+            if let Some(head) = self.waiting.pop() {
                 self.context.metrics.record_dequeued();
-                let outcome = self.execute(next.prepared);
-                if !self.send(outcome) {
-                    return;
+                for outcome in self.execute(head) {
+                    if !self.send(outcome) {
+                        return;
+                    }
                 }
             }
         }
@@ -156,33 +159,92 @@ impl Worker {
         }
     }
 
-    /// Runs a queued message, or expires it if it can no longer make its deadline.
-    fn execute(&mut self, prepared: Prepared) -> Outcome {
-        let (key, arrived, deadline) = (prepared.item.key.clone(), prepared.arrived, prepared.deadline);
-        let length = prepared.length();
+    /// Why a queued message should not run now, if it should not.
+    fn shed(&self, waiting: &Waiting, batch: usize, now: Instant) -> Option<Verdict> {
+        if self.context.abandon.load(Ordering::Relaxed) {
+            return Some(Verdict::Dropped(drop_reason::SHUTDOWN));
+        }
+        let deadline = waiting.prepared.deadline?;
+        if now >= deadline.at {
+            Some(Verdict::Expired(expire_reason::PASSED))
+        } else if now + self.costs.estimate_batch(waiting.prepared.length(), batch) > deadline.at {
+            Some(Verdict::Expired(expire_reason::UNREACHABLE))
+        } else {
+            None
+        }
+    }
+
+    /// Runs the most urgent message together with the most urgent waiting messages of the same shape (up to
+    /// `max_batch`, and only while the larger batch's expected cost still lets every member make its deadline), or
+    /// expires it. Nothing waits for a batch to fill: an isolated message runs alone at once.
+    fn execute(&mut self, head: Waiting) -> Vec<Outcome> {
         let now = Instant::now();
-        let expired = match deadline {
-            _ if self.context.abandon.load(Ordering::Relaxed) => Some(Verdict::Dropped(drop_reason::SHUTDOWN)),
-            Some(deadline) if now >= deadline.at => Some(Verdict::Expired(expire_reason::PASSED)),
-            Some(deadline) if now + self.costs.estimate(length) > deadline.at => {
-                Some(Verdict::Expired(expire_reason::UNREACHABLE))
+        let mut answered = Vec::new();
+        if let Some(verdict) = self.shed(&head, 1, now) {
+            answered.push(self.outcome(head.prepared, verdict));
+            return answered;
+        }
+        let signature = Pipeline::signature(&head.prepared);
+        let length = head.prepared.length();
+        let mut batch = vec![head];
+        let mut aside = Vec::new();
+        while batch.len() < self.context.max_batch {
+            let Some(candidate) = self.waiting.pop() else { break };
+            if let Some(verdict @ Verdict::Expired(expire_reason::PASSED)) = self.shed(&candidate, 1, now) {
+                self.context.metrics.record_dequeued();
+                answered.push(self.outcome(candidate.prepared, verdict));
+                continue;
             }
-            _ => None,
-        };
-        let processed = match expired {
-            Some(verdict) => Processed { id: prepared.item.id.clone(), verdict, timings: prepared.timings, deadline },
-            None => {
-                let id = prepared.item.id.clone();
-                match catch_unwind(AssertUnwindSafe(|| self.pipeline.run(prepared))) {
-                    Ok(processed) => {
-                        let cost = processed.timings.inference + processed.timings.postprocess;
-                        self.costs.observe(length, cost);
-                        processed
-                    }
-                    Err(_) => Processed { deadline, ..panicked(id) },
+            let grown = batch.len() + 1;
+            let fits = Pipeline::signature(&candidate.prepared) == signature
+                && batch.iter().chain([&candidate]).all(|member| self.shed(member, grown, now).is_none());
+            if fits {
+                self.context.metrics.record_dequeued();
+                batch.push(candidate);
+            } else {
+                aside.push(candidate);
+                // Scanning the whole queue for partners would cost more than it saves.
+                if aside.len() >= self.context.max_batch * 4 {
+                    break;
                 }
             }
-        };
+        }
+        self.waiting.extend(aside);
+
+        let size = batch.len();
+        let identities: Vec<(String, String, Instant)> = batch
+            .iter()
+            .map(|waiting| {
+                (waiting.prepared.item.id.clone(), waiting.prepared.item.key.clone(), waiting.prepared.arrived)
+            })
+            .collect();
+        let prepared: Vec<Prepared> = batch.into_iter().map(|waiting| waiting.prepared).collect();
+        let deadlines: Vec<_> = prepared.iter().map(|prepared| prepared.deadline).collect();
+        match catch_unwind(AssertUnwindSafe(|| self.pipeline.run_batch(prepared))) {
+            Ok(processed) => {
+                if let Some(first) = processed.first() {
+                    self.costs.observe(length, size, first.timings.inference + first.timings.postprocess);
+                }
+                for (processed, (_, key, arrived)) in processed.into_iter().zip(identities) {
+                    answered.push(self.finish(processed, key, arrived));
+                }
+            }
+            Err(_) => {
+                for ((id, key, arrived), deadline) in identities.into_iter().zip(deadlines) {
+                    answered.push(self.finish(Processed { deadline, ..panicked(id) }, key, arrived));
+                }
+            }
+        }
+        answered
+    }
+
+    fn outcome(&self, prepared: Prepared, verdict: Verdict) -> Outcome {
+        let processed =
+            Processed { id: prepared.item.id, verdict, timings: prepared.timings, deadline: prepared.deadline };
+        self.finish(processed, prepared.item.key, prepared.arrived)
+    }
+
+    fn finish(&self, processed: Processed, key: String, arrived: Instant) -> Outcome {
         Outcome {
             pipeline: self.context.index,
             id: processed.id,

@@ -36,6 +36,7 @@ struct Detail {
     failed_by_reason: BTreeMap<&'static str, u64>,
     dropped_by_reason: BTreeMap<&'static str, u64>,
     expired_by_reason: BTreeMap<&'static str, u64>,
+    by_batch_size: BTreeMap<u32, u64>,
     latency: Vec<Histogram<u64>>,
 }
 
@@ -61,6 +62,7 @@ impl PipelineMetrics {
                 failed_by_reason: BTreeMap::new(),
                 dropped_by_reason: BTreeMap::new(),
                 expired_by_reason: BTreeMap::new(),
+                by_batch_size: BTreeMap::new(),
                 latency: STAGES.iter().map(|_| histogram()).collect(),
             }),
         }
@@ -90,7 +92,11 @@ impl PipelineMetrics {
             self.deadline_missed.fetch_add(1, Ordering::Relaxed);
         }
         let total_us = result.timings.map_or(0, |timings| timings.total_us);
+        let batch_size = outcome.timings.batch_size;
         let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if batch_size > 0 {
+            *detail.by_batch_size.entry(batch_size).or_default() += 1;
+        }
         match &outcome.verdict {
             Verdict::Classified(_) => {
                 let t = &outcome.timings;
@@ -159,6 +165,7 @@ impl PipelineMetrics {
             expired,
             deadline_missed: self.deadline_missed.load(Ordering::Relaxed),
             expired_by_reason: owned(&detail.expired_by_reason),
+            messages_by_batch_size: detail.by_batch_size.clone(),
         }
     }
 }
