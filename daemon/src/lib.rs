@@ -117,6 +117,13 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             index,
             capacity: settings.queue_capacity,
             max_batch: settings.max_batch,
+            capacity_bytes: settings.queue_bytes,
+            overload: match settings.overload {
+                config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
+                config::OverloadPolicy::Latest => {
+                    pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
+                }
+            },
             outcomes: outcomes.clone(),
             abandon: Arc::clone(&abandon),
             metrics: Arc::clone(&metrics),
@@ -127,6 +134,8 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             name: settings.name.clone(),
             output_prefix: settings.output_prefix.clone(),
             encoding: settings.result_encoding,
+            congestion_control: settings.result_congestion_control,
+            priority: settings.result_priority,
             model: identity,
             metrics,
         });

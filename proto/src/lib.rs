@@ -37,6 +37,8 @@ pub mod drop_reason {
     pub const QUEUE_FULL: &str = "queue_full";
     /// The daemon shut down before the message could be processed.
     pub const SHUTDOWN: &str = "shutdown";
+    /// A newer message from the same key replaced it (overload policy `latest`).
+    pub const SUPERSEDED: &str = "superseded";
 }
 
 /// Key expressions zinferd publishes on, derived from configured prefixes.

@@ -21,8 +21,8 @@ use config::{Environment, File, FileFormat};
 use zinfer_ort::SessionConfig;
 use zinfer_stage_api::ModelManifest;
 
+pub use raw::{CongestionPolicy, OverloadPolicy, PriorityLevel, StageSpec, WireEncoding, ZenohMode};
 use raw::{RawConfig, RawPipeline};
-pub use raw::{StageSpec, WireEncoding, ZenohMode};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -86,6 +86,16 @@ pub struct PipelineConfig {
     pub deadline_ms: Option<u64>,
     /// Most messages per model run.
     pub max_batch: usize,
+    /// Most payload bytes waiting.
+    pub queue_bytes: usize,
+    /// What gives when the queue is full.
+    pub overload: OverloadPolicy,
+    /// With `latest`: messages kept per key.
+    pub latest_per_key: usize,
+    /// zenoh congestion control for results.
+    pub result_congestion_control: CongestionPolicy,
+    /// zenoh priority for results.
+    pub result_priority: PriorityLevel,
     /// The model manifest (files checked).
     pub manifest: ModelManifest,
     /// The decoder's table.
@@ -349,6 +359,12 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if raw.queue_capacity == 0 {
         return Err(err("queue_capacity", "must be at least 1".into()));
     }
+    if raw.queue_bytes == 0 {
+        return Err(err("queue_bytes", "must be at least 1".into()));
+    }
+    if raw.latest_per_key == 0 {
+        return Err(err("latest_per_key", "must be at least 1".into()));
+    }
     if !(1..=1024).contains(&raw.max_batch) {
         return Err(err("max_batch", format!("{} is not between 1 and 1024", raw.max_batch)));
     }
@@ -369,6 +385,11 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         queue_capacity: raw.queue_capacity,
         deadline_ms: raw.deadline_ms,
         max_batch: raw.max_batch,
+        queue_bytes: raw.queue_bytes,
+        overload: raw.overload,
+        latest_per_key: raw.latest_per_key,
+        result_congestion_control: raw.result_congestion_control,
+        result_priority: raw.result_priority,
         manifest,
         decode: raw.decode,
         preprocess: raw.preprocess,

@@ -132,6 +132,16 @@ pub struct RawPipeline {
     pub deadline_ms: Option<u64>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: usize,
+    #[serde(default)]
+    pub overload: OverloadPolicy,
+    #[serde(default = "default_latest_per_key")]
+    pub latest_per_key: usize,
+    #[serde(default)]
+    pub result_congestion_control: CongestionPolicy,
+    #[serde(default)]
+    pub result_priority: PriorityLevel,
     /// The model manifest.
     pub model: PathBuf,
     #[serde(default = "default_decoder")]
@@ -146,6 +156,46 @@ pub struct RawPipeline {
 
 fn default_output_prefix() -> String {
     "zinfer/out".to_owned()
+}
+
+fn default_queue_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_latest_per_key() -> usize {
+    1
+}
+
+/// `overload`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverloadPolicy {
+    #[default]
+    Fifo,
+    Latest,
+}
+
+/// `result_congestion_control`: what zenoh does with a result when the network cannot take it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionPolicy {
+    #[default]
+    Block,
+    Drop,
+}
+
+/// `result_priority`: zenoh's priority classes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityLevel {
+    RealTime,
+    InteractiveHigh,
+    InteractiveLow,
+    DataHigh,
+    #[default]
+    Data,
+    DataLow,
+    Background,
 }
 
 fn default_max_batch() -> usize {

@@ -1,8 +1,9 @@
 //! Egress: publishes every outcome on `<output_prefix>/<input key>` and accounts for it in telemetry.
 //!
-//! Results are put with `CongestionControl::Block`: a result is the only trace of an accepted message, so zinferd
-//! waits for the network rather than silently discarding it (zenoh's default for `put` is to drop). The request id
-//! also travels as the sample's attachment, so a client can correlate without decoding.
+//! Results are put with `CongestionControl::Block` by default: a result is the only trace of an accepted message,
+//! so zinferd waits for the network rather than silently discarding it (zenoh's default for `put` is to drop).
+//! A pipeline may choose `drop` (and a zenoh priority) where stale results are worthless. The request id also
+//! travels as the sample's attachment, so a client can correlate without decoding.
 
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use zenoh::bytes::Encoding;
 use zenoh::qos::CongestionControl;
 use zinfer_proto::{Message, keys};
 
-use crate::config::WireEncoding;
+use zenoh::qos::Priority;
+
+use crate::config::{CongestionPolicy, PriorityLevel, WireEncoding};
 use crate::pipeline::ModelIdentity;
 use crate::pipeline::outcome::Outcome;
 use crate::telemetry::metrics::PipelineMetrics;
@@ -24,6 +27,10 @@ pub struct Route {
     pub output_prefix: String,
     /// Result serialisation.
     pub encoding: WireEncoding,
+    /// zenoh congestion control for results.
+    pub congestion_control: CongestionPolicy,
+    /// zenoh priority for results.
+    pub priority: PriorityLevel,
     /// The model named in results.
     pub model: ModelIdentity,
     /// The pipeline's counters.
@@ -51,7 +58,11 @@ pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outco
         let put = session
             .put(&key, bytes)
             .encoding(encoding)
-            .congestion_control(CongestionControl::Block)
+            .congestion_control(match route.congestion_control {
+                CongestionPolicy::Block => CongestionControl::Block,
+                CongestionPolicy::Drop => CongestionControl::Drop,
+            })
+            .priority(priority(route.priority))
             .attachment(outcome.id.clone().into_bytes())
             .await;
         let published = match put {
@@ -62,5 +73,17 @@ pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outco
             }
         };
         route.metrics.record_outcome(&outcome, &result, published);
+    }
+}
+
+fn priority(level: PriorityLevel) -> Priority {
+    match level {
+        PriorityLevel::RealTime => Priority::RealTime,
+        PriorityLevel::InteractiveHigh => Priority::InteractiveHigh,
+        PriorityLevel::InteractiveLow => Priority::InteractiveLow,
+        PriorityLevel::DataHigh => Priority::DataHigh,
+        PriorityLevel::Data => Priority::Data,
+        PriorityLevel::DataLow => Priority::DataLow,
+        PriorityLevel::Background => Priority::Background,
     }
 }

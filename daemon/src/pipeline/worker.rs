@@ -36,12 +36,29 @@ pub struct WorkerContext {
     pub capacity: usize,
     /// Most messages per model run.
     pub max_batch: usize,
+    /// Most payload bytes waiting; more are refused (or, with `latest`, evict the oldest).
+    pub capacity_bytes: usize,
+    /// What gives when the queue is full.
+    pub overload: Overload,
     /// Where outcomes go.
     pub outcomes: UnboundedSender<Outcome>,
     /// Set when the drain timeout passed: answer what is left `dropped: shutdown`.
     pub abandon: Arc<AtomicBool>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
+}
+
+/// What gives when a pipeline's queue is full (by count or bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// Refuse the newest message (`dropped: queue_full`): every accepted message is worth running.
+    Fifo,
+    /// Keep the newest `per_key` messages of each key, and the newest overall; older ones are answered
+    /// `dropped: superseded`. Right for sensor streams, where an old reading is worthless once a new one arrived.
+    Latest {
+        /// Messages kept per key.
+        per_key: usize,
+    },
 }
 
 /// Starts the worker thread.
@@ -58,6 +75,7 @@ struct Worker {
     pipeline: Pipeline,
     context: WorkerContext,
     waiting: BinaryHeap<Waiting>,
+    waiting_bytes: usize,
     sequence: u64,
     costs: CostModel,
 }
@@ -66,6 +84,7 @@ struct Worker {
 struct Waiting {
     prepared: Prepared,
     sequence: u64,
+    bytes: usize,
 }
 
 impl Waiting {
@@ -99,7 +118,14 @@ impl Ord for Waiting {
 
 impl Worker {
     fn new(pipeline: Pipeline, context: WorkerContext) -> Self {
-        Self { pipeline, context, waiting: BinaryHeap::new(), sequence: 0, costs: CostModel::default() }
+        Self {
+            pipeline,
+            context,
+            waiting: BinaryHeap::new(),
+            waiting_bytes: 0,
+            sequence: 0,
+            costs: CostModel::default(),
+        }
     }
 
     fn run(mut self, queue: &Receiver<Envelope>) {
@@ -113,8 +139,7 @@ impl Worker {
             while let Ok(envelope) = queue.try_recv() {
                 self.admit(envelope);
             }
-            if let Some(head) = self.waiting.pop() {
-                self.context.metrics.record_dequeued();
+            if let Some(head) = self.take_next() {
                 for outcome in self.execute(head) {
                     if !self.send(outcome) {
                         return;
@@ -128,8 +153,9 @@ impl Worker {
     fn admit(&mut self, envelope: Envelope) {
         let (key, arrived, fallback_id) =
             (envelope.message.key.clone(), envelope.arrived, envelope.fallback_id.clone());
+        let index = self.context.index;
         let answer = |processed: Processed| Outcome {
-            pipeline: self.context.index,
+            pipeline: index,
             id: processed.id,
             key: key.clone(),
             verdict: processed.verdict,
@@ -137,16 +163,18 @@ impl Worker {
             arrived,
             deadline: processed.deadline,
         };
+        let bytes = envelope.message.payload.len();
         let early = if self.context.abandon.load(Ordering::Relaxed) {
             Some(answer(dropped(fallback_id, drop_reason::SHUTDOWN)))
-        } else if self.waiting.len() >= self.context.capacity {
-            // Refuse before decoding: under overload, tokenizing what cannot be queued would only add to it.
+        } else if !self.make_room(&key, bytes) {
+            // Refused before decoding: under overload, tokenizing what cannot be queued would only add to it.
             Some(answer(dropped(fallback_id, drop_reason::QUEUE_FULL)))
         } else {
             match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
                 Ok(Ok(prepared)) => {
                     self.sequence += 1;
-                    self.waiting.push(Waiting { prepared, sequence: self.sequence });
+                    self.waiting_bytes += bytes;
+                    self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });
                     None
                 }
                 Ok(Err(processed)) => Some(answer(*processed)),
@@ -157,6 +185,56 @@ impl Worker {
             self.context.metrics.record_dequeued();
             self.send(outcome);
         }
+    }
+
+    /// Whether a message of `bytes` on `key` may join the queue, evicting older messages first under `latest`.
+    fn make_room(&mut self, key: &str, bytes: usize) -> bool {
+        let full = |worker: &Self| {
+            worker.waiting.len() >= worker.context.capacity
+                || worker.waiting_bytes + bytes > worker.context.capacity_bytes
+        };
+        match self.context.overload {
+            Overload::Fifo => !full(self),
+            Overload::Latest { per_key } => {
+                if bytes > self.context.capacity_bytes {
+                    return false;
+                }
+                while self.waiting.iter().filter(|waiting| waiting.prepared.item.key == key).count() >= per_key {
+                    if !self.evict(|waiting| waiting.prepared.item.key == key) {
+                        break;
+                    }
+                }
+                while full(self) {
+                    if !self.evict(|_| true) {
+                        break;
+                    }
+                }
+                !full(self)
+            }
+        }
+    }
+
+    /// Answers the oldest waiting message that `pick` selects `dropped: superseded`; false if there is none.
+    fn evict(&mut self, pick: impl Fn(&Waiting) -> bool) -> bool {
+        let mut all = std::mem::take(&mut self.waiting).into_vec();
+        let oldest =
+            all.iter().enumerate().filter(|(_, waiting)| pick(waiting)).min_by_key(|(_, waiting)| waiting.sequence);
+        let evicted = oldest.map(|(index, _)| index).map(|index| all.swap_remove(index));
+        self.waiting = all.into();
+        let Some(evicted) = evicted else { return false };
+        self.waiting_bytes -= evicted.bytes;
+        self.context.metrics.record_dequeued();
+        let outcome = self.outcome(evicted.prepared, Verdict::Dropped(drop_reason::SUPERSEDED));
+        self.send(outcome);
+        true
+    }
+
+    /// The most urgent waiting message, leaving the queue.
+    fn take_next(&mut self) -> Option<Waiting> {
+        let next = self.waiting.pop()?;
+        self.waiting_bytes -= next.bytes;
+        self.context.metrics.record_dequeued();
+        Some(next)
     }
 
     /// Why a queued message should not run now, if it should not.
@@ -190,6 +268,7 @@ impl Worker {
         let mut aside = Vec::new();
         while batch.len() < self.context.max_batch {
             let Some(candidate) = self.waiting.pop() else { break };
+            self.waiting_bytes -= candidate.bytes;
             if let Some(verdict @ Verdict::Expired(expire_reason::PASSED)) = self.shed(&candidate, 1, now) {
                 self.context.metrics.record_dequeued();
                 answered.push(self.outcome(candidate.prepared, verdict));
@@ -209,6 +288,7 @@ impl Worker {
                 }
             }
         }
+        self.waiting_bytes += aside.iter().map(|waiting| waiting.bytes).sum::<usize>();
         self.waiting.extend(aside);
 
         let size = batch.len();
