@@ -122,6 +122,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Check) => {
             let config = zinferd::config::load(&config_files(&cli))?;
             let pipelines = zinferd::build_pipelines(&config, &zinferd::default_registry())?;
+            zinferd::check_memory(&config, &pipelines)?;
             for (settings, pipeline) in config.pipelines.iter().zip(&pipelines) {
                 println!(
                     "pipeline `{}`: {} -> {}/<key>, model {} {} ({}), providers {:?}",

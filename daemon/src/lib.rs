@@ -23,6 +23,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod io;
+pub mod memory;
 pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;
@@ -39,8 +40,9 @@ use zinfer_stage_api::Registry;
 use config::{Config, ConfigError};
 use io::egress::Route;
 use io::ingress::{Admission, IdGenerator, Ingress, IngressContext};
+use memory::Governor;
 use pipeline::Pipeline;
-use telemetry::metrics::PipelineMetrics;
+use telemetry::metrics::{PipelineDescription, PipelineMetrics};
 use telemetry::{Reporter, Telemetry};
 
 /// Why the daemon could not start or run.
@@ -58,6 +60,9 @@ pub enum Error {
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The memory budget cannot hold the models.
+    #[error("{0}")]
+    Memory(String),
 }
 
 /// The registry with zinfer's built-in stages. Embedders add their own stages to it before calling [`run`].
@@ -87,11 +92,54 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
         .collect()
 }
 
+/// Checks the memory budget (`daemon.memory_mb`, else the cgroup's limit) against what the process measures now,
+/// with every model loaded and warmed up, plus `daemon.memory_reserve_mb` for the runtime. Returns the governor that
+/// enforces the budget from here on.
+pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor, Error> {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let budget = memory::budget_bytes(config.memory.budget_mb);
+    let governor = Governor::new(budget, config.memory.soft_percent);
+    let Some(budget) = budget else {
+        return Ok(governor);
+    };
+    let rss = memory::rss_bytes();
+    let reserve = config.memory.reserve_mb * 1024 * 1024;
+    let models: Vec<String> = config
+        .pipelines
+        .iter()
+        .zip(pipelines)
+        .map(|(settings, pipeline)| {
+            let memory = pipeline.memory();
+            format!(
+                "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × {} tokens",
+                settings.name,
+                mib(memory.load_bytes),
+                mib(memory.working_bytes),
+                settings.max_batch,
+                settings.manifest.max_length.unwrap_or(512)
+            )
+        })
+        .collect();
+    tracing::info!(budget_mib = mib(budget), rss_mib = mib(rss), models = ?models, "memory probed");
+    if rss + reserve > budget {
+        let source = if config.memory.budget_mb.is_some() { "daemon.memory_mb" } else { "the cgroup's memory limit" };
+        return Err(Error::Memory(format!(
+            "the memory budget of {:.1} MiB ({source}) cannot hold zinferd: it measures {:.1} MiB with its models              loaded and warmed up ({}) and needs {:.1} MiB more at run time (daemon.memory_reserve_mb). Raise the              budget, or lower max_batch or the models' max_length",
+            mib(budget),
+            mib(rss),
+            if models.is_empty() { "no models".to_owned() } else { models.join("; ") },
+            mib(reserve)
+        )));
+    }
+    Ok(governor)
+}
+
 /// Runs the daemon until `shutdown` resolves, then drains: no new messages, in-flight ones finish and their
 /// outcomes are published (within `daemon.drain_timeout_ms`; the rest are answered `dropped: shutdown`).
 pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     // Models load before the session opens: a bad model must not leave a half-started daemon on the network.
     let pipelines = build_pipelines(&config, registry)?;
+    let governor = Arc::new(check_memory(&config, &pipelines)?);
     let session = io::session::open(&config.zenoh).await?;
     let zid = session.zid().to_string();
     let ids = Arc::new(IdGenerator::new(zid.clone()));
@@ -110,8 +158,26 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             pipeline = %settings.name, input = %settings.input, model = %identity.name, version = %identity.version,
             providers = ?providers, intra_threads = pipeline.model().intra_threads(), "pipeline ready"
         );
-        let metrics =
-            Arc::new(PipelineMetrics::new(settings.name.clone(), settings.input.clone(), identity.clone(), providers));
+        let memory = pipeline.memory();
+        let metrics = Arc::new(PipelineMetrics::new(PipelineDescription {
+            name: settings.name.clone(),
+            input: settings.input.clone(),
+            model: identity.clone(),
+            providers,
+            memory: zinfer_proto::ModelMemory {
+                load_bytes: memory.load_bytes,
+                working_bytes: memory.working_bytes,
+                warm_up_batch: settings.max_batch as u32,
+                warm_up_length: settings.manifest.max_length.unwrap_or(512) as u32,
+            },
+            session: zinfer_proto::SessionSettings {
+                intra_threads: pipeline.model().intra_threads() as u32,
+                spinning: settings.session.spinning,
+                optimization: format!("{:?}", settings.session.optimization).to_lowercase(),
+                memory_arena: settings.session.memory_arena,
+                memory_pattern: settings.session.memory_pattern,
+            },
+        }));
         let (queue, queue_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
         let context = pipeline::worker::WorkerContext {
             index,
@@ -127,6 +193,7 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             outcomes: outcomes.clone(),
             abandon: Arc::clone(&abandon),
             metrics: Arc::clone(&metrics),
+            memory: Arc::clone(&governor),
         };
         workers.push(pipeline::worker::spawn(&settings.name, pipeline, queue_rx, context)?);
         admissions.push((Admission { queue, outcomes: outcomes.clone() }, Arc::clone(&metrics)));
@@ -150,8 +217,9 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
         let context = IngressContext { pipeline: index, metrics, ids: Arc::clone(&ids) };
         ingresses.push(Ingress::open(&session, &config.pipelines[index].input, admission, context).await?);
     }
-    let reporter =
-        Reporter::start(&session, Arc::new(Telemetry::new(zid.clone(), all_metrics)), &config.telemetry).await?;
+    let telemetry = Arc::new(Telemetry::new(zid.clone(), all_metrics, Arc::clone(&governor)));
+    let reporter = Reporter::start(&session, telemetry, &config.telemetry).await?;
+    let sampler = memory::spawn_sampler(Arc::clone(&governor), config.memory.sample_interval);
     tracing::info!(zid = %zid, pipelines = config.pipelines.len(), "zinferd ready");
 
     shutdown.await;
@@ -177,6 +245,7 @@ pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Outp
             tracing::error!("a pipeline worker panicked during shutdown");
         }
     }
+    sampler.abort();
     reporter.stop().await;
     if let Err(error) = session.close().await {
         tracing::warn!(%error, "closing the zenoh session failed");

@@ -39,6 +39,8 @@ pub mod drop_reason {
     pub const SHUTDOWN: &str = "shutdown";
     /// A newer message from the same key replaced it (overload policy `latest`).
     pub const SUPERSEDED: &str = "superseded";
+    /// The process was above its memory budget when the message arrived.
+    pub const MEMORY: &str = "memory";
 }
 
 /// Key expressions zinferd publishes on, derived from configured prefixes.

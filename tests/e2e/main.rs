@@ -10,6 +10,7 @@ mod check;
 mod classify;
 mod custom_stage;
 mod deadlines;
+mod memory;
 mod overload;
 mod providers;
 mod shutdown;

@@ -37,6 +37,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// How long SIGTERM waits for in-flight messages before dropping the rest.
     pub drain_timeout: Duration,
+    /// The memory budget.
+    pub memory: MemoryConfig,
     /// The pipelines.
     pub pipelines: Vec<PipelineConfig>,
     /// Where each key came from, for errors raised after validation.
@@ -56,6 +58,19 @@ pub struct ZenohConfig {
     pub multicast_scouting: Option<bool>,
     /// A native zenoh JSON5 config to start from.
     pub config_file: Option<PathBuf>,
+}
+
+/// The memory keys of `[daemon]`, validated.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// The hard RSS ceiling in MiB; `None`: the cgroup's limit, if any.
+    pub budget_mb: Option<u64>,
+    /// Percent of the budget above which batches and queues shrink.
+    pub soft_percent: u8,
+    /// RSS the runtime may need beyond what the start-up probe measured (zenoh buffers, queued messages).
+    pub reserve_mb: u64,
+    /// How often RSS is sampled.
+    pub sample_interval: Duration,
 }
 
 /// `[telemetry]`, validated.
@@ -316,6 +331,15 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         ));
     }
 
+    if raw.daemon.memory_mb == Some(0) {
+        return Err(err("daemon.memory_mb", "must be at least 1 (leave it out to use the cgroup's limit)".into()));
+    }
+    if !(1..=100).contains(&raw.daemon.memory_soft_percent) {
+        return Err(err("daemon.memory_soft_percent", "must be between 1 and 100".into()));
+    }
+    if raw.daemon.memory_sample_ms < 5 {
+        return Err(err("daemon.memory_sample_ms", "must be at least 5".into()));
+    }
     check_publish_prefix(&raw.telemetry.prefix).map_err(|reason| err("telemetry.prefix", reason))?;
     if raw.telemetry.interval_ms < 10 {
         return Err(err("telemetry.interval_ms", "must be at least 10".into()));
@@ -342,6 +366,12 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         ort_library,
         telemetry,
         drain_timeout: Duration::from_millis(raw.daemon.drain_timeout_ms),
+        memory: MemoryConfig {
+            budget_mb: raw.daemon.memory_mb,
+            soft_percent: raw.daemon.memory_soft_percent,
+            reserve_mb: raw.daemon.memory_reserve_mb,
+            sample_interval: Duration::from_millis(raw.daemon.memory_sample_ms),
+        },
         pipelines,
         origins,
     })

@@ -96,12 +96,37 @@ fn default_interval_ms() -> u64 {
 pub struct RawDaemon {
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    pub memory_mb: Option<u64>,
+    #[serde(default = "default_memory_soft_percent")]
+    pub memory_soft_percent: u8,
+    #[serde(default = "default_memory_reserve_mb")]
+    pub memory_reserve_mb: u64,
+    #[serde(default = "default_memory_sample_ms")]
+    pub memory_sample_ms: u64,
 }
 
 impl Default for RawDaemon {
     fn default() -> Self {
-        Self { drain_timeout_ms: default_drain_timeout_ms() }
+        Self {
+            drain_timeout_ms: default_drain_timeout_ms(),
+            memory_mb: None,
+            memory_soft_percent: default_memory_soft_percent(),
+            memory_reserve_mb: default_memory_reserve_mb(),
+            memory_sample_ms: default_memory_sample_ms(),
+        }
     }
+}
+
+fn default_memory_soft_percent() -> u8 {
+    85
+}
+
+fn default_memory_reserve_mb() -> u64 {
+    32
+}
+
+fn default_memory_sample_ms() -> u64 {
+    50
 }
 
 fn default_drain_timeout_ms() -> u64 {

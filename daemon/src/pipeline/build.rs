@@ -9,6 +9,9 @@ use zinfer_stage_api::{BuildContext, BuildError, Registry, Stage};
 use super::{ModelIdentity, Pipeline};
 use crate::config::{Config, ConfigError, PipelineConfig, StageSpec};
 
+/// The input length warm-ups assume when a manifest gives no `max_length`.
+const DEFAULT_LONGEST_INPUT: usize = 512;
+
 /// Builds pipeline `index` of `config`. Errors name the file and key at fault.
 pub fn build(
     config: &Config,
@@ -30,12 +33,24 @@ pub fn build(
     let postprocess = build_stages(registry, &pipeline.postprocess, &context, &format!("{key}.postprocess"), &at)?;
 
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
-    let model = Model::load(ort, &pipeline.manifest.model, &pipeline.session, default_threads)
-        .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+    // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
+    let longest = pipeline.manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT);
+    let mut warm_up_error = None;
+    let (model, memory) = crate::memory::probe(
+        || Model::load(ort, &pipeline.manifest.model, &pipeline.session, default_threads),
+        |model: &mut Model| warm_up_error = model.warm_up(pipeline.max_batch, longest).err(),
+    )
+    .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+    if let Some(error) = warm_up_error {
+        return Err(config.error_at(
+            &format!("{key}.model"),
+            format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
+        ));
+    }
     let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
-    Ok(Pipeline { decoder, preprocess, model, postprocess, deadline_ms: pipeline.deadline_ms })
+    Ok(Pipeline { decoder, preprocess, model, postprocess, deadline_ms: pipeline.deadline_ms, memory })
 }
 
 /// The model identity published in results.

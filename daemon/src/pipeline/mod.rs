@@ -51,6 +51,7 @@ pub struct Pipeline {
     model: Model,
     postprocess: Vec<Box<dyn Stage>>,
     deadline_ms: Option<u64>,
+    memory: crate::memory::ModelMemory,
 }
 
 /// What processing one envelope yields.
@@ -90,6 +91,11 @@ impl Pipeline {
     /// The execution providers and thread count in force for the model.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// What the model cost in RSS at start-up (load, and warm-up at the largest shape).
+    pub fn memory(&self) -> crate::memory::ModelMemory {
+        self.memory
     }
 
     /// The model, for direct measurements.

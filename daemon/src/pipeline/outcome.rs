@@ -127,6 +127,9 @@ fn reason_message(reason: &str) -> &'static str {
     match reason {
         proto::drop_reason::QUEUE_FULL => "the pipeline's queue was full; slow down or raise queue_capacity",
         proto::drop_reason::SHUTDOWN => "zinferd shut down before processing the message",
+        proto::drop_reason::MEMORY => {
+            "zinferd was above its memory budget; it sheds new messages until it is back under"
+        }
         proto::drop_reason::SUPERSEDED => "a newer message replaced it before it ran (overload policy latest)",
         proto::expire_reason::PASSED => "the deadline passed while the message waited; it was not run",
         proto::expire_reason::UNREACHABLE => {

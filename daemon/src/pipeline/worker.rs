@@ -26,6 +26,7 @@ use zinfer_stage_api::{Reason, StageError};
 use super::deadline::CostModel;
 use super::outcome::{Outcome, Timings, Verdict};
 use super::{Envelope, Pipeline, Prepared, Processed};
+use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
 
 /// What the worker needs besides its pipeline.
@@ -46,6 +47,8 @@ pub struct WorkerContext {
     pub abandon: Arc<AtomicBool>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
+    /// The process's memory pressure.
+    pub memory: Arc<Governor>,
 }
 
 /// What gives when a pipeline's queue is full (by count or bytes).
@@ -166,6 +169,8 @@ impl Worker {
         let bytes = envelope.message.payload.len();
         let early = if self.context.abandon.load(Ordering::Relaxed) {
             Some(answer(dropped(fallback_id, drop_reason::SHUTDOWN)))
+        } else if self.context.memory.pressure() == Pressure::Hard {
+            Some(answer(dropped(fallback_id, drop_reason::MEMORY)))
         } else if !self.make_room(&key, bytes) {
             // Refused before decoding: under overload, tokenizing what cannot be queued would only add to it.
             Some(answer(dropped(fallback_id, drop_reason::QUEUE_FULL)))
@@ -189,9 +194,9 @@ impl Worker {
 
     /// Whether a message of `bytes` on `key` may join the queue, evicting older messages first under `latest`.
     fn make_room(&mut self, key: &str, bytes: usize) -> bool {
+        let capacity = self.capacity();
         let full = |worker: &Self| {
-            worker.waiting.len() >= worker.context.capacity
-                || worker.waiting_bytes + bytes > worker.context.capacity_bytes
+            worker.waiting.len() >= capacity || worker.waiting_bytes + bytes > worker.context.capacity_bytes
         };
         match self.context.overload {
             Overload::Fifo => !full(self),
@@ -227,6 +232,22 @@ impl Worker {
         let outcome = self.outcome(evicted.prepared, Verdict::Dropped(drop_reason::SUPERSEDED));
         self.send(outcome);
         true
+    }
+
+    /// The queue length allowed now: a quarter under memory pressure.
+    fn capacity(&self) -> usize {
+        match self.context.memory.pressure() {
+            Pressure::Normal => self.context.capacity,
+            Pressure::Soft | Pressure::Hard => (self.context.capacity / 4).max(1),
+        }
+    }
+
+    /// The batch size allowed now: one under memory pressure (activations grow with the batch).
+    fn max_batch(&self) -> usize {
+        match self.context.memory.pressure() {
+            Pressure::Normal => self.context.max_batch,
+            Pressure::Soft | Pressure::Hard => 1,
+        }
     }
 
     /// The most urgent waiting message, leaving the queue.
@@ -266,7 +287,8 @@ impl Worker {
         let length = head.prepared.length();
         let mut batch = vec![head];
         let mut aside = Vec::new();
-        while batch.len() < self.context.max_batch {
+        let max_batch = self.max_batch();
+        while batch.len() < max_batch {
             let Some(candidate) = self.waiting.pop() else { break };
             self.waiting_bytes -= candidate.bytes;
             if let Some(verdict @ Verdict::Expired(expire_reason::PASSED)) = self.shed(&candidate, 1, now) {
@@ -283,7 +305,7 @@ impl Worker {
             } else {
                 aside.push(candidate);
                 // Scanning the whole queue for partners would cost more than it saves.
-                if aside.len() >= self.context.max_batch * 4 {
+                if aside.len() >= max_batch * 4 {
                     break;
                 }
             }

@@ -15,12 +15,26 @@ use super::names::STAGES;
 use crate::pipeline::ModelIdentity;
 use crate::pipeline::outcome::{Outcome, Verdict, micros};
 
+/// What telemetry says about a pipeline that does not change while it runs.
+#[derive(Debug, Clone)]
+pub struct PipelineDescription {
+    /// The pipeline's name.
+    pub name: String,
+    /// Its input key expression.
+    pub input: String,
+    /// Its model.
+    pub model: ModelIdentity,
+    /// Execution providers in force.
+    pub providers: Vec<String>,
+    /// What the model cost at start-up.
+    pub memory: proto::ModelMemory,
+    /// ONNX Runtime settings in force.
+    pub session: proto::SessionSettings,
+}
+
 /// Counters of one pipeline.
 pub struct PipelineMetrics {
-    name: String,
-    input: String,
-    model: ModelIdentity,
-    providers: Vec<String>,
+    description: PipelineDescription,
     received: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -42,14 +56,11 @@ struct Detail {
 
 impl PipelineMetrics {
     /// Empty counters for a pipeline.
-    pub fn new(name: String, input: String, model: ModelIdentity, providers: Vec<String>) -> Self {
+    pub fn new(description: PipelineDescription) -> Self {
         // Three significant digits up to an hour, in microseconds: ~2% of a message's worth of memory each.
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
         Self {
-            name,
-            input,
-            model,
-            providers,
+            description,
             received: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -147,10 +158,14 @@ impl PipelineMetrics {
             })
             .collect();
         let owned = |map: &BTreeMap<&'static str, u64>| map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let description = &self.description;
         proto::PipelineStats {
-            name: self.name.clone(),
-            input: self.input.clone(),
-            model: Some(proto::ModelRef { name: self.model.name.clone(), version: self.model.version.clone() }),
+            name: description.name.clone(),
+            input: description.input.clone(),
+            model: Some(proto::ModelRef {
+                name: description.model.name.clone(),
+                version: description.model.version.clone(),
+            }),
             received,
             completed,
             failed,
@@ -159,7 +174,9 @@ impl PipelineMetrics {
             failed_by_reason: owned(&detail.failed_by_reason),
             dropped_by_reason: owned(&detail.dropped_by_reason),
             latency,
-            execution_providers: self.providers.clone(),
+            execution_providers: description.providers.clone(),
+            model_memory: Some(description.memory),
+            session: Some(description.session.clone()),
             publish_failures: self.publish_failures.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
             expired,

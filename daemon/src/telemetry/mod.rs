@@ -19,6 +19,7 @@ use zinfer_proto::{self as proto, keys};
 
 use crate::config::TelemetryConfig;
 use crate::io::egress::encode;
+use crate::memory::Governor;
 use metrics::PipelineMetrics;
 use system::SystemSampler;
 
@@ -28,12 +29,13 @@ pub struct Telemetry {
     zid: String,
     sampler: Mutex<SystemSampler>,
     pipelines: Vec<Arc<PipelineMetrics>>,
+    memory: Arc<Governor>,
 }
 
 impl Telemetry {
     /// Telemetry for a daemon with session id `zid` and these pipelines.
-    pub fn new(zid: String, pipelines: Vec<Arc<PipelineMetrics>>) -> Self {
-        Self { started: Instant::now(), zid, sampler: Mutex::new(SystemSampler::new()), pipelines }
+    pub fn new(zid: String, pipelines: Vec<Arc<PipelineMetrics>>, memory: Arc<Governor>) -> Self {
+        Self { started: Instant::now(), zid, sampler: Mutex::new(SystemSampler::new()), pipelines, memory }
     }
 
     /// A fresh snapshot.
@@ -47,6 +49,12 @@ impl Telemetry {
             process: Some(process),
             system: Some(system),
             pipelines: self.pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
+            memory: Some(proto::MemoryStats {
+                budget_bytes: self.memory.budget().unwrap_or(0),
+                soft_threshold_bytes: self.memory.soft_threshold().unwrap_or(0),
+                rss_bytes: self.memory.rss(),
+                pressure: format!("{:?}", self.memory.pressure()).to_lowercase(),
+            }),
         }
     }
 }

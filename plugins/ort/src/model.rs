@@ -103,6 +103,31 @@ impl Model {
         Ok(())
     }
 
+    /// Runs the model once on placeholder inputs of `batch` items whose variable dimensions are all `length`
+    /// (integers 1, floats 0): the largest shape a pipeline will use, so that ONNX Runtime allocates its working
+    /// memory now, where it can be measured, rather than under load.
+    pub fn warm_up(&mut self, batch: usize, length: usize) -> Result<(), OrtError> {
+        let items: Vec<Vec<NamedTensor>> = (0..batch.max(1))
+            .map(|_| {
+                self.signature
+                    .inputs
+                    .iter()
+                    .map(|spec| {
+                        let shape: Vec<usize> = spec.dims.iter().map(|dim| dim.unwrap_or(length)).collect();
+                        let count = shape.iter().product();
+                        let data = match spec.element_type {
+                            ElementType::I64 => TensorData::I64(vec![1; count]),
+                            ElementType::F32 => TensorData::F32(vec![0.0; count]),
+                        };
+                        NamedTensor { name: spec.name.clone(), tensor: Tensor { shape, data } }
+                    })
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[NamedTensor]> = items.iter().map(Vec::as_slice).collect();
+        self.run(&views).map(drop)
+    }
+
     /// Runs one batch. Every item must carry each model input with the same shape; the result holds, per item,
     /// every model output without the batch axis.
     pub fn run(&mut self, batch: &[&[NamedTensor]]) -> Result<Vec<Vec<NamedTensor>>, OrtError> {
