@@ -165,6 +165,9 @@ impl Pipeline {
         let outputs: Result<Vec<_>, StageError> = match result {
             Ok(outputs) if outputs.len() == batch.len() => Ok(outputs),
             Ok(_) => Err(StageError::new(Reason::BadModelOutput, "the model returned outputs for another batch size")),
+            Err(error @ zinfer_ort::OrtError::Timeout(_)) => {
+                Err(StageError::new(Reason::InferenceTimeout, error.to_string()))
+            }
             Err(error) => Err(StageError::new(Reason::InferenceFailed, error.to_string())),
         };
         let mut outputs = outputs.map(|outputs| outputs.into_iter().map(Some).collect::<Vec<_>>());

@@ -30,6 +30,8 @@ pub enum Reason {
     TokenizerFailed,
     /// ONNX Runtime failed to run the model.
     InferenceFailed,
+    /// The model run overran the session's hard timeout and was cancelled.
+    InferenceTimeout,
     /// The model produced an output of an unexpected shape or type.
     BadModelOutput,
     /// A reason defined by a user's own stage; keep these few and static, they become metric labels.
@@ -51,6 +53,7 @@ impl Reason {
             Self::MissingInput => "missing_input",
             Self::TokenizerFailed => "tokenizer_failed",
             Self::InferenceFailed => "inference_failed",
+            Self::InferenceTimeout => "inference_timeout",
             Self::BadModelOutput => "bad_model_output",
             Self::Custom(reason) => reason,
         }

@@ -14,6 +14,7 @@ pub mod environment;
 pub mod library;
 pub mod model;
 pub mod options;
+mod watchdog;
 
 pub use environment::OrtEnvironment;
 pub use model::{Model, ModelSignature};
@@ -68,4 +69,7 @@ pub enum OrtError {
     /// A run failed (bad shapes, ONNX Runtime error).
     #[error("inference failed: {0}")]
     Run(String),
+    /// A run overran the session's `run_timeout_ms` and was cancelled.
+    #[error("inference cancelled after the run timeout of {0:?}")]
+    Timeout(std::time::Duration),
 }

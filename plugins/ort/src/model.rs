@@ -1,14 +1,17 @@
 //! One model: a committed ONNX Runtime session, its signature, and batched runs over per-item tensors.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use zinfer_stage_api::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};
 
 use crate::options::{ExecutionProviderKind, OptimizationLevel, SessionConfig};
+use crate::watchdog::Watchdog;
 use crate::{OrtEnvironment, OrtError};
 
 /// A model's inputs and outputs as per-item specs: the leading (batch) axis removed, dynamic axes as `None`.
@@ -21,13 +24,20 @@ pub struct ModelSignature {
 }
 
 /// A loaded model, owned by one thread.
-#[derive(Debug)]
 pub struct Model {
     session: Session,
     path: PathBuf,
     signature: ModelSignature,
     providers: Vec<String>,
     intra_threads: usize,
+    run_options: Arc<RunOptions>,
+    timeout: Option<(Duration, Watchdog)>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("signature", &self.signature).finish_non_exhaustive()
+    }
 }
 
 impl Model {
@@ -55,7 +65,16 @@ impl Model {
             inputs: inputs.collect::<Result<_, _>>().map_err(signature_error)?,
             outputs: outputs.collect::<Result<_, _>>().map_err(signature_error)?,
         };
-        Ok(Self { session, path: path.to_owned(), signature, providers, intra_threads })
+        let run_options = Arc::new(RunOptions::new().map_err(|error| session_error(error.to_string()))?);
+        let timeout = match config.run_timeout_ms {
+            0 => None,
+            ms => {
+                let watchdog = Watchdog::start(Arc::clone(&run_options))
+                    .map_err(|error| session_error(format!("cannot start the run watchdog: {error}")))?;
+                Some((Duration::from_millis(ms), watchdog))
+            }
+        };
+        Ok(Self { session, path: path.to_owned(), signature, providers, intra_threads, run_options, timeout })
     }
 
     /// The model's per-item signature.
@@ -138,7 +157,16 @@ impl Model {
         for spec in &self.signature.inputs {
             inputs.push((spec.name.clone(), stack(spec, batch)?.into()));
         }
-        let outputs = self.session.run(inputs).map_err(|error| OrtError::Run(error.to_string()))?;
+        if let Some((timeout, watchdog)) = &self.timeout {
+            watchdog.arm(*timeout);
+        }
+        let outputs = self.session.run_with_options(inputs, &self.run_options);
+        if let Some((timeout, watchdog)) = &self.timeout
+            && watchdog.disarm()
+        {
+            return Err(OrtError::Timeout(*timeout));
+        }
+        let outputs = outputs.map_err(|error| OrtError::Run(error.to_string()))?;
         let mut per_item: Vec<Vec<NamedTensor>> = (0..batch.len()).map(|_| Vec::new()).collect();
         for spec in &self.signature.outputs {
             let value = outputs

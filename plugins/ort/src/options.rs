@@ -61,6 +61,13 @@ pub struct SessionConfig {
     /// Providers in order of preference; the CPU provider is always appended as the fallback.
     #[serde(default = "default_providers")]
     pub execution_providers: Vec<ExecutionProviderKind>,
+    /// A run still going after this many milliseconds is cancelled (`RunOptions::terminate`); 0 disables it.
+    #[serde(default = "default_run_timeout_ms")]
+    pub run_timeout_ms: u64,
+}
+
+fn default_run_timeout_ms() -> u64 {
+    10_000
 }
 
 impl Default for SessionConfig {
@@ -72,6 +79,7 @@ impl Default for SessionConfig {
             memory_arena: true,
             memory_pattern: true,
             execution_providers: default_providers(),
+            run_timeout_ms: default_run_timeout_ms(),
         }
     }
 }

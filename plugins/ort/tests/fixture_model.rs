@@ -107,3 +107,20 @@ fn runs_match_python_onnxruntime_alone_and_batched() {
     let unequal = [features(first), features(other)];
     assert!(model.run(&[unequal[0].as_slice(), unequal[1].as_slice()]).is_err(), "a batch needs equal shapes");
 }
+
+#[test]
+fn an_overrunning_run_is_cancelled_and_the_session_stays_usable() {
+    let library = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
+    let environment = OrtEnvironment::load(&library).expect("run scripts/install-onnxruntime.sh first");
+    let config = SessionConfig { run_timeout_ms: 20, intra_threads: Some(1), ..SessionConfig::default() };
+    let mut model = Model::load(&environment, &repo().join("models/fixture/model.onnx"), &config, 1).expect("model");
+    // 256 texts of 128 tokens on one thread take far longer than 20 ms.
+    let started = std::time::Instant::now();
+    let error = model.warm_up(256, 128).expect_err("the run must be cancelled");
+    assert!(matches!(error, zinfer_ort::OrtError::Timeout(_)), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled promptly: {:?}", started.elapsed());
+    // The termination flag is reset: a small run works again.
+    model.warm_up(1, 8).expect("the session is usable after a cancelled run");
+}
