@@ -32,18 +32,39 @@ enum Command {
     Bench(BenchArgs),
 }
 
+/// Which benchmark `zinferd bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    /// Model alone vs. in-process pipeline vs. zenoh round trip; idle RSS with and without the model.
+    Latency,
+    /// Open-loop load at 0.5×, 1×, 2× and 10× the measured capacity, and the gain of dynamic batching.
+    Load,
+}
+
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
+    /// The benchmark.
+    #[arg(value_enum, default_value = "latency")]
+    mode: BenchMode,
+    /// load: the deadline of every message, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    deadline_ms: u64,
+    /// load: the child daemons' memory budget, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mb: u64,
+    /// load: seconds per load level.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
     /// The pipeline to measure (default: the first).
     #[arg(long)]
     pipeline: Option<String>,
-    /// The text to classify.
+    /// latency: the text to classify.
     #[arg(long, default_value = "A moving, beautifully acted film that stays with you long after the credits.")]
     text: String,
-    /// Timed iterations per measurement.
+    /// latency: timed iterations per measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
-    /// Untimed warm-up iterations before each measurement.
+    /// latency: untimed warm-up iterations before each measurement.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
     /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
@@ -140,19 +161,35 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Send(args)) => runtime()?.block_on(send(args)),
         Some(Command::Bench(args)) => {
-            let options = zinferd::bench::BenchOptions {
-                config: config_files(&cli),
-                pipeline: args.pipeline.clone(),
-                text: args.text.clone(),
-                iterations: args.iterations,
-                warmup: args.warmup,
-                key: args.key.clone(),
+            let (markdown, json) = match args.mode {
+                BenchMode::Latency => {
+                    let options = zinferd::bench::latency::BenchOptions {
+                        config: config_files(&cli),
+                        pipeline: args.pipeline.clone(),
+                        text: args.text.clone(),
+                        iterations: args.iterations,
+                        warmup: args.warmup,
+                        key: args.key.clone(),
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::latency::run(&options))?;
+                    (zinferd::bench::latency::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Load => {
+                    let options = zinferd::bench::load::LoadOptions {
+                        config: config_files(&cli),
+                        pipeline: args.pipeline.clone(),
+                        deadline_ms: args.deadline_ms,
+                        memory_mb: args.memory_mb,
+                        seconds: args.seconds,
+                        key: args.key.clone(),
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::load::run(&options))?;
+                    (zinferd::bench::load::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
             };
-            let report = runtime()?.block_on(zinferd::bench::run(&options))?;
-            print!("{}", zinferd::bench::markdown(&report));
+            print!("{markdown}");
             if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -1,9 +1,9 @@
 //! Session configuration: the `[pipeline.session]` table of a pipeline.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// ONNX Runtime's graph optimisation levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizationLevel {
     /// No graph optimisation.
@@ -17,7 +17,7 @@ pub enum OptimizationLevel {
 }
 
 /// Execution providers zinferd can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProviderKind {
     /// The default CPU provider; always available, always the last resort.
@@ -40,7 +40,7 @@ impl ExecutionProviderKind {
 }
 
 /// How to build a model's session.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Threads for one operator; `None` means the machine's physical core count.

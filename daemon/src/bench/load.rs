@@ -1,0 +1,347 @@
+//! `zinferd bench load`: open-loop load at 0.5×, 1×, 2× and 10× the measured capacity, through zenoh and a real
+//! `zinferd` child, with every message under a deadline and the process under a memory budget; and the throughput
+//! gain of dynamic batching over batch size 1 at the same deadline, measured in the same run.
+//!
+//! Capacity is measured, not assumed: the offered rate doubles from 250/s, one second per step, until the daemon
+//! completes less than 90% of what it is offered; capacity is the highest `ok` rate seen. (Offering "as fast as
+//! possible" would measure less: under extreme overload, admitting and answering the messages it sheds costs the
+//! daemon CPU too.) Each level then publishes at a fixed rate (open loop: the sender does not wait for results)
+//! for a fixed time and waits for every outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use zenoh::qos::CongestionControl;
+use zinfer_proto::{keys, outcome};
+
+use super::{ChildDaemon, Summary, spawn_daemon};
+use crate::client::{Client, decode_result};
+use crate::config::{Config, PipelineConfig, StageSpec};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The configuration files (as for `run`).
+    pub config: Vec<PathBuf>,
+    /// The pipeline to drive (default: the first).
+    pub pipeline: Option<String>,
+    /// Deadline for every message, milliseconds.
+    pub deadline_ms: u64,
+    /// Memory budget of the child daemons, MiB.
+    pub memory_mb: u64,
+    /// Seconds per load level.
+    pub seconds: f64,
+    /// The key to publish on (default: derived from the pipeline's input).
+    pub key: Option<String>,
+}
+
+/// One load level's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LevelReport {
+    /// Offered load as a multiple of the measured capacity.
+    pub multiple: f64,
+    /// Offered rate, messages per second.
+    pub offered_per_s: f64,
+    /// Messages published.
+    pub sent: usize,
+    /// `ok` results per second over the level's duration.
+    pub throughput_per_s: f64,
+    /// Client-side latency (publish → result) of `ok` results.
+    pub latency: Summary,
+    /// Share of published messages that completed within their deadline.
+    pub deadline_met_ratio: f64,
+    /// Outcomes by `outcome/reason` (`ok`, `expired/deadline_unreachable`, `dropped/queue_full`, …).
+    pub outcomes: BTreeMap<String, usize>,
+    /// Messages without any outcome after the drain wait (must be 0).
+    pub unaccounted: usize,
+    /// Highest RSS of the daemon sampled during the level, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    /// The pipeline driven.
+    pub pipeline: String,
+    /// Deadline per message, ms.
+    pub deadline_ms: u64,
+    /// The child daemons' budget, bytes.
+    pub budget_bytes: u64,
+    /// Max batch of the batched daemon.
+    pub max_batch: usize,
+    /// Measured capacity with dynamic batching, `ok`/s.
+    pub capacity_per_s: f64,
+    /// Measured capacity at batch size 1, `ok`/s.
+    pub capacity_batch1_per_s: f64,
+    /// The levels.
+    pub levels: Vec<LevelReport>,
+}
+
+/// Texts of varied length, so that several sequence buckets are exercised.
+const TEXTS: [&str; 6] = [
+    "Brilliant!",
+    "A dull, lifeless mess that wastes a talented cast.",
+    "One of the best movies of the year: funny, warm and beautifully acted from start to finish.",
+    "The plot is predictable and the jokes fall flat, but the score is lovely and the leads try hard.",
+    "An ambitious, sprawling and occasionally brilliant film that loses its way in the second hour, yet the \
+     performances and the score carry it to a moving, if overlong, finale that stays with you.",
+    "boring",
+];
+
+/// Runs the load benchmark.
+pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
+    let config = crate::config::load(&options.config)?;
+    let settings = match &options.pipeline {
+        Some(name) => config.pipelines.iter().find(|p| &p.name == name).context("no pipeline of that name")?,
+        None => config.pipelines.first().context("the configuration has no [[pipeline]] to drive")?,
+    }
+    .clone();
+    let key = options
+        .key
+        .clone()
+        .unwrap_or_else(|| format!("{}/load", settings.input.trim_end_matches("/**").trim_end_matches("/*")));
+    let scratch = tempfile::tempdir().context("temp dir")?;
+    let duration = Duration::from_secs_f64(options.seconds.max(0.5));
+
+    // Batch size 1 first: its capacity is the baseline of the batching gain.
+    let single = start(scratch.path(), &config, &settings, options, 1, "batch1").await?;
+    let capacity_batch1 = saturate(&single, &key, &settings.output_prefix).await?;
+    single.daemon.stop();
+
+    let batched = start(scratch.path(), &config, &settings, options, settings.max_batch, "batched").await?;
+    let capacity = saturate(&batched, &key, &settings.output_prefix).await?;
+    let mut levels = Vec::new();
+    for multiple in [0.5, 1.0, 2.0, 10.0] {
+        let rate = capacity * multiple;
+        levels.push(drive(&batched, &key, &settings.output_prefix, rate, duration, multiple).await?);
+    }
+    batched.daemon.stop();
+
+    Ok(LoadReport {
+        pipeline: settings.name.clone(),
+        deadline_ms: options.deadline_ms,
+        budget_bytes: options.memory_mb * 1024 * 1024,
+        max_batch: settings.max_batch,
+        capacity_per_s: capacity,
+        capacity_batch1_per_s: capacity_batch1,
+        levels,
+    })
+}
+
+/// The report as markdown.
+pub fn markdown(report: &LoadReport) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let mut text = format!(
+        "pipeline `{}`, deadline {} ms, budget {:.0} MiB, max_batch {}\n\n\
+         measured capacity: {:.0} ok/s with dynamic batching, {:.0} ok/s at batch size 1 \
+         (batching gain {:.2}×, same deadline)\n\n\
+         | load | offered/s | sent | ok/s | p50 ms | p99 ms | deadline met | shed and errors | unaccounted | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        report.pipeline,
+        report.deadline_ms,
+        mib(report.budget_bytes),
+        report.max_batch,
+        report.capacity_per_s,
+        report.capacity_batch1_per_s,
+        report.capacity_per_s / report.capacity_batch1_per_s.max(1e-9),
+    );
+    for level in &report.levels {
+        let shed: Vec<String> = level
+            .outcomes
+            .iter()
+            .filter(|(name, _)| name.as_str() != outcome::OK)
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect();
+        text += &format!(
+            "| {:.1}× | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.1}% | {} | {} | {:.1} |\n",
+            level.multiple,
+            level.offered_per_s,
+            level.sent,
+            level.throughput_per_s,
+            level.latency.p50_us / 1000.0,
+            level.latency.p99_us / 1000.0,
+            level.deadline_met_ratio * 100.0,
+            if shed.is_empty() { "none".to_owned() } else { shed.join(", ") },
+            level.unaccounted,
+            mib(level.peak_rss_bytes),
+        );
+    }
+    text
+}
+
+struct Target {
+    daemon: ChildDaemon,
+    client: Client,
+}
+
+/// Starts a child running only `settings`, with `max_batch`, the benchmark's deadline and budget.
+async fn start(
+    dir: &Path,
+    config: &Config,
+    settings: &PipelineConfig,
+    options: &LoadOptions,
+    max_batch: usize,
+    name: &str,
+) -> anyhow::Result<Target> {
+    let file = dir.join(format!("{name}-pipeline.toml"));
+    std::fs::write(&file, child_config(settings, options, max_batch)?)?;
+    let daemon = spawn_daemon(dir, config, Some(&[file]), name).await?;
+    daemon.settled_rss().await?;
+    let client = Client::connect(&daemon.endpoint).await?;
+    Ok(Target { daemon, client })
+}
+
+/// A configuration with just this pipeline, rebuilt from its validated settings.
+fn child_config(settings: &PipelineConfig, options: &LoadOptions, max_batch: usize) -> anyhow::Result<String> {
+    let stage = |spec: &StageSpec| {
+        let mut table = spec.options.clone();
+        table.insert("type".into(), spec.kind.clone().into());
+        toml::Value::Table(table)
+    };
+    let mut pipeline = toml::Table::new();
+    pipeline.insert("name".into(), settings.name.clone().into());
+    pipeline.insert("input".into(), settings.input.clone().into());
+    pipeline.insert("output_prefix".into(), settings.output_prefix.clone().into());
+    let manifest = std::path::absolute(&settings.manifest.path)?;
+    pipeline.insert("model".into(), manifest.display().to_string().into());
+    pipeline.insert("queue_capacity".into(), (settings.queue_capacity as i64).into());
+    pipeline.insert("max_batch".into(), (max_batch as i64).into());
+    pipeline.insert("deadline_ms".into(), (options.deadline_ms as i64).into());
+    pipeline.insert("decode".into(), stage(&settings.decode));
+    pipeline.insert("preprocess".into(), toml::Value::Array(settings.preprocess.iter().map(stage).collect()));
+    pipeline.insert("postprocess".into(), toml::Value::Array(settings.postprocess.iter().map(stage).collect()));
+    pipeline.insert("session".into(), toml::Value::try_from(&settings.session)?);
+    let mut daemon = toml::Table::new();
+    daemon.insert("memory_mb".into(), (options.memory_mb as i64).into());
+    let mut document = toml::Table::new();
+    document.insert("daemon".into(), toml::Value::Table(daemon));
+    document.insert("pipeline".into(), toml::Value::Array(vec![toml::Value::Table(pipeline)]));
+    Ok(toml::to_string(&document)?)
+}
+
+/// Capacity: the highest `ok` rate seen while the offered rate doubles until the daemon falls behind.
+async fn saturate(target: &Target, key: &str, output_prefix: &str) -> anyhow::Result<f64> {
+    let mut rate = 250.0;
+    let mut best: f64 = 0.0;
+    for _ in 0..10 {
+        let level = drive(target, key, output_prefix, rate, Duration::from_secs(1), 0.0).await?;
+        best = best.max(level.throughput_per_s);
+        if level.throughput_per_s < 0.9 * rate {
+            break;
+        }
+        rate *= 2.0;
+    }
+    if best <= 0.0 {
+        bail!("no message completed while measuring capacity");
+    }
+    Ok(best)
+}
+
+#[derive(Default)]
+struct Collected {
+    sent: HashMap<String, Instant>,
+    results: Vec<(String, String, Option<bool>, Instant)>,
+}
+
+/// Publishes at `rate` per second (as fast as possible if infinite) for `duration`, then waits for every outcome.
+async fn drive(
+    target: &Target,
+    key: &str,
+    output_prefix: &str,
+    rate: f64,
+    duration: Duration,
+    multiple: f64,
+) -> anyhow::Result<LevelReport> {
+    let session = target.client.session();
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let sink = Arc::clone(&collected);
+    // A callback, not a channel: the benchmark must never push back on the daemon.
+    let subscriber = session
+        .declare_subscriber(keys::result(output_prefix, key))
+        .callback(move |sample| {
+            let received = Instant::now();
+            if let Ok(result) = decode_result(&sample) {
+                let name = if result.reason.is_empty() {
+                    result.outcome.clone()
+                } else {
+                    format!("{}/{}", result.outcome, result.reason)
+                };
+                let mut collected = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                collected.results.push((result.id, name, result.deadline_met, received));
+            }
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("subscribing to results: {error}"))?;
+    target.client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
+
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (Arc::clone(&peak), Arc::clone(&stop_sampling), target.daemon.pid());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rss = super::process_rss(pid).map_or(0, |(rss, _)| rss);
+                peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < duration {
+        let due = (started.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due && started.elapsed() < duration {
+            let id = format!("load-{sent}");
+            collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sent.insert(id.clone(), Instant::now());
+            session
+                .put(key.to_owned(), TEXTS[sent % TEXTS.len()])
+                .attachment(id.into_bytes())
+                .congestion_control(CongestionControl::Block)
+                .await
+                .map_err(|error| anyhow::anyhow!("publishing: {error}"))?;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    // Every published message gets an outcome; give the daemon time to answer the backlog.
+    let drain_until = Instant::now() + Duration::from_secs(30);
+    while collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).results.len() < sent
+        && Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    drop(subscriber);
+
+    let collected = collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut outcomes = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut met = 0usize;
+    for (id, name, deadline_met, received) in &collected.results {
+        *outcomes.entry(name.clone()).or_insert(0) += 1;
+        if name == outcome::OK {
+            if let Some(sent_at) = collected.sent.get(id) {
+                latencies.push(received.saturating_duration_since(*sent_at));
+            }
+            met += usize::from(*deadline_met == Some(true));
+        }
+    }
+    let ok = outcomes.get(outcome::OK).copied().unwrap_or(0);
+    Ok(LevelReport {
+        multiple,
+        offered_per_s: rate,
+        sent,
+        throughput_per_s: ok as f64 / elapsed.as_secs_f64(),
+        latency: Summary::of(latencies),
+        deadline_met_ratio: if sent == 0 { 0.0 } else { met as f64 / sent as f64 },
+        outcomes,
+        unaccounted: sent.saturating_sub(collected.results.len()),
+        peak_rss_bytes: peak.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}

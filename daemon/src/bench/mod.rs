@@ -1,0 +1,155 @@
+//! Benchmarks that measure zinferd as its users see it: a real child `zinferd` on loopback, driven over zenoh.
+//!
+//! - [`latency`] (`zinferd bench`): model alone vs. in-process pipeline vs. zenoh round trip; idle RSS.
+//! - [`load`] (`zinferd bench load`): open-loop load at multiples of the measured capacity, with deadlines, shedding
+//!   and memory against the budget; and the throughput gain of dynamic batching.
+//!
+//! They report; they assert nothing. Compare numbers from one run only: these machines are shared and noisy.
+
+pub mod latency;
+pub mod load;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use zinfer_proto::keys;
+
+use crate::client::Client;
+use crate::config::Config;
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub count: usize,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl Summary {
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let micros = |duration: Duration| duration.as_secs_f64() * 1e6;
+        let at = |quantile: f64| {
+            let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
+            samples.get(index).copied().map_or(0.0, micros)
+        };
+        let mean = samples.iter().copied().map(micros).sum::<f64>() / samples.len().max(1) as f64;
+        Self { count: samples.len(), p50_us: at(0.5), p99_us: at(0.99), mean_us: mean }
+    }
+}
+
+/// A `zinferd` child process started by a benchmark.
+pub(crate) struct ChildDaemon {
+    child: Child,
+    /// Its loopback endpoint.
+    pub endpoint: String,
+    prefix: String,
+}
+
+impl ChildDaemon {
+    /// Waits until the daemon's liveliness token is visible, lets it settle, and reads its RSS.
+    pub(crate) async fn settled_rss(&self) -> anyhow::Result<u64> {
+        let client = Client::connect(&self.endpoint).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replies = client.session().liveliness().get(keys::alive(&self.prefix)).await;
+            let alive = match replies {
+                Ok(replies) => matches!(
+                    tokio::time::timeout(Duration::from_secs(1), replies.recv_async()).await,
+                    Ok(Ok(reply)) if reply.result().is_ok()
+                ),
+                Err(_) => false,
+            };
+            if alive {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the benchmark's zinferd did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close().await;
+        // Let start-up allocations settle (thread stacks, zenoh buffers) before reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(self.rss()?.0)
+    }
+
+    pub(crate) fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (VmRSS, VmHWM) in bytes, from /proc.
+    pub(crate) fn rss(&self) -> anyhow::Result<(u64, u64)> {
+        process_rss(self.child.id())
+    }
+}
+
+/// (VmRSS, VmHWM) of process `pid` in bytes, from /proc.
+pub(crate) fn process_rss(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the daemon's /proc status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Starts a child zinferd on a free loopback port: with the user's config files plus an override (`files`), or
+/// with no pipeline at all (`None`).
+pub(crate) async fn spawn_daemon(
+    dir: &Path,
+    config: &Config,
+    files: Option<&[PathBuf]>,
+    name: &str,
+) -> anyhow::Result<ChildDaemon> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let prefix = format!("zinfer-bench/{name}/{port}");
+    let overrides = format!(
+        "[zenoh]\nmode = \"peer\"\nlisten = [\"{endpoint}\"]\nconnect = []\nmulticast_scouting = false\n\
+         [telemetry]\nprefix = \"{prefix}\"\n"
+    );
+    let override_file = dir.join(format!("{name}.toml"));
+    std::fs::write(&override_file, overrides)?;
+    let mut command = Command::new(std::env::current_exe().context("locating zinferd")?);
+    for file in files.unwrap_or_default() {
+        command.arg("--config").arg(file);
+    }
+    command.arg("--config").arg(&override_file);
+    if let Some(library) = &config.ort_library {
+        command.env("ORT_DYLIB_PATH", library);
+    }
+    let child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting zinferd for the benchmark")?;
+    Ok(ChildDaemon { child, endpoint, prefix })
+}
