@@ -4,17 +4,20 @@
 //! Where a message goes:
 //!
 //! ```text
-//! zenoh ─▶ io::ingress ──bounded queue──▶ pipeline::worker (decode ─▶ preprocess ─▶ model ─▶ postprocess)
-//!             │ (queue full: dropped)                         │
-//!             └───────────────────────────▶ io::egress ◀──────┘ ─▶ zenoh <output_prefix>/<input key>
-//!                                               │
+//! zenoh ─▶ io::ingress ──bounded queue──▶ pipeline::worker: decode ─▶ preprocess ─▶ EDF queue ─▶ model (batched)
+//!             │ (queue full: dropped)            │ (expired, superseded, memory: shed)        ─▶ postprocess
+//!             └───────────────────────────▶ io::egress ◀───────────────────────────────────────────┘
+//!                                               │        ─▶ zenoh <output_prefix>/<input key>
 //!                                     telemetry::metrics ─▶ telemetry (<prefix>/telemetry, /status, /alive)
 //! ```
 //!
 //! - [`config`] reads layered TOML and `ZINFER_*` overrides and validates them.
-//! - [`pipeline`] builds stages through the registry and runs them on a worker thread that owns the model.
+//! - [`pipeline`] builds stages through the registry and runs them on a worker thread that owns the model:
+//!   deadlines, earliest-deadline-first order, overload policies and dynamic batching live in its worker.
+//! - [`memory`] probes what each model costs at start-up and governs RSS against the budget while running.
 //! - [`io`] holds the zenoh session, the ingress and the egress.
 //! - [`telemetry`] counts, samples and publishes.
+//! - [`bench`] measures all of it from the outside.
 //!
 //! [`run`] takes the configuration and a shutdown future, in the style of mini-redis: the caller owns the signal,
 //! so tests can run a daemon in-process and stop it deterministically.
