@@ -17,7 +17,7 @@
 //! - [`memory`] probes what each model costs at start-up and governs RSS against the budget while running.
 //! - [`io`] holds the zenoh session, the ingress and the egress.
 //! - [`telemetry`] counts, samples and publishes.
-//! - [`bench`] measures all of it from the outside.
+//! - [`mod@bench`] measures all of it from the outside.
 //!
 //! [`run`] takes the configuration and a shutdown future, in the style of mini-redis: the caller owns the signal,
 //! so tests can run a daemon in-process and stop it deterministically.

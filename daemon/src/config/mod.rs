@@ -9,7 +9,7 @@
 //!
 //! Every error is a [`ConfigError`] naming the file the offending key came from (tracked by the `config` crate),
 //! the key's full path, and what is wrong. Building the stages and loading the model (which can also fail on a
-//! key) happens later, in `pipeline::build`, and reports errors the same way through [`ConfigError::at`].
+//! key) happens later, in `pipeline::build`, and reports errors the same way through [`Config::error_at`].
 
 pub mod raw;
 
