@@ -95,7 +95,8 @@ def test_models_file_round_trip_and_relative_paths(tmp_path):
     loaded, meta = entries.load_models_json(path)
     assert meta == {"title": "t"}
     assert [e.name for e in loaded] == ["teacher", "final"]
-    assert loaded[0].onnx == tmp_path / "a" / "m.onnx" and loaded[1].accuracy_ci95 == 0.02
+    assert loaded[0].onnx == (tmp_path / "a" / "m.onnx").resolve() and loaded[1].accuracy_ci95 == 0.02
+    assert loaded[0].onnx.is_absolute()
     # a bare list is accepted too, roles default to "other"
     bare, _ = entries.parse_models([{"name": "x", "onnx": "a/m.onnx"}], tmp_path)
     assert bare[0].role == "other"
@@ -172,16 +173,22 @@ def test_ratios_and_targets_on_synthetic_rows():
     assert t["status"] == "4 of 5 met"
 
 
-def test_targets_need_a_teacher_and_a_final_model():
-    rows = [_fake_row("a", "student-step", rss=70 * MiB, lat=3.0)]
+def test_targets_need_a_final_model_and_a_teacher_for_the_teacher_targets():
+    rows = [_fake_row("t", "other", rss=150 * MiB, lat=10.0)]
+    t = report.check_targets(rows, [1, 2], [16, 64, 128])
+    assert t["checks"] == [] and "not checked" in t["status"]
+    # no teacher: the teacher targets are "not checked", the reference targets still are
+    rows = [_fake_row("a", "student-step", rss=70 * MiB, lat=3.0),
+            _fake_row("DistilBERT int8", "reference", rss=300 * MiB, lat=20.0, key="distilbert")]
     report.add_ratios(rows, [1, 2], [16, 64, 128])
     assert rows[0]["vs_teacher"] is None and rows[0]["vs_bert_base"] is None
     t = report.check_targets(rows, [1, 2], [16, 64, 128])
-    assert t["checks"] == [] and "not checked" in t["status"]
-    # with a teacher, the last student step stands in for a missing final entry
+    assert t["final"] == "a" and "student-step" in t["final_from"]  # the last step stands in for "final"
+    assert [c["met"] for c in t["checks"]] == [None, None, None, True, None]
+    assert t["status"] == "1 of 5 met, 4 not checked"
     rows = [_fake_row("t", "teacher", rss=150 * MiB, lat=10.0)] + rows
     t = report.check_targets(rows, [1, 2], [16, 64, 128])
-    assert t["final"] == "a" and "student-step" in t["final_from"]
+    assert [c["met"] for c in t["checks"]][:2] == [True, True]
 
 
 # ------------------------------------------------------------------------------- the harness, end to end
@@ -219,7 +226,7 @@ def test_bench_writes_markdown_json_and_png(bench_run):
                    "p50 ms @64 (1 thr)", "p50 ms @128 (1 thr)", "p50 ms @64 (2 thr)", "b8 seq/s (1 thr)",
                    "b8 seq/s (2 thr)", "accuracy", "## Ratios against the teacher",
                    "## Ratios against the BERT-base fp32", "## Latency", "## Memory", "## Targets",
-                   "ONNX Runtime 1.", "random weights", "AMD" if "AMD" in md else "Machine"):
+                   "ONNX Runtime 1.", "random weights", "**Machine:**", "Memory floor", "CPU/wall"):
         assert column in md, column
     doc = bench_run["doc"]
     assert doc["title"] == "test report" and doc["quick"] is True
@@ -246,6 +253,7 @@ def test_every_row_has_every_measurement(bench_run):
             for s in ("16", "64", "128"):
                 lat = run["latency_b1"][s]
                 assert lat["n"] >= 5 and 0 < lat["median_ms"] <= lat["p95_ms"]
+                assert lat["cpu_per_wall"] > 0
             assert run["throughput"]["batch"] == 8 and run["throughput"]["seq_per_s"] > 0
             m = run["memory"]
             assert m["after_load"]["peak_rss"] <= m["after_batch1"]["peak_rss"] <= m["final"]["peak_rss"]
@@ -320,3 +328,29 @@ def test_settings_quick_is_shorter():
     full, quick = measure.Settings(), measure.Settings.quick()
     assert full.threads == quick.threads == (1, 2) and full.seq_lengths == (16, 64, 128) and full.batch == 8
     assert quick.min_s < full.min_s and quick.min_runs < full.min_runs
+
+
+def test_merge_rounds_keeps_the_best_latency_and_the_highest_memory():
+    def res(lat16, tput, peak, pid):
+        return {"pid": pid, "load_s": 0.1, "threads": 1,
+                "latency_b1": {"16": {"median_ms": lat16, "p95_ms": lat16 * 2, "n": 30}},
+                "throughput": {"seq_per_s": tput}, "memory": {"final": {"peak_rss": peak}}}
+
+    merged = measure.merge_rounds([res(2.0, 100.0, 80, 1), res(1.5, 90.0, 90, 2)])
+    assert merged["latency_b1"]["16"] == {"median_ms": 1.5, "p95_ms": 3.0, "n": 30}
+    assert merged["throughput"]["seq_per_s"] == 100.0
+    assert merged["memory"]["final"]["peak_rss"] == 90
+    assert [r["pid"] for r in merged["rounds"]] == [1, 2]
+    single = res(1.0, 1.0, 1, 3)
+    assert measure.merge_rounds([single]) is single
+
+
+def test_contention_and_ratio_formatting():
+    rows = [_fake_row("a", "teacher", rss=100 * MiB, lat=1.0)]
+    for c in rows[0]["runs"]["1"]["latency_b1"].values():
+        c["cpu_per_wall"] = 0.6
+    rows[0]["runs"]["1"]["throughput"]["cpu_per_wall"] = 0.99
+    busy = report.contention(rows)
+    assert busy == {"cases": 4, "below_85pct": 3, "median_cpu_per_wall": 0.6, "min_cpu_per_wall": 0.6}
+    assert report._x(0.5) == "0.50×" and report._x(0.0031) == "0.0031×" and report._x(1234.5) == "1234×"
+    assert report._x(None) == "–"

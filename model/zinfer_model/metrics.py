@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import torch
@@ -38,7 +37,6 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, gold: np.ndarray, rounds: int = 2000,
                      seed: int = 0) -> tuple[float, float, float]:
     """Accuracy difference a - b with a 95% percentile interval from resampling the test rows."""
-    rng = random.Random(seed)
     ca = (pred_a == gold).astype(np.float64)
     cb = (pred_b == gold).astype(np.float64)
     n = len(gold)
@@ -47,7 +45,6 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, gold: np.ndarray, r
     for _ in range(rounds):
         idx = rs.integers(0, n, n)
         diffs.append(ca[idx].mean() - cb[idx].mean())
-    del rng
     diffs.sort()
     return float(ca.mean() - cb.mean()), float(diffs[int(0.025 * rounds)]), float(diffs[int(0.975 * rounds) - 1])
 

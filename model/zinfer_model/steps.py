@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -171,11 +172,20 @@ def _selection(run: Run, teacher, train) -> dict:
     path = run.step_dir("shrink") / "selection.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
+    layers = list(c["layers"]) or list(range(teacher.config.num_hidden_layers))
+    if c["init"] == "uniform-slice":  # the naive baseline: every k-th dimension, head and neuron
+        def every(n_total: int, n_keep: int) -> list[int]:
+            return [int(i * n_total / n_keep) for i in range(n_keep)]
+        tc = teacher.config
+        sel = {"dims": every(tc.hidden_size, int(c["hidden"])), "layers": layers,
+               "heads": [every(tc.num_attention_heads, int(c["heads"]))] * len(layers),
+               "neurons": [every(tc.intermediate_size, int(c["intermediate"]))] * len(layers)}
+        path.write_text(json.dumps(sel) + "\n", encoding="utf-8")
+        return sel
     n_batches = int(c["importance_batches"])
     it = (b for i, b in zip(range(n_batches), batches(train, 32, random.Random(run.seed + 7))))
     t0 = time.time()
     scores = taylor_importance(teacher, it)
-    layers = list(c["layers"]) or list(range(teacher.config.num_hidden_layers))
     sel = {
         "dims": top_k(scores["hidden"], int(c["hidden"])),
         "layers": layers,
@@ -198,7 +208,7 @@ def step_shrink(run: Run) -> None:
     train, val = encode(tok, s.train, run.max_length), encode(tok, s.val, run.max_length)
     sel = _selection(run, teacher, train)
     torch.manual_seed(run.seed)
-    if c["init"] == "teacher":
+    if c["init"] in ("teacher", "uniform-slice"):
         student = shrink_from_teacher(teacher, dims=sel["dims"], heads=sel["heads"], neurons=sel["neurons"],
                                       layers=sel["layers"], dropout=float(c["dropout"]),
                                       attention_dropout=float(c["attention_dropout"]))
@@ -208,7 +218,7 @@ def step_shrink(run: Run) -> None:
                                         intermediate=int(c["intermediate"]), dropout=float(c["dropout"]),
                                         attention_dropout=float(c["attention_dropout"])))
     else:
-        raise SystemExit(f"shrink.init must be 'teacher' or 'random', not {c['init']!r}")
+        raise SystemExit(f"shrink.init must be 'teacher', 'uniform-slice' or 'random', not {c['init']!r}")
     th, sh = teacher.config.hidden_size, student.config.hidden_size
     run.log(f"shrink: student hidden {sh} (teacher {th}), {student.config.num_attention_heads} heads, FFN "
             f"{student.config.intermediate_size}, layers {sel['layers']}: {count_params(student):,} parameters "
@@ -221,10 +231,10 @@ def step_shrink(run: Run) -> None:
     with torch.no_grad():
         proj.weight.zero_()
         proj.bias.zero_()
-        if c["init"] == "teacher":
+        if c["init"] != "random":
             for j, d in enumerate(sel["dims"]):
                 proj.weight[d, j] = 1.0
-    same_heads = c["init"] == "teacher"
+    same_heads = c["init"] != "random"
     a_kd, a_ce = float(c["alpha_kd"]), float(c["alpha_ce"])
     a_hid, a_att = float(c["alpha_hidden"]), float(c["alpha_attention"]) if same_heads else 0.0
     temp = float(c["temperature"])
@@ -472,6 +482,42 @@ def peak_rss_mib(path: Path | None, seq: int = 64, threads: int = 1) -> float:
     return int(outp.strip().splitlines()[-1]) / 1024
 
 
+def _optimized_or_plain(plain: Path, dst: Path) -> Path:
+    """ORT-optimized copy of an export when the optimizer works and keeps the outputs; else the plain one."""
+    try:
+        optimize(plain, dst)
+        probe = [([2] + list(range(1000, 1000 + n)) + [3], 0) for n in (3, 17, 60)]
+        if agreement(onnx_logits(session(plain), probe), onnx_logits(session(dst), probe))["max_abs_logit_diff"] < 1e-3:
+            plain.unlink()
+            return dst
+    except Exception:  # noqa: BLE001 - the plain export is always usable
+        pass
+    dst.unlink(missing_ok=True)
+    return plain.rename(dst)
+
+
+def _write_bench_models(path: Path, files: dict[str, Path], test: dict, params: dict, n_test: int) -> None:
+    """The efficiency report's input (zinfer_model.bench's models.json): every stage's ONNX and accuracy."""
+    def acc(key):
+        t = test[key]
+        return {"accuracy": t["accuracy"], "macro_f1": t["macro_f1"],
+                "accuracy_ci95": (t["accuracy_ci95"][1] - t["accuracy_ci95"][0]) / 2}
+
+    rows = [
+        {"name": "teacher fp32", "onnx": files["teacher"], "role": "teacher", **acc("teacher_torch"),
+         "notes": "fine-tuned all-MiniLM-L6-v2 (the original model), ORT-optimized"},
+        {"name": "teacher int8", "onnx": files["teacher_int8"], "role": "teacher-int8", **acc("teacher_onnx_int8")},
+        {"name": "student half width", "onnx": files["shrink"], "role": "student-step", **acc("shrink_torch")},
+        {"name": "+ vocab trim", "onnx": files["vocab"], "role": "student-step", **acc("vocab_torch")},
+        {"name": "+ pruning", "onnx": files["prune"], "role": "student-step", **acc("prune_torch")},
+        {"name": "+ int8 (shipped)", "onnx": files["final"], "role": "final", **acc("onnx_int8")},
+    ]
+    for row in rows:  # paths relative to the file's folder, as the bench reads them
+        row["onnx"] = os.path.relpath(Path(row["onnx"]).resolve(), path.parent.resolve())
+    doc = {"title": f"Rotten Tomatoes sentiment, test split ({n_test:,} reviews)", "models": rows}
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
 def step_evaluate(run: Run) -> None:
     c = run.cfg("evaluate")
     out = run.step_dir("evaluate")
@@ -480,21 +526,32 @@ def step_evaluate(run: Run) -> None:
     labels = np.array([y for _, y in test_rows])
     logits: dict[str, np.ndarray] = {}
     params: dict[str, int] = {}
+    onnx_files: dict[str, Path] = {}
+    qdir = run.dir / "quantize"
     for step in ("teacher", "shrink", "vocab", "prune"):
         model, tok, _ = load_model(run.dir / step / "model")
-        logits[f"{step}_torch"] = torch_logits(model, encode(tok, test_rows, run.max_length))
+        enc = encode(tok, test_rows, run.max_length)
+        logits[f"{step}_torch"] = torch_logits(model, enc)
         params[step] = count_params(model)
+        if step in ("teacher", "shrink", "vocab"):
+            # fp32 ONNX of the earlier stages for the efficiency report, optimized like the shipped model
+            plain = export_onnx(model, out / f"{step}.fp32.plain.onnx")
+            onnx_files[step] = _optimized_or_plain(plain, out / f"{step}.fp32.onnx")
         if step == "teacher":
-            teacher_onnx = export_onnx(model, out / "teacher.fp32.onnx")
+            onnx_files["teacher_int8"] = quantize_int8(onnx_files["teacher"], out / "teacher.int8.onnx")
+            logits["teacher_onnx_int8"] = onnx_logits(session(onnx_files["teacher_int8"]), enc)
         if step == "prune":
             final_tok = tok
         del model
-    qdir = run.dir / "quantize"
+    onnx_files["prune"] = qdir / (run.metrics("quantize").get("final_source") or "model.fp32.onnx")
+    onnx_files["final"] = qdir / "model.int8.onnx"
+    teacher_onnx = onnx_files["teacher"]
     test_final = encode(final_tok, test_rows, run.max_length)
     logits["onnx_fp32"] = onnx_logits(session(qdir / "model.fp32.onnx"), test_final)
     logits["onnx_int8"] = onnx_logits(session(qdir / "model.int8.onnx"), test_final)
     res: dict = {"test_rows": len(test_rows), "parameters": params,
                  "test": {k: summary(v, labels) for k, v in logits.items()}}
+    _write_bench_models(out / "models.json", onnx_files, res["test"], params, len(test_rows))
     res["int8_vs_torch"] = agreement(logits["prune_torch"], logits["onnx_int8"])
     res["fp32_vs_torch"] = agreement(logits["prune_torch"], logits["onnx_fp32"])
     diff, lo, hi = paired_bootstrap(logits["onnx_int8"].argmax(-1), logits["teacher_torch"].argmax(-1), labels,

@@ -241,6 +241,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         report.finish_row(r, floor["peak_rss"])
     report.add_ratios(rows, threads, seqs)
     targets = report.check_targets(rows, threads, seqs)
+    busy = report.contention(rows)
     env["load_after"] = _loadavg()
 
     doc = {
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "environment": env,
         "settings": settings.to_dict(), "floor": floor, "models_file": str(args.models) if args.models else None,
         "models_file_meta": meta, "references": refs_meta, "rows": rows, "targets": targets,
+        "contention": busy,
         "outputs": {"markdown": "report.md", "json": "report.json", "png": "report.png"},
     }
     report.write_json(doc, out / "report.json")

@@ -106,7 +106,8 @@ def parse_models(data, base_dir: Path) -> tuple[list[ModelEntry], dict]:
             raise EntryError(f"{where}: 'onnx' (path of the .onnx file) is required")
         path = Path(onnx_path)
         if not path.is_absolute():
-            path = base_dir / path
+            path = Path(base_dir) / path
+        path = path.resolve()
         if not path.is_file():
             raise EntryError(f"{where}: ONNX file not found: {path}")
         role = e.get("role", "other")

@@ -198,7 +198,28 @@ def _ms(v) -> str:
 
 
 def _x(v) -> str:
-    return "–" if v is None else f"{v:.2f}×"
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:.0f}×"
+    return f"{v:.2f}×" if v >= 0.1 else f"{v:.2g}×"
+
+
+def contention(rows: list[dict]) -> dict:
+    """How much CPU the single-thread processes got while timing (1.0 = a whole core all the time)."""
+    vals = []
+    for r in rows:
+        run = r["runs"].get("1")
+        if not run:
+            continue
+        cases = list(run["latency_b1"].values()) + ([run["throughput"]] if run.get("throughput") else [])
+        vals += [c["cpu_per_wall"] for c in cases if c.get("cpu_per_wall") is not None]
+    if not vals:
+        return {"cases": 0}
+    vals.sort()
+    low = [v for v in vals if v < 0.85]
+    return {"cases": len(vals), "below_85pct": len(low), "median_cpu_per_wall": vals[len(vals) // 2],
+            "min_cpu_per_wall": vals[0]}
 
 
 def _pct_cut(c) -> str:
@@ -268,6 +289,18 @@ def markdown(doc: dict) -> str:
            f"{_mib(doc['floor']['empty_session_peak_rss'] - doc['floor']['peak_rss'])} MiB of every net figure "
            f"is the runtime's own cost, not the model's." if doc["floor"].get("empty_session_peak_rss") else "."),
     ]
+    resumed = sum(bool(run.get("resumed")) for r in rows for run in r["runs"].values())
+    if resumed:
+        lines.append(f"- **Resumed:** {resumed} of {sum(len(r['runs']) for r in rows)} measurements were reused "
+                     f"from an earlier, interrupted run (`--resume`, saved in `raw/`); the times above are this "
+                     f"run's.")
+    cont = doc.get("contention") or {}
+    if cont.get("below_85pct"):
+        lines.append(
+            f"- ⚠️ **Busy machine:** {cont['below_85pct']} of {cont['cases']} single-thread timed cases got less "
+            f"than 85% of a core (median {cont['median_cpu_per_wall']:.2f}, lowest {cont['min_cpu_per_wall']:.2f} "
+            f"CPU s per wall s; see the CPU/wall column): other work competed for the cores, so latencies are "
+            f"inflated and 2-thread figures especially unreliable. Rerun on an idle machine for publication.")
     if doc.get("references"):
         lines.append(
             "- **Reference models** (BERT-base, DistilBERT, MobileBERT) have their standard published shapes and "
@@ -322,7 +355,7 @@ def markdown(doc: dict) -> str:
     # latency detail
     lines += ["## Latency (batch 1: median / p95 in ms) and throughput", ""]
     head = ["model", "threads"] + [f"seq {s_}" for s_ in seqs] + [f"batch {s['batch']}×{s['batch_seq']}: "
-                                                                 "p50 ms, seq/s", "timed runs"]
+                                                                 "p50 ms, seq/s", "timed runs", "CPU/wall"]
     body = []
     for r in rows:
         for t in threads:
@@ -333,8 +366,14 @@ def markdown(doc: dict) -> str:
             cells.append(f"{_ms(tp['median_ms'])}, {_tput(tp['seq_per_s'])}" if tp else "–")
             ns = [str(run["latency_b1"][str(s_)]["n"]) for s_ in seqs] + ([str(tp["n"])] if tp else [])
             cells.append("/".join(ns))
+            cpu = [run["latency_b1"][str(s_)].get("cpu_per_wall") for s_ in seqs] + (
+                [tp.get("cpu_per_wall")] if tp else [])
+            cells.append("/".join("–" if c is None else f"{c:.2f}" for c in cpu))
             body.append(cells)
-    lines += [_table(head, body), ""]
+    lines += [_table(head, body), "",
+              "*CPU/wall*: the measuring process's CPU seconds per wall second in each timed case (seq lengths, "
+              "then the batch): close to the thread count when it had the cores to itself, lower when other work "
+              "on the machine took them (or when a model is too small to keep 2 threads busy).", ""]
 
     # memory detail
     lines += ["## Memory (MiB; VmHWM of the measuring process at each stage)", ""]
@@ -411,8 +450,9 @@ def _colors(rows: list[dict]) -> list[str]:
 
 
 def _plain_log_axis(axis) -> None:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -485,7 +525,9 @@ def plot(doc: dict, path: Path) -> None:
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
     ax.set_xlabel(f"sequences/s, batch {s['batch']}, seq {s['batch_seq']} (log)")
-    ax.set_title(f"throughput ({', '.join(map(str, threads))} threads: solid, faded)")
+    shades = ["solid", "faded", "lighter", "lightest"]
+    ax.set_title("throughput (" + ", ".join(f"{shades[min(i, 3)]}: {t} thread{'s' if t > 1 else ''}"
+                                            for i, t in enumerate(threads)) + ")")
     ax.grid(True, axis="x", which="both", alpha=0.3)
 
     env = doc["environment"]

@@ -65,6 +65,9 @@ def _stats(times_ns: list[int]) -> dict:
     }
 
 
+times_cpu: list[float] = []  # CPU-per-wall ratio of each timed case, in order
+
+
 def _timed(run, spec: dict) -> list[int]:
     """Warm up, then time `run` until both the minimum count and time are reached (or a maximum is)."""
     t0 = time.perf_counter()
@@ -74,6 +77,7 @@ def _timed(run, spec: dict) -> list[int]:
         n += 1
     times: list[int] = []
     start = time.perf_counter_ns()
+    cpu0 = time.process_time()
     while True:
         a = time.perf_counter_ns()
         run()
@@ -84,6 +88,9 @@ def _timed(run, spec: dict) -> list[int]:
             break
         if len(times) >= spec["min_runs"] and elapsed >= spec["min_s"]:
             break
+    # CPU time of this process per wall second while timing: about `threads` when it had the cores to itself
+    # (less when other work took them; spinning off, so idle waits don't count)
+    times_cpu.append((time.process_time() - cpu0) / max(1e-9, (time.perf_counter_ns() - start) / 1e9))
     return times
 
 
@@ -170,6 +177,7 @@ def main(argv: list[str]) -> int:
         feeds = _inputs(np, inputs, 1, seq, vocab, rng)
         times = _timed(lambda: sess.run([out_name], feeds), spec)
         latency[str(seq)] = _stats(times)
+        latency[str(seq)]["cpu_per_wall"] = times_cpu[-1]
     result["latency_b1"] = latency
     mem["after_batch1"] = memory()
 
@@ -181,6 +189,7 @@ def main(argv: list[str]) -> int:
         times = _timed(lambda: sess.run([out_name], feeds), tspec)
         st = _stats(times)
         st["batch"], st["seq"] = batch, bseq
+        st["cpu_per_wall"] = times_cpu[-1]
         st["seq_per_s"] = batch * st["n"] / st["total_s"]
         st["seq_per_s_median"] = batch * 1000.0 / st["median_ms"]
         result["throughput"] = st
