@@ -57,6 +57,13 @@ def test_tiny_recipe_end_to_end(tmp_path):
         assert set(row) == {"text", "label", "probs", "pred", "int8_probs"}
         assert abs(sum(row["probs"]) - 1) < 1e-9 and row["pred"] in manifest["labels"]
 
+    # the efficiency report's input lists every stage's ONNX file, relative to the JSON file
+    bench_in = tmp_path / "run" / "evaluate" / "models.json"
+    doc = json.loads(bench_in.read_text(encoding="utf-8"))
+    assert [m["role"] for m in doc["models"]] == ["teacher", "teacher-int8", "student-step", "student-step",
+                                                   "student-step", "final"]
+    assert all((bench_in.parent / m["onnx"]).is_file() and 0 <= m["accuracy"] <= 1 for m in doc["models"])
+
     # a rerun skips every completed step
     before = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
     for step in STEPS:

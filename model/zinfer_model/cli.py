@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps per stage (seconds)")
     parser.add_argument("--run-dir", type=Path, help="default: model/runs/<recipe name>[-quick]")
     parser.add_argument("--force", action="store_true", help="redo the step(s) even if complete")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: the recipe's; not part of the recipe's fingerprint)")
     parser.add_argument("--export-dir", type=Path,
                         help="export-shipped target (default: the recipe's export.out; <run-dir>/export/ with --quick)")
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.quick)
         run_dir = args.run_dir or (Path(__file__).resolve().parents[1] / "runs" /
                                    (recipe["name"] + ("-quick" if args.quick else "")))
-        run = Run(recipe, run_dir, force=args.force, export_dir=args.export_dir)
+        run = Run(recipe, run_dir, force=args.force, export_dir=args.export_dir, threads=args.threads)
         steps = STEPS if args.step == "recipe" else [args.step]
         for step in steps:
             run_step(run, step)

@@ -67,7 +67,7 @@ hidden {st['hidden']} (teacher 384), {len(st['heads'])} layers, head size {st['h
 
 ## How it was made (recipe `{r['name']}`, seed {r['seed']})
 
-`python -m zinfer_model recipe --recipe model/recipes/{r['name']}.toml` ({r['threads']} CPU threads), torch
+`python -m zinfer_model recipe --recipe model/recipes/{r['name']}.toml` on CPU, torch
 {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, onnxruntime
 {onnxruntime.__version__}:
 

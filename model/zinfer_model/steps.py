@@ -44,7 +44,8 @@ STEPS = ["teacher", "shrink", "vocab", "prune", "quantize", "evaluate", "export-
 class Run:
     """A run directory, its recipe and shared state (data splits, logging, metrics files)."""
 
-    def __init__(self, recipe: dict, run_dir: Path, force: bool = False, export_dir: Path | None = None):
+    def __init__(self, recipe: dict, run_dir: Path, force: bool = False, export_dir: Path | None = None,
+                 threads: int | None = None):
         self.recipe = recipe
         self.dir = Path(run_dir)
         self.force = force
@@ -62,7 +63,11 @@ class Run:
                 raise SystemExit(f"{self.dir} was made with a different recipe (fingerprint {old.get('fingerprint')}"
                                  f", now {fp}); use another --run-dir, or --force to redo the steps you run")
         saved.write_text(json.dumps({"fingerprint": fp, "recipe": recipe}, indent=1) + "\n", encoding="utf-8")
-        torch.set_num_threads(int(recipe["threads"]))
+        # --threads overrides the recipe's threads without changing its fingerprint (results differ only by
+        # float summation order): on a busy machine 1 thread can be several times faster than 2, because
+        # OpenMP threads that lose their core stall each other at every barrier
+        self.threads = int(threads or recipe["threads"])
+        torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed)
