@@ -50,3 +50,21 @@ def test_trimmed_tokenizer_matches_original(splits, tokenizer, teacher, tmp_path
     np.testing.assert_array_equal(ref, got)
     assert torch.equal(teacher.bert.embeddings.word_embeddings.weight[2],
                        teacher.bert.embeddings.word_embeddings.weight[trimmed.token_to_id("[CLS]")])
+
+
+def test_keep_whole_words_keeps_pretrained_words(splits):
+    corpus = [t for t, _ in splits.train]
+    _, keep_small, _ = trim_tokenizer(original_tokenizer_path(), corpus)
+    text, keep_big, stats = trim_tokenizer(original_tokenizer_path(), corpus, keep_whole_words=True)
+    assert set(keep_small) < set(keep_big) and stats["keep_whole_words"]
+    trimmed = Tokenizer.from_str(text)
+    original = Tokenizer.from_file(str(original_tokenizer_path()))
+    original.no_padding()
+    vocab = original.get_vocab()
+    small = set(keep_small)
+    # whole words of the original vocabulary that the small corpus never used: kept as one piece
+    words = sorted(w for w, i in vocab.items() if w.isalpha() and len(w) >= 6 and i not in small)[:20]
+    assert words
+    for word in words:
+        assert original.encode(word, add_special_tokens=False).tokens == [word]
+        assert trimmed.encode(word, add_special_tokens=False).tokens == [word]

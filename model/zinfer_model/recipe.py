@@ -25,18 +25,18 @@ DEFAULTS: dict = {
         "layers": [],  # teacher layers the student keeps; [] = all
         "init": "teacher",  # "teacher" (importance-selected slices) or "random"
         "importance_batches": 40,
-        "epochs": 6, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.01, "warmup": 0.1,
+        "epochs": 10, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.01, "warmup": 0.1,
         "dropout": 0.1, "attention_dropout": 0.0,
         "temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5, "alpha_hidden": 1.0, "alpha_attention": 1.0,
         "augment": 0.5, "augment_token_prob": 0.15,
     },
-    "vocab": {"min_count": 1, "check_texts": 1000},
+    "vocab": {"min_count": 1, "keep_whole_words": False, "check_texts": 1000},
     "prune": {
         "head_sparsity": 0.25, "ffn_sparsity": 0.25, "scope": "global", "importance_batches": 40,
         "epochs": 2, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1,
         "temperature": 2.0, "alpha_kd": 1.0, "alpha_ce": 0.5,
     },
-    "quantize": {"opset": 17, "optimize": True, "per_channel": False, "reduce_range": False,
+    "quantize": {"opset": 17, "optimize": True, "per_channel": True, "reduce_range": False,
                  "fp32_tolerance": 1e-4, "optimized_tolerance": 1e-3, "min_int8_agreement": 0.97},
     "evaluate": {"latency_seq": 64, "latency_runs": 50},
     "export": {"name": "zinfer-sentiment-small", "version": "0.1.0", "out": "models/zinfer-sentiment-small"},

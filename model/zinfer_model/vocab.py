@@ -16,8 +16,12 @@ from tokenizers import Tokenizer
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # new ids 0..4
 
 
-def trim_tokenizer(original_path: Path, corpus: list[str], min_count: int = 1) -> tuple[str, list[int], dict]:
-    """Return (tokenizer JSON text, keep_ids, stats): new id i is old id keep_ids[i]."""
+def trim_tokenizer(original_path: Path, corpus: list[str], min_count: int = 1,
+                   keep_whole_words: bool = False) -> tuple[str, list[int], dict]:
+    """Return (tokenizer JSON text, keep_ids, stats): new id i is old id keep_ids[i].
+
+    keep_whole_words also keeps every word-initial piece of the original vocabulary (no `##`, no `[unused…]`),
+    so that words absent from the corpus keep their pretrained embedding instead of splitting into pieces."""
     original = Tokenizer.from_file(str(original_path))
     original.no_truncation()
     original.no_padding()
@@ -39,8 +43,11 @@ def trim_tokenizer(original_path: Path, corpus: list[str], min_count: int = 1) -
         body = tok[len(prefix):] if tok.startswith(prefix) else tok
         return len(body) == 1
 
+    def whole_word(tok: str) -> bool:
+        return keep_whole_words and not tok.startswith(prefix) and not tok.startswith("[unused")
+
     keep = [t for t, _ in sorted(old_vocab.items(), key=lambda kv: kv[1])
-            if t not in SPECIAL_TOKENS and (t in used or single_piece(t))]
+            if t not in SPECIAL_TOKENS and (t in used or single_piece(t) or whole_word(t))]
     new_tokens = SPECIAL_TOKENS + keep
     new_vocab = {t: i for i, t in enumerate(new_tokens)}
     keep_ids = [old_vocab[t] for t in new_tokens]
@@ -58,7 +65,8 @@ def trim_tokenizer(original_path: Path, corpus: list[str], min_count: int = 1) -
     spec["padding"] = None
     text = json.dumps(spec, ensure_ascii=False, indent=2) + "\n"
     stats = {"original_vocab": len(old_vocab), "trimmed_vocab": len(new_vocab), "used_pieces": len(used),
-             "single_char_pieces": sum(1 for t in keep if single_piece(t)), "min_count": min_count}
+             "single_char_pieces": sum(1 for t in keep if single_piece(t)), "min_count": min_count,
+             "keep_whole_words": keep_whole_words}
     return text, keep_ids, stats
 
 
