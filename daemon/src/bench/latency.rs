@@ -131,10 +131,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let loaded = spawn_daemon(scratch.path(), &config, Some(&options.config), "loaded").await?;
     let idle_rss_with_model = loaded.settled_rss().await?;
     let client = Client::connect(&loaded.endpoint).await?;
-    let key = options
-        .key
-        .clone()
-        .unwrap_or_else(|| format!("{}/bench", settings.input.trim_end_matches("/**").trim_end_matches("/*")));
+    let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
     let mut round_trips = Vec::with_capacity(iterations);
     let mut daemon_totals = Vec::with_capacity(iterations);

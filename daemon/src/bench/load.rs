@@ -99,10 +99,7 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         None => config.pipelines.first().context("the configuration has no [[pipeline]] to drive")?,
     }
     .clone();
-    let key = options
-        .key
-        .clone()
-        .unwrap_or_else(|| format!("{}/load", settings.input.trim_end_matches("/**").trim_end_matches("/*")));
+    let key = super::request_key(options.key.as_deref(), &settings.input, "load");
     let scratch = tempfile::tempdir().context("temp dir")?;
     let duration = Duration::from_secs_f64(options.seconds.max(0.5));
 

@@ -107,17 +107,13 @@ impl ChildDaemon {
 
 /// (VmRSS, VmHWM) of process `pid` in bytes, from /proc.
 pub(crate) fn process_rss(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the daemon's /proc status")?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
+    crate::memory::process_memory(&pid.to_string()).context("reading the daemon's /proc status")
+}
+
+/// The key a benchmark publishes on: its own option, else the pipeline's input with a trailing wildcard replaced
+/// by `leaf`.
+pub(crate) fn request_key(option: Option<&str>, input: &str, leaf: &str) -> String {
+    option.map_or_else(|| format!("{}/{leaf}", input.trim_end_matches("/**").trim_end_matches("/*")), str::to_owned)
 }
 
 /// Starts a child zinferd on a free loopback port: with the user's config files plus an override (`files`), or

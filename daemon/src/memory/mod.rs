@@ -25,13 +25,21 @@ pub enum Pressure {
 
 /// The process's resident set size in bytes, from `/proc/self/status` (tens of microseconds).
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+    process_memory("self").map_or(0, |(rss, _)| rss)
+}
+
+/// (VmRSS, VmHWM) in bytes of process `pid` (a number, or `self`), from `/proc/<pid>/status`.
+pub fn process_memory(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    Some((field("VmRSS:"), field("VmHWM:")))
 }
 
 /// The budget in bytes: the configured one, else the cgroup's memory limit, else none.

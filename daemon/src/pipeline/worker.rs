@@ -156,24 +156,14 @@ impl Worker {
     fn admit(&mut self, envelope: Envelope) {
         let (key, arrived, fallback_id) =
             (envelope.message.key.clone(), envelope.arrived, envelope.fallback_id.clone());
-        let index = self.context.index;
-        let answer = |processed: Processed| Outcome {
-            pipeline: index,
-            id: processed.id,
-            key: key.clone(),
-            verdict: processed.verdict,
-            timings: processed.timings,
-            arrived,
-            deadline: processed.deadline,
-        };
         let bytes = envelope.message.payload.len();
         let early = if self.context.abandon.load(Ordering::Relaxed) {
-            Some(answer(dropped(fallback_id, drop_reason::SHUTDOWN)))
+            Some(dropped(fallback_id, drop_reason::SHUTDOWN))
         } else if self.context.memory.pressure() == Pressure::Hard {
-            Some(answer(dropped(fallback_id, drop_reason::MEMORY)))
+            Some(dropped(fallback_id, drop_reason::MEMORY))
         } else if !self.make_room(&key, bytes) {
             // Refused before decoding: under overload, tokenizing what cannot be queued would only add to it.
-            Some(answer(dropped(fallback_id, drop_reason::QUEUE_FULL)))
+            Some(dropped(fallback_id, drop_reason::QUEUE_FULL))
         } else {
             match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
                 Ok(Ok(prepared)) => {
@@ -182,12 +172,13 @@ impl Worker {
                     self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });
                     None
                 }
-                Ok(Err(processed)) => Some(answer(*processed)),
-                Err(_) => Some(answer(panicked(fallback_id))),
+                Ok(Err(processed)) => Some(*processed),
+                Err(_) => Some(panicked(fallback_id)),
             }
         };
-        if let Some(outcome) = early {
+        if let Some(processed) = early {
             self.context.metrics.record_dequeued();
+            let outcome = self.finish(processed, key, arrived);
             self.send(outcome);
         }
     }
