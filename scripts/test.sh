@@ -10,6 +10,7 @@ export ORT_DYLIB_PATH="$lib"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-systemd-unit.sh --self-test
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
