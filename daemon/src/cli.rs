@@ -12,8 +12,9 @@ use zinferd::client::{Client, RequestFormat};
 #[derive(Debug, Parser)]
 #[command(name = "zinferd", version, about)]
 struct Cli {
-    /// Configuration file(s), merged in order (later ones override); ZINFER_* environment variables override all.
-    #[arg(long = "config", short = 'c', global = true, value_name = "FILE")]
+    /// Configuration file(s) or directories of `*.toml` files, merged in order (later ones override); ZINFER_*
+    /// environment variables override all. Default: /etc/zinfer/zinferd.toml, then /etc/zinfer/conf.d/.
+    #[arg(long = "config", short = 'c', global = true, value_name = "PATH")]
     config: Vec<PathBuf>,
 
     #[command(subcommand)]
@@ -128,16 +129,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The configuration files given, or the installed ones: `/etc/zinfer/zinferd.toml`, then `/etc/zinfer/conf.d/*.toml`
+/// (if that directory exists) in name order.
 fn config_files(cli: &Cli) -> Vec<PathBuf> {
-    if cli.config.is_empty() { vec![PathBuf::from("/etc/zinfer/zinferd.toml")] } else { cli.config.clone() }
+    if !cli.config.is_empty() {
+        return cli.config.clone();
+    }
+    let mut files = vec![PathBuf::from("/etc/zinfer/zinferd.toml")];
+    let drop_ins = PathBuf::from("/etc/zinfer/conf.d");
+    if drop_ins.is_dir() {
+        files.push(drop_ins);
+    }
+    files
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         None | Some(Command::Run) => {
-            let config = zinferd::config::load(&config_files(&cli))?;
+            let files = config_files(&cli);
+            let config = zinferd::config::load(&files)?;
             let registry = zinferd::default_registry();
-            runtime()?.block_on(zinferd::run(config, &registry, zinferd::shutdown::signal_received()))?;
+            // SIGHUP reads the same files (and directories) again.
+            let loader: zinferd::service::Loader = Box::new(move || zinferd::config::load(&files));
+            let notifier = zinferd::service::systemd::Notifier::from_env();
+            runtime()?.block_on(async {
+                zinferd::service::serve(config, &registry, loader, notifier, zinferd::signals::controls()).await
+            })?;
             Ok(())
         }
         Some(Command::Check) => {

@@ -87,15 +87,21 @@ pub async fn start_text(name: &str, extra: &str, tokenize: &str, decode: &str) -
 pub struct Daemon {
     child: Option<Child>,
     /// The per-test folder (config, logs), removed when the daemon is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The endpoint it listens on.
     pub endpoint: String,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl Daemon {
     /// Writes `config` (which must listen on `port`) and starts zinferd on it; returns once it accepts TCP.
     pub fn start(config: &str, port: u16) -> Self {
+        Self::start_with_env(config, port, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &str, port: u16, env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("zinferd.toml");
         std::fs::write(&path, config).expect("write config");
@@ -105,11 +111,12 @@ impl Daemon {
             .arg(&path)
             .env("ORT_DYLIB_PATH", ort_library())
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn zinferd");
-        let mut daemon = Self { child: Some(child), _dir: dir, endpoint: format!("tcp/127.0.0.1:{port}"), log };
+        let mut daemon = Self { child: Some(child), dir, endpoint: format!("tcp/127.0.0.1:{port}"), log, config: path };
         daemon.wait_listening(port);
         daemon
     }
@@ -141,9 +148,24 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`HUP`, `TERM`…).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// The configuration file it was started with (a reload reads it again).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The per-test folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Waits for the process to exit (bounded) and returns its status.

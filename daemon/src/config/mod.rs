@@ -46,7 +46,7 @@ pub struct Config {
 }
 
 /// `[zenoh]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ZenohConfig {
     /// Peer or client (default peer).
     pub mode: Option<ZenohMode>,
@@ -61,7 +61,7 @@ pub struct ZenohConfig {
 }
 
 /// The memory keys of `[daemon]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemoryConfig {
     /// The hard RSS ceiling in MiB; `None`: the cgroup's limit, if any.
     pub budget_mb: Option<u64>,
@@ -74,7 +74,7 @@ pub struct MemoryConfig {
 }
 
 /// `[telemetry]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     /// Prefix of the telemetry, status and liveliness keys.
     pub prefix: String,
@@ -162,18 +162,21 @@ impl ConfigError {
         Self { file: origins.file_of(key), key: Some(key.to_owned()), reason: reason.into() }
     }
 
-    fn whole(file: Option<String>, reason: impl Into<String>) -> Self {
+    /// An error about a whole file (or none), not one key.
+    pub fn whole(file: Option<String>, reason: impl Into<String>) -> Self {
         Self { file, key: None, reason: reason.into() }
     }
 }
 
-/// Reads and validates `files` plus the process's `ZINFER_*` environment.
+/// Reads and validates `files` plus the process's `ZINFER_*` environment. A directory among `files` stands for the
+/// `*.toml` files in it, in name order (`/etc/zinfer/conf.d/10-board.toml` before `20-site.toml`).
 pub fn load(files: &[PathBuf]) -> Result<Config, ConfigError> {
     load_with_env(files, None)
 }
 
 /// As [`load`], with an explicit environment instead of the process's (for tests).
 pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) -> Result<Config, ConfigError> {
+    let files = &expand_directories(files)?;
     if files.is_empty() {
         return Err(ConfigError::whole(None, "no configuration file given; pass one with --config FILE"));
     }
@@ -238,6 +241,33 @@ fn describe_serde_error(path: &str, error: &config::ConfigError) -> (String, Str
         return (join(field), "required key is missing".to_owned());
     }
     (path.to_owned(), message)
+}
+
+/// Replaces each directory in `files` by its `*.toml` files, sorted by name.
+fn expand_directories(files: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut expanded = Vec::new();
+    for path in files {
+        if !path.is_dir() {
+            expanded.push(path.clone());
+            continue;
+        }
+        let unreadable = |error: std::io::Error| {
+            ConfigError::whole(
+                Some(path.display().to_string()),
+                format!("cannot read this configuration directory: {error}"),
+            )
+        };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(unreadable)? {
+            let file = entry.map_err(unreadable)?.path();
+            if file.extension().is_some_and(|extension| extension == "toml") && file.is_file() {
+                found.push(file);
+            }
+        }
+        found.sort();
+        expanded.extend(found);
+    }
+    Ok(expanded)
 }
 
 /// Where each key came from: the merged `config::Config`, which remembers every value's origin, and the files as

@@ -29,11 +29,30 @@ fn every_shipped_config_is_valid() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
         .collect();
     assert!(configs.len() >= 2, "{configs:?}");
+    let installed = tempfile::tempdir().expect("temp dir");
     for path in configs {
+        let path = as_if_installed(&path, installed.path());
         let config = load_with_env(std::slice::from_ref(&path), Some(HashMap::new()))
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         assert!(!config.pipelines.is_empty(), "{}", path.display());
     }
+}
+
+/// The packaged config (configs/zinferd.toml) names the paths the .deb installs to; checked here with those paths
+/// mapped back into the checkout. Other configs are returned as they are.
+fn as_if_installed(path: &Path, dir: &Path) -> PathBuf {
+    if path.file_name().is_none_or(|name| name != "zinferd.toml") {
+        return path.to_owned();
+    }
+    let text = std::fs::read_to_string(path).expect("read config");
+    let ort = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
+    let mapped = text
+        .replace("/usr/share/zinfer/models", &repo().join("models").display().to_string())
+        .replace("/usr/lib/zinfer/libonnxruntime.so.1.31.1", &ort.display().to_string());
+    write(dir, "zinferd.toml", &mapped)
 }
 
 #[test]
@@ -50,6 +69,27 @@ fn defaults_are_loopback_peer_without_scouting() {
     let native = crate::io::session::zenoh_config(&config.zenoh).expect("zenoh config");
     let json = format!("{native}");
     assert!(json.contains("tcp/127.0.0.1:7447"), "{json}");
+}
+
+#[test]
+fn a_directory_stands_for_its_toml_files_in_name_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml");
+    let main = write(dir.path(), "zinferd.toml", &pipeline_toml(&manifest.display().to_string()));
+    let drop_ins = dir.path().join("conf.d");
+    std::fs::create_dir(&drop_ins).expect("mkdir");
+    write(&drop_ins, "20-site.toml", "[telemetry]\nprefix = \"site\"\n");
+    write(&drop_ins, "10-board.toml", "[telemetry]\nprefix = \"board\"\ninterval_ms = 250\n");
+    write(&drop_ins, "README", "not a config file: ignored");
+    let config = load_with_env(&[main.clone(), drop_ins.clone()], Some(HashMap::new())).expect("valid");
+    assert_eq!(config.telemetry.prefix, "site", "20-site.toml comes after 10-board.toml");
+    assert_eq!(config.telemetry.interval, Duration::from_millis(250));
+    assert_eq!(config.sources, vec![main, drop_ins.join("10-board.toml"), drop_ins.join("20-site.toml")]);
+
+    write(&drop_ins, "30-broken.toml", "[telemetry]\ninterval_ms = \"soon\"\n");
+    let error = load_with_env(&[dir.path().join("zinferd.toml"), drop_ins.clone()], Some(HashMap::new()))
+        .expect_err("a bad drop-in fails");
+    assert!(error.to_string().contains("30-broken.toml"), "names the drop-in: {error}");
 }
 
 #[test]

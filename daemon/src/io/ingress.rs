@@ -42,40 +42,42 @@ pub struct Admission {
     pub queue: SyncSender<Envelope>,
     /// The egress, for messages answered without processing.
     pub outcomes: UnboundedSender<Outcome>,
+    /// Index of the pipeline in its generation (outcomes name it).
+    pub pipeline: usize,
+    /// Its counters.
+    pub metrics: Arc<PipelineMetrics>,
 }
 
-/// A pipeline's subscription. While it is open, every sample on the input key is admitted.
+/// A pipeline's subscription. While it is open, every sample on the input key is admitted to exactly one
+/// [`Admission`]: the current one. A reload swaps the admission under the same subscriber ([`Ingress::retarget`]),
+/// so a message published during a reload reaches either the old pipeline or the new one, never both or neither.
 pub struct Ingress {
     gate: Arc<Mutex<Option<Admission>>>,
     subscriber: zenoh::pubsub::Subscriber<()>,
 }
 
-/// What the callback needs besides the admission gate.
-pub struct IngressContext {
-    /// Index of the pipeline.
-    pub pipeline: usize,
-    /// Its counters.
-    pub metrics: Arc<PipelineMetrics>,
-    /// Id source.
-    pub ids: Arc<IdGenerator>,
-}
-
 impl Ingress {
-    /// Declares the subscriber on `input`.
+    /// Declares the subscriber on `input`; messages without an id get one from `ids`.
     pub async fn open(
         session: &zenoh::Session,
         input: &str,
         admission: Admission,
-        context: IngressContext,
+        ids: Arc<IdGenerator>,
     ) -> Result<Self, crate::Error> {
         let gate = Arc::new(Mutex::new(Some(admission)));
         let callback_gate = Arc::clone(&gate);
         let subscriber = session
             .declare_subscriber(input.to_owned())
-            .callback(move |sample| admit(&callback_gate, &context, sample))
+            .callback(move |sample| admit(&callback_gate, &ids, sample))
             .await
             .map_err(|error| crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}")))?;
         Ok(Self { gate, subscriber })
+    }
+
+    /// From the next message on, admits into `admission`. Dropping the previous admission (returned) releases the
+    /// previous pipeline's queue, so its worker drains what it holds and finishes.
+    pub fn retarget(&self, admission: Admission) -> Option<Admission> {
+        self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(admission)
     }
 
     /// Stops admitting: releases the queue (so the worker can drain and finish) and undeclares the subscriber.
@@ -87,7 +89,7 @@ impl Ingress {
     }
 }
 
-fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Sample) {
+fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
     let arrived = Instant::now();
     let arrived_wall = SystemTime::now();
     let gate = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -95,12 +97,12 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
     let Some(admission) = gate.as_ref() else {
         return;
     };
-    context.metrics.record_received();
+    admission.metrics.record_received();
     let attachment_id = sample
         .attachment()
         .and_then(|attachment| String::from_utf8(attachment.to_bytes().into_owned()).ok())
         .filter(|id| !id.is_empty());
-    let fallback_id = attachment_id.clone().unwrap_or_else(|| context.ids.next());
+    let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
     let message = RawMessage {
         key: sample.key_expr().as_str().to_owned(),
         payload: sample.payload().to_bytes().into_owned(),
@@ -108,17 +110,17 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
         attachment_id,
     };
     // Count before sending: the worker may dequeue before try_send returns.
-    context.metrics.record_enqueued();
+    admission.metrics.record_enqueued();
     let refused = match admission.queue.try_send(Envelope { message, arrived, arrived_wall, fallback_id }) {
         Ok(()) => return,
         Err(TrySendError::Full(envelope)) => (envelope, drop_reason::QUEUE_FULL),
         Err(TrySendError::Disconnected(envelope)) => (envelope, drop_reason::SHUTDOWN),
     };
     let (envelope, reason) = refused;
-    context.metrics.record_dequeued();
-    tracing::debug!(pipeline = context.pipeline, reason, "message dropped at admission");
+    admission.metrics.record_dequeued();
+    tracing::debug!(pipeline = admission.pipeline, reason, "message dropped at admission");
     let outcome = Outcome {
-        pipeline: context.pipeline,
+        pipeline: admission.pipeline,
         id: envelope.fallback_id,
         key: envelope.message.key,
         verdict: Verdict::Dropped(reason),
@@ -127,6 +129,6 @@ fn admit(gate: &Mutex<Option<Admission>>, context: &IngressContext, sample: Samp
         deadline: None,
     };
     if admission.outcomes.send(outcome).is_err() {
-        tracing::error!(pipeline = context.pipeline, "the publisher is gone; a dropped message gets no outcome");
+        tracing::error!(pipeline = admission.pipeline, "the publisher is gone; a dropped message gets no outcome");
     }
 }

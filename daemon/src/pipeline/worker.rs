@@ -15,9 +15,9 @@ use std::collections::BinaryHeap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use zinfer_proto::{drop_reason, expire_reason};
@@ -28,6 +28,9 @@ use super::outcome::{Outcome, Timings, Verdict};
 use super::{Envelope, Pipeline, Prepared, Processed};
 use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
+
+/// How often an idle worker shows it is alive (see [`PipelineMetrics::beat`]).
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// What the worker needs besides its pipeline.
 pub struct WorkerContext {
@@ -133,10 +136,14 @@ impl Worker {
 
     fn run(mut self, queue: &Receiver<Envelope>) {
         loop {
+            // Every turn of this loop is progress; an idle worker still turns every HEARTBEAT. A worker stuck in a
+            // stage or a model run stops beating, and the service watchdog notices.
+            self.context.metrics.beat();
             if self.waiting.is_empty() {
-                match queue.recv() {
+                match queue.recv_timeout(HEARTBEAT) {
                     Ok(envelope) => self.admit(envelope),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             while let Ok(envelope) = queue.try_recv() {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use zinfer_proto as proto;
@@ -30,6 +31,8 @@ pub struct PipelineDescription {
     pub memory: proto::ModelMemory,
     /// ONNX Runtime settings in force.
     pub session: proto::SessionSettings,
+    /// The configuration generation the pipeline was built in.
+    pub generation: u64,
 }
 
 /// Counters of one pipeline.
@@ -43,6 +46,9 @@ pub struct PipelineMetrics {
     deadline_missed: AtomicU64,
     publish_failures: AtomicU64,
     queue_depth: AtomicU64,
+    /// Milliseconds from `created` to the worker's latest sign of progress.
+    heartbeat_ms: AtomicU64,
+    created: Instant,
     detail: Mutex<Detail>,
 }
 
@@ -69,6 +75,8 @@ impl PipelineMetrics {
             deadline_missed: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(0),
+            created: Instant::now(),
             detail: Mutex::new(Detail {
                 failed_by_reason: BTreeMap::new(),
                 dropped_by_reason: BTreeMap::new(),
@@ -136,6 +144,30 @@ impl PipelineMetrics {
         }
     }
 
+    /// The worker shows progress: it is idle and waiting, or it just finished a step.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long ago the worker last showed progress.
+    pub fn since_beat(&self) -> Duration {
+        let elapsed = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(elapsed.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.description.name
+    }
+
+    /// Outcomes published so far (all kinds).
+    pub fn answered(&self) -> u64 {
+        [&self.completed, &self.failed, &self.dropped, &self.expired]
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The wire form of the counters now.
     pub fn snapshot(&self) -> proto::PipelineStats {
         // Read the outcome counters before `received`, so in_flight can never appear negative.
@@ -183,6 +215,8 @@ impl PipelineMetrics {
             deadline_missed: self.deadline_missed.load(Ordering::Relaxed),
             expired_by_reason: owned(&detail.expired_by_reason),
             messages_by_batch_size: detail.by_batch_size.clone(),
+            worker_idle_ms: self.since_beat().as_millis() as u64,
+            generation: description.generation,
         }
     }
 }

@@ -9,7 +9,8 @@ pub mod metrics;
 pub mod names;
 pub mod system;
 
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -28,19 +29,73 @@ pub struct Telemetry {
     started: Instant,
     zid: String,
     sampler: Mutex<SystemSampler>,
-    pipelines: Vec<Arc<PipelineMetrics>>,
+    /// The current generation's pipelines: a reload swaps them.
+    pipelines: RwLock<Vec<Arc<PipelineMetrics>>>,
+    service: Mutex<proto::ServiceState>,
     memory: Arc<Governor>,
 }
 
 impl Telemetry {
-    /// Telemetry for a daemon with session id `zid` and these pipelines.
-    pub fn new(zid: String, pipelines: Vec<Arc<PipelineMetrics>>, memory: Arc<Governor>) -> Self {
-        Self { started: Instant::now(), zid, sampler: Mutex::new(SystemSampler::new()), pipelines, memory }
+    /// Telemetry for a daemon with session id `zid`; pipelines come with [`Telemetry::set_generation`].
+    pub fn new(zid: String, memory: Arc<Governor>) -> Self {
+        Self {
+            started: Instant::now(),
+            zid,
+            sampler: Mutex::new(SystemSampler::new()),
+            pipelines: RwLock::new(Vec::new()),
+            service: Mutex::new(proto::ServiceState::default()),
+            memory,
+        }
+    }
+
+    /// The pipelines of the configuration now in force.
+    pub fn set_generation(&self, number: u64, pipelines: &[Arc<PipelineMetrics>], sources: &[PathBuf]) {
+        *self.pipelines.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pipelines.to_vec();
+        let mut service = self.service();
+        service.generation = number;
+        service.config_files = sources.iter().map(|path| path.display().to_string()).collect();
+    }
+
+    /// The outcome of a reload: `None` when it succeeded, else why it failed.
+    pub fn record_reload(&self, error: Option<&str>, at_ms: u64) {
+        let mut service = self.service();
+        service.last_reload_ms = at_ms;
+        match error {
+            None => {
+                service.reloads_ok += 1;
+                service.last_reload = "ok".to_owned();
+                service.last_reload_error.clear();
+            }
+            Some(error) => {
+                service.reloads_failed += 1;
+                service.last_reload = "failed".to_owned();
+                service.last_reload_error = format!("{error}; the previous configuration keeps serving");
+            }
+        }
+    }
+
+    /// Why the latest reload failed, if it did.
+    pub fn last_reload_error(&self) -> Option<String> {
+        let service = self.service();
+        (service.last_reload == "failed").then(|| service.last_reload_error.clone())
+    }
+
+    /// The pipelines whose worker is stalled now; returns whether any was already stalled.
+    pub fn set_stalled(&self, names: Vec<String>) -> bool {
+        let mut service = self.service();
+        let was = !service.stalled_pipelines.is_empty();
+        service.stalled_pipelines = names;
+        was
+    }
+
+    fn service(&self) -> std::sync::MutexGuard<'_, proto::ServiceState> {
+        self.service.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A fresh snapshot.
     pub fn snapshot(&self) -> proto::Telemetry {
         let (process, system) = self.sampler.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sample();
+        let pipelines = self.pipelines.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         proto::Telemetry {
             timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -48,13 +103,14 @@ impl Telemetry {
             zid: self.zid.clone(),
             process: Some(process),
             system: Some(system),
-            pipelines: self.pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
+            pipelines: pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
             memory: Some(proto::MemoryStats {
                 budget_bytes: self.memory.budget().unwrap_or(0),
                 soft_threshold_bytes: self.memory.soft_threshold().unwrap_or(0),
                 rss_bytes: self.memory.rss(),
                 pressure: format!("{:?}", self.memory.pressure()).to_lowercase(),
             }),
+            service: Some(self.service().clone()),
         }
     }
 }

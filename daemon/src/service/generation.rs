@@ -1,0 +1,210 @@
+//! A generation: the pipelines one configuration describes, with their worker threads and their egress.
+//!
+//! The daemon starts with generation 1; every successful reload starts the next one beside it and retires the
+//! previous: its admissions are handed back (so no new message reaches it), its workers answer what they already
+//! hold, and its egress publishes those outcomes and ends. Nothing is shared between generations but the zenoh
+//! session and the memory governor, so an old pipeline can finish in peace while the new one serves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::{self, Config};
+use crate::io::egress::Route;
+use crate::io::ingress::Admission;
+use crate::memory::Governor;
+use crate::pipeline::{self, Pipeline};
+use crate::telemetry::metrics::{PipelineDescription, PipelineMetrics};
+
+/// The running pipelines of one configuration.
+pub struct Generation {
+    /// 1 at start, one more per successful reload.
+    pub number: u64,
+    /// The configuration it runs.
+    pub config: Config,
+    /// Per pipeline, the admission not yet handed to an ingress.
+    admissions: Vec<Option<Admission>>,
+    metrics: Vec<Arc<PipelineMetrics>>,
+    workers: Vec<JoinHandle<()>>,
+    egress: tokio::task::JoinHandle<()>,
+    abandon: Arc<AtomicBool>,
+}
+
+/// A pipeline's entry point, to attach to a subscription.
+pub struct Entry {
+    /// The pipeline's name.
+    pub name: String,
+    /// Its input key expression.
+    pub input: String,
+    /// Where its messages go.
+    pub admission: Admission,
+}
+
+impl Generation {
+    /// Starts a worker per pipeline and the egress that publishes their outcomes.
+    pub fn start(
+        number: u64,
+        config: Config,
+        pipelines: Vec<Pipeline>,
+        session: &zenoh::Session,
+        governor: &Arc<Governor>,
+    ) -> Result<Self, crate::Error> {
+        let abandon = Arc::new(AtomicBool::new(false));
+        // Unbounded on purpose: every entry is an outcome owed for a message already admitted (and so already in
+        // memory); blocking here would block zenoh's callback. Admission (queue capacity) is what bounds it.
+        let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
+        let mut routes = Vec::new();
+        let mut workers = Vec::new();
+        let mut admissions = Vec::new();
+        let mut all_metrics = Vec::new();
+        for (index, (pipeline, settings)) in pipelines.into_iter().zip(&config.pipelines).enumerate() {
+            let identity = pipeline::build::identity(settings);
+            let providers = pipeline.model().providers().to_vec();
+            tracing::info!(
+                pipeline = %settings.name, input = %settings.input, model = %identity.name,
+                version = %identity.version, providers = ?providers, intra_threads = pipeline.model().intra_threads(),
+                generation = number, "pipeline ready"
+            );
+            let memory = pipeline.memory();
+            let metrics = Arc::new(PipelineMetrics::new(PipelineDescription {
+                name: settings.name.clone(),
+                input: settings.input.clone(),
+                model: identity.clone(),
+                providers,
+                memory: zinfer_proto::ModelMemory {
+                    load_bytes: memory.load_bytes,
+                    working_bytes: memory.working_bytes,
+                    warm_up_batch: settings.max_batch as u32,
+                    warm_up_length: settings.manifest.max_length.unwrap_or(512) as u32,
+                },
+                session: zinfer_proto::SessionSettings {
+                    intra_threads: pipeline.model().intra_threads() as u32,
+                    spinning: settings.session.spinning,
+                    optimization: format!("{:?}", settings.session.optimization).to_lowercase(),
+                    memory_arena: settings.session.memory_arena,
+                    memory_pattern: settings.session.memory_pattern,
+                },
+                generation: number,
+            }));
+            let (queue, queue_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
+            let context = pipeline::worker::WorkerContext {
+                index,
+                capacity: settings.queue_capacity,
+                max_batch: settings.max_batch,
+                capacity_bytes: settings.queue_bytes,
+                overload: match settings.overload {
+                    config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
+                    config::OverloadPolicy::Latest => {
+                        pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
+                    }
+                },
+                outcomes: outcomes.clone(),
+                abandon: Arc::clone(&abandon),
+                metrics: Arc::clone(&metrics),
+                memory: Arc::clone(governor),
+            };
+            workers.push(pipeline::worker::spawn(&settings.name, pipeline, queue_rx, context)?);
+            admissions.push(Some(Admission {
+                queue,
+                outcomes: outcomes.clone(),
+                pipeline: index,
+                metrics: Arc::clone(&metrics),
+            }));
+            routes.push(Route {
+                name: settings.name.clone(),
+                output_prefix: settings.output_prefix.clone(),
+                encoding: settings.result_encoding,
+                congestion_control: settings.result_congestion_control,
+                priority: settings.result_priority,
+                model: identity,
+                metrics: Arc::clone(&metrics),
+            });
+            all_metrics.push(metrics);
+        }
+        // From here on only admissions and workers hold senders: the egress ends when they are all gone.
+        drop(outcomes);
+        let egress = tokio::spawn(crate::io::egress::publish(session.clone(), Arc::new(routes), outcomes_rx));
+        Ok(Self { number, config, admissions, metrics: all_metrics, workers, egress, abandon })
+    }
+
+    /// Every pipeline's entry point, once: the caller attaches them to subscriptions.
+    pub fn take_entries(&mut self) -> Vec<Entry> {
+        self.admissions
+            .iter_mut()
+            .zip(&self.config.pipelines)
+            .filter_map(|(admission, settings)| {
+                admission.take().map(|admission| Entry {
+                    name: settings.name.clone(),
+                    input: settings.input.clone(),
+                    admission,
+                })
+            })
+            .collect()
+    }
+
+    /// The pipelines' counters, in configuration order.
+    pub fn metrics(&self) -> &[Arc<PipelineMetrics>] {
+        &self.metrics
+    }
+
+    /// Stops taking messages (admissions not attached are dropped; attached ones go when their ingress is closed
+    /// or retargeted) and lets the workers finish what they hold.
+    pub fn retire(mut self) -> Retiring {
+        self.admissions.clear();
+        Retiring { number: self.number, workers: self.workers, egress: self.egress, abandon: self.abandon }
+    }
+}
+
+/// A generation that takes no new messages and is finishing the ones it holds.
+pub struct Retiring {
+    number: u64,
+    workers: Vec<JoinHandle<()>>,
+    egress: tokio::task::JoinHandle<()>,
+    abandon: Arc<AtomicBool>,
+}
+
+impl Retiring {
+    /// Whether every outcome it owed has been published.
+    pub fn is_finished(&self) -> bool {
+        self.egress.is_finished()
+    }
+
+    /// Waits (until `deadline`) for its outcomes to be published; past the deadline, what is still queued is answered
+    /// `dropped: shutdown`, and a publisher stuck in zenoh is given `grace` more before it is abandoned. Returns
+    /// whether every outcome was published.
+    pub async fn finish(mut self, deadline: Instant, grace: Duration) -> bool {
+        let mut complete = true;
+        if tokio::time::timeout_at(deadline, &mut self.egress).await.is_err() {
+            tracing::warn!(
+                generation = self.number,
+                "drain timeout passed; answering the remaining queued messages `dropped: shutdown`"
+            );
+            self.abandon.store(true, Ordering::Relaxed);
+            // A result stuck in zenoh (a blocked peer) must not keep the daemon from exiting forever.
+            if tokio::time::timeout(grace, &mut self.egress).await.is_err() {
+                tracing::error!(
+                    generation = self.number,
+                    "outcomes could not be published within the grace period; exiting without them"
+                );
+                self.egress.abort();
+                complete = false;
+            }
+        }
+        for worker in self.workers {
+            // A worker stuck in a model run cannot be joined; the process exit ends it.
+            if !complete && !worker.is_finished() {
+                tracing::error!(generation = self.number, "a pipeline worker is stuck; leaving it behind");
+                continue;
+            }
+            let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(generation = self.number, "a pipeline worker panicked while finishing");
+            }
+        }
+        complete
+    }
+}

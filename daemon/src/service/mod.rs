@@ -1,0 +1,338 @@
+//! The daemon as a long-running service: start-up, reloads, health, and the drain at shutdown.
+//!
+//! [`serve`] owns the zenoh session, one subscription per pipeline, and the current [`generation::Generation`]. It
+//! waits for [`Control`] commands (the binary maps SIGHUP and SIGTERM onto them) and ticks a health check:
+//!
+//! - **Reload**: the new configuration is read, its models are loaded and warmed up *beside* the running ones and
+//!   checked against the memory budget. Only if all of that succeeds does each subscription switch to the new
+//!   pipeline of the same name and input, atomically per message: a message published during the reload is
+//!   answered by exactly one generation. The previous generation then finishes what it holds and ends. Any failure
+//!   leaves the previous generation serving and is reported in the log, in telemetry and in the status line.
+//! - **Health**: every pipeline worker beats at least every [`HEARTBEAT`](crate::pipeline::worker::HEARTBEAT)
+//!   while it turns; one that has not beaten for half the watchdog period (or 10 s without a watchdog) is stalled.
+//!   The watchdog is pinged only while no worker is stalled, so a wedged model run gets the service restarted.
+//! - **Shutdown**: no new messages; every generation's in-flight messages finish and their outcomes are published
+//!   within `daemon.drain_timeout_ms`, after which the rest are answered `dropped: shutdown`.
+//!
+//! Only `[[pipeline]]` tables (and the model files they name) are reloaded. `[zenoh]`, `[telemetry]`, the memory keys
+//! of `[daemon]` and `ort_library` belong to the process: a reload that changes them says so and keeps the old
+//! values until a restart.
+
+pub mod generation;
+pub mod systemd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use zinfer_stage_api::Registry;
+
+use crate::config::{Config, ConfigError};
+use crate::io::ingress::{IdGenerator, Ingress};
+use crate::memory::Governor;
+use crate::telemetry::{Reporter, Telemetry};
+use crate::{Error, build_pipelines, check_memory, io, memory};
+use generation::{Generation, Retiring};
+use systemd::Notifier;
+
+/// What the daemon is asked to do while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Read the configuration again and swap in its pipelines if they load (SIGHUP).
+    Reload,
+    /// Stop taking messages, finish those in flight, exit (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// Reads the configuration again, for a reload.
+pub type Loader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// After the drain timeout, how long the outcomes of the messages dropped for it may take to publish.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// A worker silent for this long counts as stalled when no watchdog period says otherwise.
+const STALL_WITHOUT_WATCHDOG: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until `control` says [`Control::Shutdown`] (or closes), then drains.
+pub async fn serve(
+    config: Config,
+    registry: &Registry,
+    loader: Loader,
+    notifier: Notifier,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), Error> {
+    // Models load before the session opens: a bad model must not leave a half-started daemon on the network.
+    let pipelines = build_pipelines(&config, registry)?;
+    let governor = Arc::new(check_memory(&config, &pipelines)?);
+    let session = io::session::open(&config.zenoh).await?;
+    let zid = session.zid().to_string();
+    let ids = Arc::new(IdGenerator::new(zid.clone()));
+
+    let mut current = Generation::start(1, config, pipelines, &session, &governor)?;
+    let mut subscriptions = Vec::new();
+    for entry in current.take_entries() {
+        let ingress = Ingress::open(&session, &entry.input, entry.admission, Arc::clone(&ids)).await?;
+        subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
+    }
+    let telemetry = Arc::new(Telemetry::new(zid.clone(), Arc::clone(&governor)));
+    telemetry.set_generation(current.number, current.metrics(), &current.config.sources);
+    let reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
+    let sampler = memory::spawn_sampler(Arc::clone(&governor), current.config.memory.sample_interval);
+    let mut service = Service {
+        session,
+        ids,
+        governor,
+        telemetry,
+        notifier,
+        subscriptions,
+        retiring: Vec::new(),
+        progress: Progress::default(),
+    };
+    tracing::info!(zid = %zid, pipelines = current.config.pipelines.len(), "zinferd ready");
+    let status = service.status_line(&current, &[]);
+    service.notifier.ready(&status);
+
+    let watchdog = service.notifier.watchdog();
+    let stall_after = watchdog.map_or(STALL_WITHOUT_WATCHDOG, |period| period / 2);
+    let tick = watchdog.map_or(Duration::from_secs(1), |period| (period / 3).min(Duration::from_secs(1)));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = control.recv() => match command {
+                Some(Control::Reload) => current = service.reload(current, registry, &loader).await,
+                Some(Control::Shutdown) | None => break,
+            },
+            _ = ticker.tick() => service.check_health(&current, stall_after),
+        }
+    }
+
+    tracing::info!("shutting down: no new messages; finishing the ones in flight");
+    service.notifier.stopping("draining: finishing the messages in flight");
+    for subscription in service.subscriptions.drain(..) {
+        subscription.ingress.close().await;
+    }
+    let drain_timeout = current.config.drain_timeout;
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let mut finishing = std::mem::take(&mut service.retiring);
+    finishing.push(current.retire());
+    let mut complete = true;
+    for generation in finishing {
+        complete &= generation.finish(deadline, DRAIN_GRACE.max(drain_timeout)).await;
+    }
+    sampler.abort();
+    reporter.stop().await;
+    if let Err(error) = service.session.close().await {
+        tracing::warn!(%error, "closing the zenoh session failed");
+    }
+    if !complete {
+        return Err(Error::Drain);
+    }
+    tracing::info!("zinferd stopped cleanly");
+    Ok(())
+}
+
+/// A subscription and the pipeline it feeds.
+struct Subscription {
+    name: String,
+    input: String,
+    ingress: Ingress,
+}
+
+/// Messages answered, as of the previous status line.
+#[derive(Default)]
+struct Progress {
+    at: Option<Instant>,
+    answered: u64,
+    generation: u64,
+}
+
+/// What lives across generations.
+struct Service {
+    session: zenoh::Session,
+    ids: Arc<IdGenerator>,
+    governor: Arc<Governor>,
+    telemetry: Arc<Telemetry>,
+    notifier: Notifier,
+    subscriptions: Vec<Subscription>,
+    retiring: Vec<Retiring>,
+    progress: Progress,
+}
+
+impl Service {
+    /// Tries to swap in the configuration `loader` reads now; on any failure keeps `current` serving.
+    async fn reload(&mut self, current: Generation, registry: &Registry, loader: &Loader) -> Generation {
+        tracing::info!(generation = current.number, "reloading the configuration");
+        self.notifier.reloading();
+        let (next, error) = match self.start_next(&current, registry, loader).await {
+            Ok(next) => {
+                tracing::info!(generation = next.number, "reload complete: the new pipelines serve");
+                self.retiring.push(current.retire());
+                self.telemetry.set_generation(next.number, next.metrics(), &next.config.sources);
+                (next, None)
+            }
+            Err(reason) => {
+                tracing::error!(generation = current.number, %reason, "reload failed; the running pipelines keep serving");
+                (current, Some(reason))
+            }
+        };
+        self.telemetry.record_reload(error.as_deref(), unix_ms());
+        let status = self.status_line(&next, &[]);
+        self.notifier.ready(&status);
+        next
+    }
+
+    /// Builds the next generation and attaches it to the subscriptions. Nothing changes unless it returns `Ok`.
+    async fn start_next(
+        &mut self,
+        current: &Generation,
+        registry: &Registry,
+        loader: &Loader,
+    ) -> Result<Generation, String> {
+        let config = loader().map_err(|error| error.to_string())?;
+        for key in restart_only_changes(&current.config, &config) {
+            tracing::warn!(key, "this setting changed but takes effect only at a restart; the old value stays");
+        }
+        // Loading models is seconds of CPU: keep it off the reactor threads that publish results meanwhile.
+        let pipelines = blocking(|| build_pipelines(&config, registry)).map_err(|error| error.to_string())?;
+        // Measured with both generations loaded: that is what the process holds until the old one finishes.
+        check_memory(&config, &pipelines).map_err(|error| {
+            format!("{error} (during a reload both configurations' models are loaded; restart instead)")
+        })?;
+        let mut next = Generation::start(current.number + 1, config, pipelines, &self.session, &self.governor)
+            .map_err(|error| error.to_string())?;
+
+        // New subscriptions first: if one cannot be declared, nothing has been switched yet.
+        let mut entries = next.take_entries();
+        let mut opened = Vec::new();
+        let mut switch = Vec::new();
+        for entry in entries.drain(..) {
+            let existing = self
+                .subscriptions
+                .iter()
+                .position(|subscription| subscription.name == entry.name && subscription.input == entry.input);
+            match existing {
+                Some(index) => switch.push((index, entry.admission)),
+                None => {
+                    match Ingress::open(&self.session, &entry.input, entry.admission, Arc::clone(&self.ids)).await {
+                        Ok(ingress) => opened.push(Subscription { name: entry.name, input: entry.input, ingress }),
+                        Err(error) => {
+                            for subscription in opened {
+                                subscription.ingress.close().await;
+                            }
+                            drop(switch);
+                            // Its workers hold no message yet: they end as soon as their admissions are gone.
+                            self.retiring.push(next.retire());
+                            return Err(error.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let mut kept = vec![false; self.subscriptions.len()];
+        for (index, admission) in switch {
+            // The previous admission is dropped here: the old worker drains its queue and ends.
+            drop(self.subscriptions[index].ingress.retarget(admission));
+            kept[index] = true;
+        }
+        let previous = std::mem::take(&mut self.subscriptions);
+        for (subscription, keep) in previous.into_iter().zip(kept) {
+            if keep {
+                self.subscriptions.push(subscription);
+            } else {
+                tracing::info!(pipeline = %subscription.name, input = %subscription.input, "pipeline removed by the reload");
+                subscription.ingress.close().await;
+            }
+        }
+        self.subscriptions.extend(opened);
+        Ok(next)
+    }
+
+    /// Pings the watchdog if every worker made progress lately, and refreshes the status line.
+    fn check_health(&mut self, current: &Generation, stall_after: Duration) {
+        self.retiring.retain(|generation| !generation.is_finished());
+        let stalled: Vec<(String, Duration)> = current
+            .metrics()
+            .iter()
+            .map(|metrics| (metrics.name().to_owned(), metrics.since_beat()))
+            .filter(|(_, silent)| *silent > stall_after)
+            .collect();
+        let names: Vec<String> = stalled.iter().map(|(name, _)| name.clone()).collect();
+        let was_stalled = self.telemetry.set_stalled(names);
+        let status = self.status_line(current, &stalled);
+        if stalled.is_empty() {
+            self.notifier.ping(&status);
+        } else {
+            if !was_stalled {
+                tracing::error!(pipelines = ?stalled, "pipeline worker(s) stalled: no progress; watchdog pings stop");
+            }
+            self.notifier.status(&status);
+        }
+    }
+
+    /// One line for `systemctl status`: throughput, queues, memory, and anything wrong.
+    fn status_line(&mut self, current: &Generation, stalled: &[(String, Duration)]) -> String {
+        let metrics = current.metrics();
+        let answered: u64 = metrics.iter().map(|metrics| metrics.answered()).sum();
+        let now = Instant::now();
+        let rate = match self.progress.at {
+            Some(at) if self.progress.generation == current.number && now > at => {
+                answered.saturating_sub(self.progress.answered) as f64 / (now - at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.progress = Progress { at: Some(now), answered, generation: current.number };
+        let mib = |bytes: u64| bytes / (1024 * 1024);
+        let memory = match self.governor.budget() {
+            Some(budget) => {
+                format!("RSS {}/{} MiB ({:?})", mib(self.governor.rss()), mib(budget), self.governor.pressure())
+                    .to_lowercase()
+            }
+            None => format!("RSS {} MiB", mib(self.governor.rss())),
+        };
+        let mut line = format!(
+            "generation {}: {} pipeline(s), {answered} answered, {rate:.1} msg/s, {memory}",
+            current.number,
+            metrics.len()
+        );
+        for (name, silent) in stalled {
+            line.push_str(&format!("; STALLED: pipeline `{name}` no progress for {:.1} s", silent.as_secs_f64()));
+        }
+        if let Some(error) = self.telemetry.last_reload_error() {
+            line.push_str(&format!("; last reload FAILED: {error}"));
+        }
+        line
+    }
+}
+
+/// The settings a reload cannot change, by key, where `next` differs from `current`.
+fn restart_only_changes(current: &Config, next: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if current.zenoh != next.zenoh {
+        changed.push("zenoh");
+    }
+    if current.telemetry != next.telemetry {
+        changed.push("telemetry");
+    }
+    if current.memory != next.memory {
+        changed.push("daemon (memory keys)");
+    }
+    if current.ort_library != next.ort_library {
+        changed.push("ort_library");
+    }
+    changed
+}
+
+/// Runs blocking work without stalling the other tasks of a multi-threaded runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64)
+}

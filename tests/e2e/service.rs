@@ -1,0 +1,366 @@
+//! zinferd as a systemd service: the notify protocol (readiness, watchdog, status, stopping) against a socket the
+//! test owns, exactly as systemd would provide it (`NOTIFY_SOCKET`, `WATCHDOG_USEC`); a wedged worker stopping the
+//! pings; SIGHUP reloads that swap without loss or keep the old pipeline on failure; the drain timeout.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use zinfer_proto::{self as proto, outcome};
+use zinferd::client::{Client, RequestFormat, decode_result};
+
+use crate::support::{Daemon, WAIT, base_config, fixture_manifest, free_port, repo_root, status, text_pipeline};
+
+/// The service manager's end of the notify protocol: every datagram the daemon sends, in order.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    messages: Receiver<String>,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+        let (sender, messages) = channel();
+        // Ends when the test drops the receiver (the next send fails).
+        std::thread::spawn(move || {
+            let mut buffer = vec![0; 4096];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(length) => {
+                        if sender.send(String::from_utf8_lossy(&buffer[..length]).into_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        if sender.send(String::new()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { _dir: dir, path, messages }
+    }
+
+    fn env(&self, watchdog: Duration) -> Vec<(&'static str, String)> {
+        vec![("NOTIFY_SOCKET", self.path.display().to_string()), ("WATCHDOG_USEC", watchdog.as_micros().to_string())]
+    }
+
+    /// The next datagram that satisfies `wanted`, within `within`.
+    fn wait_for(&self, what: &str, within: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(message) if !message.is_empty() && wanted(&message) => return message,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no notification {what} within {within:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("the notify socket reader stopped"),
+            }
+        }
+    }
+
+    /// Every datagram that arrives during `period`.
+    fn collect(&self, period: Duration) -> Vec<String> {
+        let deadline = Instant::now() + period;
+        let mut all = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.messages.recv_timeout(left) {
+                Ok(message) if !message.is_empty() => all.push(message),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        all
+    }
+}
+
+fn is_ping(message: &str) -> bool {
+    message.lines().any(|line| line == "WATCHDOG=1")
+}
+
+async fn classify(client: &Client, key: &str, id: &str) -> proto::Result {
+    let pending = client.request(key, "out", id, "a gripping, beautifully acted film", RequestFormat::Json).await;
+    pending.expect("publish").result(WAIT).await.expect("a result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_watchdog_pings_status_and_stopping_reach_the_notify_socket() {
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/notify/{port}");
+    let config = base_config(port, &prefix) + &text_pipeline("notify", "in/notify/**", "", "", "");
+    let mut daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_millis(1500)));
+
+    let ready = notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    assert!(ready.contains("STATUS=generation 1: 1 pipeline(s)"), "{ready}");
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/notify/x", WAIT).await.expect("subscribed once ready");
+    assert_eq!(classify(&client, "in/notify/x", "n1").await.outcome, outcome::OK);
+
+    // A healthy daemon pings at a third of the period (0.5 s here): expect at least 3 pings within 3 s.
+    let window = notify.collect(Duration::from_secs(3));
+    let pings = window.iter().filter(|message| is_ping(message)).count();
+    assert!(pings >= 3, "only {pings} pings in 3 s: {window:?}\n{}", daemon.log());
+    let last = window.iter().rev().find(|message| is_ping(message)).expect("a ping");
+    assert!(last.contains("1 answered") && last.contains("msg/s") && last.contains("RSS"), "status line: {last}");
+
+    daemon.terminate();
+    let stopping = notify.wait_for("STOPPING=1", WAIT, |message| message.contains("STOPPING=1"));
+    assert!(stopping.contains("STATUS=draining"), "{stopping}");
+    let exit = daemon.wait_exit();
+    assert!(exit.success(), "exit {exit}:\n{}", daemon.log());
+    client.close().await;
+}
+
+/// A pipeline on the stall model (tests/fixtures/stall), whose run never ends for a real message.
+fn stall_pipeline(name: &str, run_timeout_ms: u64) -> String {
+    let manifest = repo_root().join("tests/fixtures/stall/manifest.toml");
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\ninput = \"in/{name}/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
+         [pipeline.decode]\ntype = \"text\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n\
+         [[pipeline.postprocess]]\ntype = \"classify\"\n[pipeline.session]\nrun_timeout_ms = {run_timeout_ms}\n\n",
+        manifest.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_worker_stops_the_watchdog_pings() {
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/wedge/{port}");
+    // run_timeout_ms = 0: nothing cancels the run, as with a driver call that ignores ONNX Runtime's terminate flag.
+    let config = base_config(port, &prefix)
+        + &stall_pipeline("wedge", 0)
+        + &text_pipeline("healthy", "in/healthy/**", "", "", "");
+    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_millis(1500)));
+    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    notify.wait_for("a first ping", WAIT, is_ping);
+
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/wedge/x", WAIT).await.expect("subscribed");
+    client.session().put("in/wedge/x", "this message never comes back").await.expect("publish");
+
+    // Stalled after half the period (0.75 s) without a beat; the status says so and the pings stop for good.
+    let stalled = notify.wait_for("a STALLED status", WAIT, |message| message.contains("STALLED"));
+    assert!(stalled.contains("pipeline `wedge` no progress"), "{stalled}");
+    assert!(!is_ping(&stalled), "a stalled status line must not ping: {stalled}");
+    let after = notify.collect(Duration::from_secs(3));
+    assert!(after.iter().all(|message| !is_ping(message)), "pinged while wedged: {after:?}");
+    assert!(after.iter().any(|message| message.contains("STALLED")), "status keeps saying why: {after:?}");
+
+    // The other pipeline still answers, and telemetry names the stuck one.
+    assert_eq!(classify(&client, "in/healthy/x", "h1").await.outcome, outcome::OK);
+    let snapshot = status(&client, &prefix).await;
+    let service = snapshot.service.expect("service state");
+    assert_eq!(service.stalled_pipelines, vec!["wedge".to_owned()]);
+    let wedge = snapshot.pipelines.iter().find(|pipeline| pipeline.name == "wedge").expect("wedge stats");
+    assert!(wedge.worker_idle_ms > 750, "{wedge:?}");
+    assert!(daemon.log().contains("stalled"), "{}", daemon.log());
+    client.close().await;
+    // The daemon is killed on drop: a wedged worker cannot drain, which is what the watchdog is for.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_timeout_unwedges_the_worker_and_the_pings_resume() {
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/unwedge/{port}");
+    let config = base_config(port, &prefix) + &stall_pipeline("unwedge", 2500);
+    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_millis(1500)));
+    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/unwedge/x", WAIT).await.expect("subscribed");
+
+    let pending = client.request("in/unwedge/x", "out", "u1", "stuck for a while", RequestFormat::Text).await;
+    notify.wait_for("a STALLED status", WAIT, |message| message.contains("STALLED"));
+    let result = pending.expect("publish").result(WAIT).await.expect("a result after the run timeout");
+    assert_eq!((result.outcome.as_str(), result.reason.as_str()), (outcome::ERROR, "inference_timeout"));
+    let ping = notify.wait_for("a ping after recovery", WAIT, is_ping);
+    assert!(!ping.contains("STALLED"), "{ping}");
+    client.close().await;
+}
+
+/// Publishes `count` messages on `key` (ids `<tag>-0`..), `spacing` apart, blocking rather than dropping.
+async fn stream(client: &Client, key: &str, tag: &str, count: usize, spacing: Duration) {
+    for index in 0..count {
+        client
+            .session()
+            .put(key, format!("message {index}: a thoughtful, well acted drama"))
+            .attachment(format!("{tag}-{index}"))
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .await
+            .expect("put");
+        tokio::time::sleep(spacing).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_good_config_swaps_pipelines_without_losing_or_duplicating_a_message() {
+    const MESSAGES: usize = 300;
+    let port = free_port();
+    let prefix = format!("zt/swap/{port}");
+    let old = base_config(port, &prefix) + &text_pipeline("swap", "in/swap/**", "", "", "");
+    let daemon = Daemon::start(&old, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/swap/x", WAIT).await.expect("subscribed");
+    let results = client.session().declare_subscriber("out/in/swap/**").await.expect("subscribe");
+
+    // The new configuration is visible in results: the classify head reports one label instead of two.
+    let new = old.replace("top_k = 2", "top_k = 1");
+    assert_ne!(new, old);
+    let publisher = tokio::spawn({
+        let client = daemon.client().await;
+        async move {
+            stream(&client, "in/swap/x", "s", MESSAGES, Duration::from_millis(5)).await;
+            client.close().await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(daemon.config_path(), &new).expect("rewrite the config");
+    daemon.signal("HUP");
+
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut old_results, mut new_results) = (0, 0);
+    while outcomes.len() < MESSAGES {
+        let sample = tokio::time::timeout(WAIT, results.recv_async())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", outcomes.len(), daemon.log()))
+            .expect("sample");
+        let result = decode_result(&sample).expect("decode");
+        assert_eq!(result.outcome, outcome::OK, "{result:?}");
+        match result.top_k.len() {
+            2 => old_results += 1,
+            1 => new_results += 1,
+            other => panic!("unexpected top_k length {other}: {result:?}"),
+        }
+        *outcomes.entry(result.id).or_default() += 1;
+    }
+    publisher.await.expect("publisher");
+    // Late duplicates would arrive after the last first outcome: give them a moment to show up.
+    while let Ok(Ok(sample)) = tokio::time::timeout(Duration::from_millis(500), results.recv_async()).await {
+        let result = decode_result(&sample).expect("decode");
+        *outcomes.entry(result.id).or_default() += 1;
+    }
+    let duplicated: Vec<_> = outcomes.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated outcomes: {duplicated:?}");
+    assert_eq!(outcomes.len(), MESSAGES);
+    assert!(
+        old_results > 0 && new_results > 0,
+        "the reload must land mid-stream: {old_results} old, {new_results} new"
+    );
+
+    let service = status(&client, &prefix).await.service.expect("service state");
+    assert_eq!((service.generation, service.reloads_ok, service.reloads_failed), (2, 1, 0), "{service:?}");
+    assert_eq!(service.last_reload, "ok");
+    eprintln!("reload mid-stream: {old_results} results from generation 1, {new_results} from generation 2");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_config_or_a_corrupt_model_keeps_the_old_pipeline_serving() {
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/keep/{port}");
+    let good = base_config(port, &prefix) + &text_pipeline("keep", "in/keep/**", "", "", "");
+    let daemon = Daemon::start_with_env(&good, port, &notify.env(Duration::from_secs(30)));
+    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/keep/x", WAIT).await.expect("subscribed");
+
+    // 1. A key that does not exist.
+    std::fs::write(daemon.config_path(), good.replace("top_k = 2", "top_k = 2\nbogus_key = 1")).expect("write");
+    daemon.signal("HUP");
+    notify.wait_for("RELOADING=1", WAIT, |message| message.contains("RELOADING=1"));
+    let ready = notify.wait_for("READY=1 after the reload", WAIT, |message| message.contains("READY=1"));
+    assert!(ready.contains("last reload FAILED") && ready.contains("bogus_key"), "{ready}");
+    let service = status(&client, &prefix).await.service.expect("service state");
+    assert_eq!((service.generation, service.reloads_ok, service.reloads_failed), (1, 0, 1), "{service:?}");
+    assert!(service.last_reload_error.contains("zinferd.toml"), "names the file: {service:?}");
+    assert!(service.last_reload_error.contains("bogus_key"), "names the key: {service:?}");
+    assert_eq!(classify(&client, "in/keep/x", "k1").await.outcome, outcome::OK, "the old pipeline still serves");
+
+    // 2. A model file that does not match its manifest's sha256.
+    let corrupt = daemon.dir().join("corrupt");
+    std::fs::create_dir(&corrupt).expect("mkdir");
+    let fixture = fixture_manifest().parent().expect("fixture dir").to_owned();
+    for file in ["manifest.toml", "tokenizer.json"] {
+        std::fs::copy(fixture.join(file), corrupt.join(file)).expect("copy");
+    }
+    let mut model = std::fs::read(fixture.join("model.onnx")).expect("read model");
+    let middle = model.len() / 2;
+    model[middle] ^= 0xff;
+    std::fs::write(corrupt.join("model.onnx"), model).expect("write corrupt model");
+    let manifest = fixture_manifest().display().to_string();
+    let broken = good.replace(&manifest, &corrupt.join("manifest.toml").display().to_string());
+    assert_ne!(broken, good);
+    std::fs::write(daemon.config_path(), broken).expect("write");
+    daemon.signal("HUP");
+    notify.wait_for("RELOADING=1", WAIT, |message| message.contains("RELOADING=1"));
+    notify.wait_for("READY=1 after the reload", WAIT, |message| message.contains("READY=1"));
+    let service = status(&client, &prefix).await.service.expect("service state");
+    assert_eq!((service.generation, service.reloads_failed), (1, 2), "{service:?}");
+    assert!(service.last_reload_error.contains("sha256"), "says why: {service:?}");
+    let result = classify(&client, "in/keep/x", "k2").await;
+    assert_eq!(result.outcome, outcome::OK, "the old pipeline still serves: {result:?}");
+    assert_eq!(result.top_k.len(), 2, "{result:?}");
+
+    // 3. Fixed again: the reload succeeds.
+    std::fs::write(daemon.config_path(), good.replace("top_k = 2", "top_k = 1")).expect("write");
+    daemon.signal("HUP");
+    notify.wait_for("RELOADING=1", WAIT, |message| message.contains("RELOADING=1"));
+    let ready = notify.wait_for("READY=1 after the reload", WAIT, |message| message.contains("READY=1"));
+    assert!(ready.contains("generation 2") && !ready.contains("FAILED"), "{ready}");
+    assert_eq!(classify(&client, "in/keep/x", "k3").await.top_k.len(), 1);
+    assert!(daemon.log().contains("reload failed"), "{}", daemon.log());
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_drain_timeout_answers_the_rest_dropped_shutdown() {
+    const MESSAGES: usize = 150;
+    let port = free_port();
+    let prefix = format!("zt/drain/{port}");
+    let config = (base_config(port, &prefix) + &text_pipeline("drain", "in/drain/**", "queue_capacity = 1000", "", ""))
+        .replace("drain_timeout_ms = 20000", "drain_timeout_ms = 1");
+    let mut daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/drain/x", WAIT).await.expect("subscribed");
+    let results = client.session().declare_subscriber("out/in/drain/**").await.expect("subscribe");
+    let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
+    for index in 0..MESSAGES {
+        client
+            .session()
+            .put("in/drain/x", text.clone())
+            .attachment(index.to_string())
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .await
+            .expect("put");
+    }
+    crate::support::wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
+    daemon.terminate();
+
+    let mut seen = BTreeMap::new();
+    while seen.len() < MESSAGES {
+        let sample = tokio::time::timeout(WAIT, results.recv_async())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", seen.len(), daemon.log()))
+            .expect("sample");
+        let result = decode_result(&sample).expect("decode");
+        let kind = format!("{}/{}", result.outcome, result.reason);
+        assert!(seen.insert(result.id.clone(), kind).is_none(), "duplicate outcome for {}", result.id);
+    }
+    let dropped = seen.values().filter(|kind| *kind == "dropped/shutdown").count();
+    assert!(dropped > 0, "a 1 ms drain timeout must leave messages to drop: {seen:?}");
+    assert!(seen.values().all(|kind| kind == "ok/" || kind == "dropped/shutdown"), "{seen:?}");
+    let exit = daemon.wait_exit();
+    assert!(exit.success(), "every message was answered, so the exit is clean: {exit}\n{}", daemon.log());
+    eprintln!("drain timeout: {dropped} of {MESSAGES} answered dropped/shutdown");
+    client.close().await;
+}
