@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this), on a fresh machine or a warm checkout:
-# installs ONNX Runtime into .ort/ (idempotent), then format check, clippy with warnings as errors, and every test.
+# installs ONNX Runtime into .ort/ (idempotent), then format check, clippy with warnings as errors, and every test:
+# the Rust workspace's, then the model toolkit's (in the git-ignored .venv that model/setup-venv.sh keeps).
 # Ends with one line totalling the tests that ran ("total: N passed, M failed").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,19 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
-# cargo prints one "test result:" line per test binary (doc tests last, often with 0 tests): sum them.
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"
+# The model toolkit's tests (Python, tiny configurations, CPU): its pinned virtualenv is created on first use
+# (PyTorch's x86_64 wheel is ~3 GB, a few minutes) and reused afterwards.
+python="$(model/setup-venv.sh | tail -n 1)"
+(cd model && "$python" -m pytest -q) 2>&1 | tee -a "$log"
+
+# cargo prints one "test result:" line per test binary (doc tests last, often with 0 tests); pytest ends with a
+# line such as "33 passed in 17.2s" or "1 failed, 32 passed in 20.0s". Sum them all.
+awk '
+    /^test result:/ { passed += $4; failed += $6 }
+    /^[0-9]+ (passed|failed)/ && / in [0-9.]+s/ {
+        for (i = 2; i <= NF; i++) {
+            if ($i ~ /^passed/) passed += $(i - 1)
+            if ($i ~ /^(failed|errors?)/) failed += $(i - 1)
+        }
+    }
+    END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"

@@ -103,7 +103,8 @@ def check_targets(rows: list[dict], threads: list[int], seqs: list[int]) -> dict
     if teacher is not None:
         _teacher_checks(checks, teacher, final, threads)
     else:
-        for what in (f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher",
+        for what in (f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher, net of the runtime floor",
+                     f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher, whole process",
                      f">= {TARGET_LATENCY_CUT:.0%} lower median latency at sequence length {TARGET_SEQ}",
                      f"test accuracy within {TARGET_ACC_POINTS} points of the teacher"):
             checks.append({"target": what, "met": None, "detail": "no entry with role teacher"})
@@ -118,14 +119,22 @@ def check_targets(rows: list[dict], threads: list[int], seqs: list[int]) -> dict
 def _teacher_checks(checks: list, teacher: dict, final: dict, threads: list[int]) -> None:
     net_cut = 1 - final["net_rss"] / teacher["net_rss"] if teacher["net_rss"] > 0 else None
     tot_cut = 1 - final["peak_rss"] / teacher["peak_rss"]
+    # Two checks, not one: the model's own memory (net of the harness's floor) and the whole process's peak. A
+    # small model can meet the first and miss the second because the runtime's floor dominates its process.
     checks.append({
-        "target": f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher",
+        "target": f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher, net of the runtime floor",
         "met": net_cut is not None and net_cut >= TARGET_RSS_CUT,
-        "detail": (f"net (peak minus floor) {_pct_cut(net_cut)} lower "
-                   f"({_mib(final['net_rss'])} vs {_mib(teacher['net_rss'])} MiB); total peak "
-                   f"{_pct_cut(tot_cut)} lower ({_mib(final['peak_rss'])} vs {_mib(teacher['peak_rss'])} MiB, "
-                   f"{'met' if tot_cut >= TARGET_RSS_CUT else 'missed'} on the total)"),
-        "net_cut": net_cut, "total_cut": tot_cut,
+        "detail": (f"net (peak minus the {_mib(teacher['peak_rss'] - teacher['net_rss'])} MiB floor) "
+                   f"{_pct_cut(net_cut)} lower ({_mib(final['net_rss'])} vs {_mib(teacher['net_rss'])} MiB)"),
+        "net_cut": net_cut,
+    })
+    checks.append({
+        "target": f">= {TARGET_RSS_CUT:.0%} lower peak RSS than the teacher, whole process",
+        "met": tot_cut >= TARGET_RSS_CUT,
+        "detail": (f"total peak {_pct_cut(tot_cut)} lower ({_mib(final['peak_rss'])} vs "
+                   f"{_mib(teacher['peak_rss'])} MiB), of which the Python + ONNX Runtime floor is "
+                   f"{_mib(final['peak_rss'] - final['net_rss'])} MiB in both"),
+        "total_cut": tot_cut,
     })
     cuts = {}
     for t in threads:
