@@ -17,7 +17,7 @@ pub mod worker;
 use std::time::{Instant, SystemTime};
 
 use zinfer_ort::Model;
-use zinfer_stage_api::{Decoder, Item, RawMessage, Reason, Stage, StageError};
+use zinfer_stage_api::{Decoder, Item, NamedTensor, RawMessage, Reason, Stage, StageError};
 
 use deadline::Deadline;
 use outcome::{Timings, Verdict};
@@ -81,9 +81,22 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The longest input dimension: what the model's cost grows with (tokens, for text).
+    /// What the model's cost grows with: the largest input's element count (tokens, for text), times the number of
+    /// model inputs the message brings (its windows, for a sensor stream).
     pub fn length(&self) -> usize {
-        self.item.features.iter().map(|feature| feature.tensor.shape.iter().product::<usize>()).max().unwrap_or(0)
+        let largest = |features: &[NamedTensor]| {
+            features.iter().map(|feature| feature.tensor.shape.iter().product::<usize>()).max().unwrap_or(0)
+        };
+        model_inputs(&self.item).map(largest).sum()
+    }
+}
+
+/// What the model runs on for an item: its features once, or each of its windows.
+fn model_inputs(item: &Item) -> Box<dyn Iterator<Item = &[NamedTensor]> + '_> {
+    if item.windowed {
+        Box::new(item.windows.iter().map(|window| window.features.as_slice()))
+    } else {
+        Box::new(std::iter::once(item.features.as_slice()))
     }
 }
 
@@ -153,49 +166,48 @@ impl Pipeline {
         processed.pop().expect("run_batch answers every item: this is a bug")
     }
 
-    /// Runs the model once on a batch of prepared messages whose features have equal shapes, then postprocesses
-    /// each. Every message gets its own [`Processed`], in order.
+    /// Runs the model once on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
+    /// each. Every message gets its own [`Processed`], in order. A windowed message contributes one model input per
+    /// window (none when it completed no window) and is postprocessed per window.
     pub fn run_batch(&mut self, batch: Vec<Prepared>) -> Vec<Processed> {
         let started = Instant::now();
-        let size = batch.len() as u32;
-        let features: Vec<&[zinfer_stage_api::NamedTensor]> =
-            batch.iter().map(|prepared| prepared.item.features.as_slice()).collect();
-        let result = self.model.run(&features);
+        let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
+        let size = inputs.len();
+        let result = if inputs.is_empty() { Ok(Vec::new()) } else { self.model.run(&inputs) };
         let inferred = Instant::now();
         let outputs: Result<Vec<_>, StageError> = match result {
-            Ok(outputs) if outputs.len() == batch.len() => Ok(outputs),
+            Ok(outputs) if outputs.len() == size => Ok(outputs),
             Ok(_) => Err(StageError::new(Reason::BadModelOutput, "the model returned outputs for another batch size")),
             Err(error @ zinfer_ort::OrtError::Timeout(_)) => {
                 Err(StageError::new(Reason::InferenceTimeout, error.to_string()))
             }
             Err(error) => Err(StageError::new(Reason::InferenceFailed, error.to_string())),
         };
-        let mut outputs = outputs.map(|outputs| outputs.into_iter().map(Some).collect::<Vec<_>>());
+        let mut outputs = outputs.map(|outputs| outputs.into_iter());
         batch
             .into_iter()
-            .enumerate()
-            .map(|(index, prepared)| {
+            .map(|prepared| {
                 let Prepared { mut item, mut timings, arrived, deadline } = prepared;
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
-                timings.inference = inferred - started;
-                timings.batch_size = size;
-                let verdict = match outputs.as_mut().map(|outputs| outputs[index].take()) {
-                    Ok(Some(item_outputs)) => {
-                        item.outputs = item_outputs;
+                timings.inference = if size == 0 { Default::default() } else { inferred - started };
+                timings.batch_size = size as u32;
+                let wanted = if item.windowed { item.windows.len() } else { 1 };
+                let verdict = match outputs.as_mut() {
+                    Ok(outputs) => {
+                        let mine: Vec<_> = outputs.by_ref().take(wanted).collect();
                         let postprocessing = Instant::now();
-                        let result = run_stages(&mut self.postprocess, &mut item);
+                        let verdict = if mine.len() != wanted {
+                            Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item"))
+                        } else if item.windowed {
+                            self.postprocess_windows(&mut item, mine)
+                        } else {
+                            item.outputs = mine.into_iter().next().unwrap_or_default();
+                            self.postprocess(&mut item)
+                        };
                         timings.postprocess = postprocessing.elapsed();
-                        match (result, item.prediction.take()) {
-                            (Err(error), _) => Verdict::Failed(error),
-                            (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
-                            (Ok(()), None) => Verdict::Failed(StageError::new(
-                                Reason::MissingInput,
-                                "no postprocessing stage produced a prediction; add a `classify` stage",
-                            )),
-                        }
+                        verdict
                     }
-                    Ok(None) => Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item")),
                     Err(error) => Verdict::Failed(error.clone()),
                 };
                 Processed { id: item.id, verdict, timings, deadline }
@@ -203,9 +215,37 @@ impl Pipeline {
             .collect()
     }
 
-    /// The shape of each feature: messages with equal signatures can share a model run.
+    /// Runs the postprocessing stages on an item whose outputs are in place.
+    fn postprocess(&mut self, item: &mut Item) -> Verdict {
+        let result = run_stages(&mut self.postprocess, item);
+        match (result, item.prediction.take()) {
+            (Err(error), _) => Verdict::Failed(error),
+            (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
+            (Ok(()), None) => Verdict::Failed(StageError::new(
+                Reason::MissingInput,
+                "no postprocessing stage produced a prediction; add a `classify` stage",
+            )),
+        }
+    }
+
+    /// Postprocesses each window of a windowed item as if it were an item of its own.
+    fn postprocess_windows(&mut self, item: &mut Item, outputs: Vec<Vec<NamedTensor>>) -> Verdict {
+        let mut windows = std::mem::take(&mut item.windows);
+        for (window, window_outputs) in windows.iter_mut().zip(outputs) {
+            item.outputs = window_outputs;
+            match self.postprocess(item) {
+                Verdict::Classified(prediction) => window.prediction = Some(prediction),
+                failed => return failed,
+            }
+        }
+        Verdict::Windowed(windows)
+    }
+
+    /// The shape of each model input: messages with equal signatures can share a model run (a windowed message's
+    /// windows all have one shape; one that completed no window matches only others without).
     pub fn signature(prepared: &Prepared) -> Vec<Vec<usize>> {
-        prepared.item.features.iter().map(|feature| feature.tensor.shape.clone()).collect()
+        let features = model_inputs(&prepared.item).next().unwrap_or_default();
+        features.iter().map(|feature| feature.tensor.shape.clone()).collect()
     }
 }
 

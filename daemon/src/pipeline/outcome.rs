@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use zinfer_proto as proto;
-use zinfer_stage_api::{Prediction, StageError};
+use zinfer_stage_api::{Prediction, StageError, Window};
 
 use super::ModelIdentity;
 use super::deadline::Deadline;
@@ -30,6 +30,8 @@ pub struct Timings {
 pub enum Verdict {
     /// Classified.
     Classified(Prediction),
+    /// A sensor frame taken into its stream; the windows it completed (possibly none), each classified.
+    Windowed(Vec<Window>),
     /// Bad input or a failed stage.
     Failed(StageError),
     /// Accepted but not processed; the reason is one of [`proto::drop_reason`].
@@ -42,7 +44,7 @@ impl Verdict {
     /// The outcome string published for this verdict.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Classified(_) => proto::outcome::OK,
+            Self::Classified(_) | Self::Windowed(_) => proto::outcome::OK,
             Self::Failed(_) => proto::outcome::ERROR,
             Self::Dropped(_) => proto::outcome::DROPPED,
             Self::Expired(_) => proto::outcome::EXPIRED,
@@ -52,7 +54,7 @@ impl Verdict {
     /// The reason label (empty for success).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Classified(_) => "",
+            Self::Classified(_) | Self::Windowed(_) => "",
             Self::Failed(error) => error.reason.as_str(),
             Self::Dropped(reason) | Self::Expired(reason) => reason,
         }
@@ -115,6 +117,26 @@ impl Outcome {
                 result.score = prediction.score;
                 result.scores = scores(&prediction.scores);
                 result.top_k = scores(&prediction.top_k);
+            }
+            Verdict::Windowed(windows) => {
+                for window in windows {
+                    let Some(prediction) = &window.prediction else { continue };
+                    let (start_us, end_us) = window.span_us.unwrap_or_default();
+                    result.windows.push(proto::WindowResult {
+                        source: window.source.clone(),
+                        index: window.index,
+                        start_sample: window.start_sample,
+                        start_us,
+                        end_us,
+                        label: prediction.label.clone(),
+                        score: prediction.score,
+                        scores: scores(&prediction.scores),
+                    });
+                    result.label = prediction.label.clone();
+                    result.score = prediction.score;
+                    result.scores = scores(&prediction.scores);
+                    result.top_k = scores(&prediction.top_k);
+                }
             }
             Verdict::Failed(error) => result.message = error.detail.clone(),
             Verdict::Dropped(reason) | Verdict::Expired(reason) => result.message = reason_message(reason).to_owned(),

@@ -174,6 +174,7 @@ impl Worker {
         } else {
             match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
                 Ok(Ok(prepared)) => {
+                    self.context.metrics.record_counters(&prepared.item.counters);
                     self.sequence += 1;
                     self.waiting_bytes += bytes;
                     self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });

@@ -57,6 +57,7 @@ struct Detail {
     dropped_by_reason: BTreeMap<&'static str, u64>,
     expired_by_reason: BTreeMap<&'static str, u64>,
     by_batch_size: BTreeMap<u32, u64>,
+    stage_counters: BTreeMap<&'static str, u64>,
     latency: Vec<Histogram<u64>>,
 }
 
@@ -82,6 +83,7 @@ impl PipelineMetrics {
                 dropped_by_reason: BTreeMap::new(),
                 expired_by_reason: BTreeMap::new(),
                 by_batch_size: BTreeMap::new(),
+                stage_counters: BTreeMap::new(),
                 latency: STAGES.iter().map(|_| histogram()).collect(),
             }),
         }
@@ -102,12 +104,24 @@ impl PipelineMetrics {
         let _ = self.queue_depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| depth.checked_sub(1));
     }
 
+    /// Adds what a stage counted while preparing a message.
+    pub fn record_counters(&self, counters: &[(&'static str, u64)]) {
+        if counters.is_empty() {
+            return;
+        }
+        let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, count) in counters {
+            *detail.stage_counters.entry(name).or_default() += count;
+        }
+    }
+
     /// An outcome left the daemon as `result`; `published` is false if zenoh refused it.
     pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result, published: bool) {
         if !published {
             self.publish_failures.fetch_add(1, Ordering::Relaxed);
         }
-        if result.deadline_met == Some(false) && matches!(outcome.verdict, Verdict::Classified(_)) {
+        let ok = matches!(outcome.verdict, Verdict::Classified(_) | Verdict::Windowed(_));
+        if result.deadline_met == Some(false) && ok {
             self.deadline_missed.fetch_add(1, Ordering::Relaxed);
         }
         let total_us = result.timings.map_or(0, |timings| timings.total_us);
@@ -117,7 +131,7 @@ impl PipelineMetrics {
             *detail.by_batch_size.entry(batch_size).or_default() += 1;
         }
         match &outcome.verdict {
-            Verdict::Classified(_) => {
+            Verdict::Classified(_) | Verdict::Windowed(_) => {
                 let t = &outcome.timings;
                 let stages = [t.queue, t.decode, t.preprocess, t.inference, t.postprocess].map(micros);
                 for (histogram, value) in detail.latency.iter_mut().zip(stages.into_iter().chain([total_us])) {
@@ -215,6 +229,7 @@ impl PipelineMetrics {
             deadline_missed: self.deadline_missed.load(Ordering::Relaxed),
             expired_by_reason: owned(&detail.expired_by_reason),
             messages_by_batch_size: detail.by_batch_size.clone(),
+            stage_counters: owned(&detail.stage_counters),
             worker_idle_ms: self.since_beat().as_millis() as u64,
             generation: description.generation,
         }

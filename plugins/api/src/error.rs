@@ -34,6 +34,14 @@ pub enum Reason {
     InferenceTimeout,
     /// The model produced an output of an unexpected shape or type.
     BadModelOutput,
+    /// A sensor frame's channel count (or channel names) differ from what the model takes.
+    WrongChannelCount,
+    /// A sensor reading is NaN or infinite.
+    NonFiniteValue,
+    /// A sensor frame's timestamps do not increase strictly.
+    NonMonotonicTimestamps,
+    /// A sensor frame carries more samples than the pipeline allows.
+    FrameTooLarge,
     /// A reason defined by a user's own stage; keep these few and static, they become metric labels.
     Custom(&'static str),
 }
@@ -55,6 +63,10 @@ impl Reason {
             Self::InferenceFailed => "inference_failed",
             Self::InferenceTimeout => "inference_timeout",
             Self::BadModelOutput => "bad_model_output",
+            Self::WrongChannelCount => "wrong_channel_count",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::NonMonotonicTimestamps => "non_monotonic_timestamps",
+            Self::FrameTooLarge => "frame_too_large",
             Self::Custom(reason) => reason,
         }
     }

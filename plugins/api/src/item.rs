@@ -21,6 +21,54 @@ pub struct RawMessage {
 pub enum Input {
     /// A text to classify.
     Text(String),
+    /// Readings of a sensor stream.
+    Samples(Samples),
+}
+
+/// Readings of one sensor stream, as a decoder found them in one message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Samples {
+    /// The stream they belong to, when the payload names one; otherwise the message's key is the stream.
+    pub source: Option<String>,
+    /// Channel names, when the payload names them.
+    pub channels: Option<Vec<String>>,
+    /// Values per sample (the channel count the payload claims).
+    pub width: usize,
+    /// One timestamp per sample in microseconds, when the payload carries them.
+    pub timestamps_us: Option<Vec<i64>>,
+    /// The readings, sample-major: `values[sample * width + channel]`.
+    pub values: Vec<f32>,
+}
+
+impl Samples {
+    /// Whole samples held.
+    pub fn len(&self) -> usize {
+        self.values.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    /// Whether there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A window cut from a sensor stream: one model input of its own, and what the model made of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// The stream it was cut from.
+    pub source: String,
+    /// Its position among the stream's windows (0, 1, 2…).
+    pub index: u64,
+    /// The position of its first sample in the stream.
+    pub start_sample: u64,
+    /// The timestamps of its first and last samples (microseconds), when the stream has them.
+    pub span_us: Option<(i64, i64)>,
+    /// Model inputs, without the batch axis.
+    pub features: Vec<NamedTensor>,
+    /// Model outputs, filled by the inference engine.
+    pub outputs: Vec<NamedTensor>,
+    /// The head's prediction, filled by postprocessing.
+    pub prediction: Option<Prediction>,
 }
 
 /// What a decoder extracted from a message.
@@ -80,17 +128,42 @@ pub struct Item {
     pub outputs: Vec<NamedTensor>,
     /// The final prediction, written by a postprocessing stage.
     pub prediction: Option<Prediction>,
+    /// Set by a stage that cuts the input into windows: the model then runs once per entry of
+    /// [`Item::windows`] (possibly none) instead of once on [`Item::features`], and postprocessing runs per window.
+    pub windowed: bool,
+    /// The windows completed by this message (see [`Item::windowed`]).
+    pub windows: Vec<Window>,
+    /// Events a stage counted while processing this item (e.g. `samples_out_of_order`), summed per pipeline in
+    /// telemetry.
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 impl Item {
     /// A fresh item for a decoded input.
     pub fn new(id: String, key: String, input: Input) -> Self {
-        Self { id, key, input, features: Vec::new(), outputs: Vec::new(), prediction: None }
+        Self {
+            id,
+            key,
+            input,
+            features: Vec::new(),
+            outputs: Vec::new(),
+            prediction: None,
+            windowed: false,
+            windows: Vec::new(),
+            counters: Vec::new(),
+        }
     }
 
     /// The model output with this name, if the engine produced one.
     pub fn output(&self, name: &str) -> Option<&NamedTensor> {
         self.outputs.iter().find(|tensor| tensor.name == name)
+    }
+
+    /// Adds `count` to the per-pipeline counter `name`.
+    pub fn count(&mut self, name: &'static str, count: u64) {
+        if count > 0 {
+            self.counters.push((name, count));
+        }
     }
 
     /// The feature with this name, if a stage produced one.

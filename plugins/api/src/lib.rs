@@ -1,6 +1,7 @@
 //! The contract between zinfer's pipeline runtime and its stages.
 //!
-//! A pipeline turns one zenoh sample into one outcome in four phases:
+//! A pipeline turns one zenoh sample into one outcome in four phases (a sensor pipeline's window stage may cut a
+//! message into several model inputs, [`Window`]s, or none; the outcome then carries one prediction per window):
 //!
 //! ```text
 //! RawMessage ──Decoder──▶ Request ──▶ Item ──preprocess Stages──▶ features ──model──▶ outputs ──postprocess Stages──▶ Prediction
@@ -40,7 +41,7 @@
 //!     }
 //!
 //!     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
-//!         let Input::Text(text) = &item.input;
+//!         let Input::Text(text) = &item.input else { return Ok(()) };
 //!         if text.chars().count() < self.min_chars {
 //!             return Err(StageError::new(Reason::Custom("too_short"), format!("under {} characters", self.min_chars)));
 //!         }
@@ -66,7 +67,7 @@
 //! # fn context_for_docs() -> BuildContext<'static> {
 //! #     let manifest = Box::leak(Box::new(zinfer_stage_api::ModelManifest {
 //! #         path: "m.toml".into(), name: "m".into(), version: "1".into(), task: "t".into(), model: "m.onnx".into(),
-//! #         tokenizer: None, max_length: None, labels: vec!["a".into()], output: None, sha256: None,
+//! #         tokenizer: None, max_length: None, labels: vec!["a".into()], output: None, sha256: None, sensor: None,
 //! #     }));
 //! #     BuildContext { manifest, base_dir: std::path::Path::new(".") }
 //! # }
@@ -79,8 +80,8 @@ mod registry;
 mod tensor;
 
 pub use error::{BuildError, Reason, StageError};
-pub use item::{ClassScore, Input, Item, Prediction, RawMessage, Request};
-pub use manifest::{ManifestError, ModelManifest};
+pub use item::{ClassScore, Input, Item, Prediction, RawMessage, Request, Samples, Window};
+pub use manifest::{ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
 pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};
 

@@ -30,6 +30,28 @@ pub struct ModelManifest {
     pub output: Option<String>,
     /// Expected SHA-256 of the ONNX file (lower-case hex), checked at start-up when present.
     pub sha256: Option<String>,
+    /// How to feed a sensor model: its `[sensor]` table.
+    pub sensor: Option<SensorSpec>,
+}
+
+/// A sensor model's input: which channels, at what rate, in windows of what length, normalised how.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorSpec {
+    /// The model input that takes a window (float32, `[batch, window, channels]`).
+    pub input: String,
+    /// Channel names, in the order of the input's last axis.
+    pub channels: Vec<String>,
+    /// The rate the model was trained at.
+    pub sample_rate_hz: f64,
+    /// Samples per window.
+    pub window: usize,
+    /// Samples between the starts of consecutive windows, as trained and evaluated.
+    pub hop: usize,
+    /// Per-channel mean of the training data: the window stage feeds `(x - mean) / std`.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation of the training data.
+    pub std: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +67,7 @@ struct RawManifest {
     labels: Vec<String>,
     output: Option<String>,
     sha256: Option<String>,
+    sensor: Option<SensorSpec>,
 }
 
 fn default_task() -> String {
@@ -112,6 +135,25 @@ impl ModelManifest {
         if raw.labels.is_empty() {
             return Err(ManifestError::NoLabels { path: path.to_owned() });
         }
+        if let Some(sensor) = &raw.sensor {
+            let channels = sensor.channels.len();
+            let invalid = |message: String| ManifestError::Parse { path: path.to_owned(), message };
+            if channels == 0 || sensor.mean.len() != channels || sensor.std.len() != channels {
+                return Err(invalid(format!(
+                    "[sensor]: `channels`, `mean` and `std` need one entry per channel ({channels} channels, {} means, \
+                     {} standard deviations)",
+                    sensor.mean.len(),
+                    sensor.std.len()
+                )));
+            }
+            if sensor.std.iter().any(|std| !(std.is_finite() && *std > 0.0)) {
+                return Err(invalid("[sensor]: every `std` must be a positive number".to_owned()));
+            }
+            let rate_ok = sensor.sample_rate_hz.is_finite() && sensor.sample_rate_hz > 0.0;
+            if sensor.window == 0 || sensor.hop == 0 || !rate_ok {
+                return Err(invalid("[sensor]: `window`, `hop` and `sample_rate_hz` must be positive".to_owned()));
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             name: raw.name,
@@ -123,6 +165,7 @@ impl ModelManifest {
             labels: raw.labels,
             output: raw.output,
             sha256: raw.sha256.map(|hash| hash.to_ascii_lowercase()),
+            sensor: raw.sensor,
         })
     }
 }

@@ -160,7 +160,9 @@ impl Stage for Tokenize {
     }
 
     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
-        let Input::Text(text) = &item.input;
+        let Input::Text(text) = &item.input else {
+            return Err(StageError::new(Reason::MissingInput, "tokenize needs text; use the `text` decoder before it"));
+        };
         let encoding = self
             .tokenizer
             .encode(text.as_str(), true)
