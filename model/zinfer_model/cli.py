@@ -20,6 +20,9 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   recipe          all of the above; completed steps are skipped
   bench           the efficiency report (zinfer_model.bench; its own options follow)
 
+The sensor model (a transformer over six-axis smartwatch windows) has its own steps:
+  python -m zinfer_model sensor --help
+
 Every step writes into <run-dir>/<step>/ with a metrics.json. An interrupted step resumes from its last
 checkpoint when run again with the same --run-dir and recipe."""
 
@@ -34,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench  # type: ignore[attr-defined]
 
         return int(bench.main(argv[1:]) or 0)
+
+    if argv and argv[0] == "sensor":  # the sensor model's recipe and table (zinfer_model.sensor)
+        from .sensor.cli import main as sensor_main
+
+        return int(sensor_main(argv[1:]) or 0)
 
     from .steps import STEPS
 

@@ -51,7 +51,7 @@ class Run:
         self.force = force
         self.quick = recipe["quick"]
         self.seed = int(recipe["seed"])
-        self.max_length = int(recipe["max_length"])
+        self.max_length = int(recipe.get("max_length", 0))  # text recipes only
         self.export_dir = export_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self._splits: Splits | None = None

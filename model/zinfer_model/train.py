@@ -53,9 +53,14 @@ def _param_groups(modules: list[torch.nn.Module], weight_decay: float):
 
 
 def fit(model: torch.nn.Module, data: list[Encoded], *, spec: TrainSpec, step_fn: StepFn, val_fn: ValFn,
-        work_dir: Path, seed: int, desc: str, extra_modules: list[torch.nn.Module] = (), log=print) -> dict:
+        work_dir: Path, seed: int, desc: str, extra_modules: list[torch.nn.Module] = (), log=print,
+        order_fn=batch_order, make_fn=make_batch) -> dict:
     """Train `model` (and `extra_modules`, e.g. projections used only by the loss) in place; leave it at its
-    best validation epoch and return the training history."""
+    best validation epoch and return the training history.
+
+    `data` is anything `order_fn(data, batch_size, rng)` (→ lists of indices) and `make_fn(data, chunk)` (→ a
+    batch with `.labels`) understand: by default token sequences (`zinfer_model.data`); the sensor model passes
+    its window set."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path = work_dir / "checkpoint.pt", work_dir / "best.safetensors"
     modules = [model, *extra_modules]
@@ -87,7 +92,7 @@ def fit(model: torch.nn.Module, data: list[Encoded], *, spec: TrainSpec, step_fn
 
     while state["epoch"] < spec.epochs:
         epoch = state["epoch"]
-        chunks = batch_order(data, spec.batch_size, random.Random(seed * 1000 + epoch))[:steps_per_epoch]
+        chunks = order_fn(data, spec.batch_size, random.Random(seed * 1000 + epoch))[:steps_per_epoch]
         start = state["step_in_epoch"]
         if start == 0:
             state["running"] = [0.0, 0, 0, 0]  # loss sum, examples, correct, labelled
@@ -97,7 +102,7 @@ def fit(model: torch.nn.Module, data: list[Encoded], *, spec: TrainSpec, step_fn
         for i in range(start, len(chunks)):
             for m in modules:
                 m.train()
-            batch = make_batch(data, chunks[i])
+            batch = make_fn(data, chunks[i])
             loss, scored, parts = step_fn(model, batch, epoch, i)
             opt.zero_grad(set_to_none=True)
             loss.backward()

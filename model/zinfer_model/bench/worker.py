@@ -98,7 +98,8 @@ _DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": 
 
 
 def _inputs(np, session_inputs, batch: int, seq: int, vocab: int, rng) -> dict:
-    """Inputs of one BERT-style call: random token ids, a full attention mask, segment 0."""
+    """Inputs of one BERT-style call (random token ids, a full attention mask, segment 0), or random normal
+    values for a float input."""
     feeds = {}
     high = max(6, min(int(vocab), 1000))
     for inp in session_inputs:
@@ -114,9 +115,14 @@ def _inputs(np, session_inputs, batch: int, seq: int, vocab: int, rng) -> dict:
             a = np.zeros((batch, seq))
         elif inp.name == "position_ids":
             a = np.broadcast_to(np.arange(seq), (batch, seq))
+        elif dtype == "float32":
+            # a float input (the sensor model's `frames` [batch, window, channels]): standard-normal values (it
+            # takes normalised data), batch first; a fixed axis keeps its size, another symbolic axis gets `seq`
+            shape = [batch] + [d if isinstance(d, int) and d > 0 else seq for d in list(inp.shape)[1:]]
+            a = rng.standard_normal(shape)
         else:
             raise SystemExit(f"don't know how to feed input {inp.name!r} (known: input_ids, attention_mask, "
-                             "token_type_ids, position_ids)")
+                             "token_type_ids, position_ids, or any float32 input)")
         feeds[inp.name] = np.ascontiguousarray(a, dtype=dtype)
     return feeds
 
