@@ -72,11 +72,21 @@ def markdown(doc: dict) -> str:
     c = doc["contention"]
     busy = (f"single-thread cases got a median {c['median_cpu_per_wall']:.2f} CPU s per wall s (min "
             f"{c['min_cpu_per_wall']:.2f}; {c['below_85pct']} of {c['cases']} below 0.85)") if c.get("cases") else ""
+    notes = []
+    if 1 in threads and 2 in threads:
+        def med(r, t):
+            return r["runs"][str(t)]["latency_b1"][str(win)]["median_ms"]
+
+        slower = [r["name"] for r in rows if med(r, 2) > med(r, 1)]
+        if slower:
+            notes.append(f"Batch-1 latency with 2 threads was higher than with 1 for {len(slower)} of {len(rows)} "
+                         "models: "
+                         "a window is a few hundred microseconds of work, less than what splitting it between two "
+                         "threads (and, on a busy machine, waiting for the second core) costs.")
+    quick = "**Quick run: short timings, not for publication.**\n\n" if doc["quick"] else ""
     return f"""# {doc['title']}
 
-{"**Quick run: short timings, not for publication.**" if doc['quick'] else ""}
-
-Produced by `{doc['command']}` ({doc['started_utc']} – {doc['finished_utc']} UTC) on {env['cpu_model']}
+{quick}Produced by `{doc['command']}` ({doc['started_utc']} – {doc['finished_utc']} UTC) on {env['cpu_model']}
 ({env['logical_cpus']} logical CPUs, {env['cpu_simd']}), {env['os']}, Python {env['python']}, ONNX Runtime
 {env['onnxruntime']}, numpy {env['numpy']}; load average before {env['load_before']}, after {env['load_after']}.
 
@@ -91,6 +101,7 @@ the process's VmHWM; the floor is the same worker with numpy and onnxruntime imp
 
 {chr(10).join(lines)}
 
+{" ".join(notes)}
 Accuracy is window-level on the test split (subjects never seen in training), 95% Wilson intervals; windows of
 the same recording are correlated, so the intervals are optimistic. Parameters are the PyTorch model's (int8 rows:
 the same weights, stored as int8). The shipped model is `models/zinfer-watch-small/model.onnx`
@@ -111,7 +122,12 @@ def run(args: argparse.Namespace, command: str) -> dict:
         shape = [d.dim_value for d in onnx.load(str(e.onnx), load_external_data=False).graph.input[0]
                  .type.tensor_type.shape.dim]
         window = window or shape[1]
-        rows.append({"name": e.name, "role": e.role, "path": str(e.onnx), "params": e.params or info["params"],
+        try:  # paths relative to model/ where they are inside it (the report is committed)
+            shown = str(Path(e.onnx).resolve().relative_to(MODEL_ROOT))
+        except ValueError:
+            shown = str(e.onnx)
+        rows.append({"name": e.name, "role": e.role, "path": str(e.onnx), "file": shown,
+                     "params": e.params or info["params"],
                      "onnx_params": info["params"], "file_bytes": info["file_bytes"], "sha256": info["sha256"],
                      "precision": info["precision"], "inputs": info["inputs"], "input_shape": shape,
                      "accuracy": e.accuracy, "accuracy_ci95": e.extra.get("accuracy_ci95_bounds"),
@@ -148,6 +164,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         next(r for r in rows if r["name"] == name)["runs"][str(t)] = measure.merge_rounds(res)
     for r in rows:
         report.finish_row(r, floor["peak_rss"])
+        r["path"] = r.pop("file")
     env["load_after"] = _loadavg()
     doc = {"title": meta.get("title", "sensor models"), "command": command, "quick": bool(args.quick),
            "started_utc": started, "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

@@ -70,7 +70,7 @@ Peak RSS of a process that loads and runs it: {final['peak_rss'] / mib:.1f} MiB,
 onnxruntime (original fp32: {orig['peak_rss'] / mib:.1f} MiB, net {orig['net_rss'] / mib:.1f} MiB)."""
 
 
-def model_card(run, out: Path, sha: str, fixtures: dict) -> str:
+def model_card(run, out: Path, sha: str, fixtures: dict, batching: dict) -> str:
     r = run.recipe
     m = {s: run.metrics(s) for s in ("original", "student", "prune", "quantize", "evaluate")}
     ori, stu, pr, q, ev = m["original"], m["student"], m["prune"], m["quantize"], m["evaluate"]
@@ -208,6 +208,13 @@ window normalised with the manifest's `mean`/`std` in float32.
 | file | recording | subject | true class | samples | window labels |
 | --- | --- | --- | --- | --- | --- |
 {fx}
+
+Dynamic int8 quantization scales each call's activations by that call's range, so a window run in a batch with
+others can get slightly different logits than at batch 1. On the test windows, batch 8 vs batch 1: same label on
+{_pct(batching['8']['argmax_agreement'])}, largest probability difference {batching['8']['max_abs_prob_diff']:.4f};
+batch 256 vs batch 1: same label on {_pct(batching['256']['argmax_agreement'])}, largest probability difference
+{batching['256']['max_abs_prob_diff']:.4f}. Compare a server's batch-1 output with `probs` closely; batched output by
+label (and loosely by probability).
 
 ## Regenerate
 
