@@ -83,6 +83,9 @@ def markdown(doc: dict) -> str:
                          "models: "
                          "a window is a few hundred microseconds of work, less than what splitting it between two "
                          "threads (and, on a busy machine, waiting for the second core) costs.")
+    sess_cost = doc["floor"]["empty_session_peak_rss"] - doc["floor"]["peak_rss"]
+    notes.append(f"Of each net peak RSS, about {_mib(sess_cost)} MiB is what ONNX Runtime costs for any session "
+                 "(a one-node model), so the models' own differences in memory are small.")
     quick = "**Quick run: short timings, not for publication.**\n\n" if doc["quick"] else ""
     return f"""# {doc['title']}
 
@@ -102,6 +105,7 @@ the process's VmHWM; the floor is the same worker with numpy and onnxruntime imp
 {chr(10).join(lines)}
 
 {" ".join(notes)}
+
 Accuracy is window-level on the test split (subjects never seen in training), 95% Wilson intervals; windows of
 the same recording are correlated, so the intervals are optimistic. Parameters are the PyTorch model's (int8 rows:
 the same weights, stored as int8). The shipped model is `models/zinfer-watch-small/model.onnx`
