@@ -40,6 +40,8 @@ enum BenchMode {
     Latency,
     /// Open-loop load at 0.5×, 1×, 2× and 10× the measured capacity, and the gain of dynamic batching.
     Load,
+    /// A sensor pipeline: windows per second and per-window latency, direct vs. over zenoh.
+    Sensor,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,10 +64,10 @@ struct BenchArgs {
     /// latency: the text to classify.
     #[arg(long, default_value = "A moving, beautifully acted film that stays with you long after the credits.")]
     text: String,
-    /// latency: timed iterations per measurement.
+    /// latency, sensor: timed iterations (windows) per measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
-    /// latency: untimed warm-up iterations before each measurement.
+    /// latency, sensor: untimed warm-up iterations before each measurement.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
     /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
@@ -202,6 +204,17 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     let report = runtime()?.block_on(zinferd::bench::load::run(&options))?;
                     (zinferd::bench::load::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Sensor => {
+                    let options = zinferd::bench::sensor::SensorBenchOptions {
+                        config: config_files(&cli),
+                        pipeline: args.pipeline.clone(),
+                        windows: args.iterations,
+                        warmup: args.warmup,
+                        key: args.key.clone(),
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::sensor::run(&options))?;
+                    (zinferd::bench::sensor::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
             };
             print!("{markdown}");

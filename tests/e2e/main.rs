@@ -13,6 +13,7 @@ mod deadlines;
 mod memory;
 mod overload;
 mod providers;
+mod sensor;
 mod service;
 mod shipped_model;
 mod shutdown;

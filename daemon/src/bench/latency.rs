@@ -68,11 +68,7 @@ pub struct BenchReport {
 /// Runs the benchmark.
 pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let config = crate::config::load(&options.config)?;
-    let index = match &options.pipeline {
-        Some(name) => config.pipelines.iter().position(|p| &p.name == name).context("no pipeline of that name")?,
-        None if config.pipelines.is_empty() => bail!("the configuration has no [[pipeline]] to measure"),
-        None => 0,
-    };
+    let index = super::pipeline_index(&config, options.pipeline.as_deref())?;
     let settings = config.pipelines[index].clone();
     let registry = crate::default_registry();
     let mut pipelines = crate::build_pipelines(&config, &registry)?;

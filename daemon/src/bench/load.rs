@@ -94,11 +94,7 @@ const TEXTS: [&str; 6] = [
 /// Runs the load benchmark.
 pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let config = crate::config::load(&options.config)?;
-    let settings = match &options.pipeline {
-        Some(name) => config.pipelines.iter().find(|p| &p.name == name).context("no pipeline of that name")?,
-        None => config.pipelines.first().context("the configuration has no [[pipeline]] to drive")?,
-    }
-    .clone();
+    let settings = config.pipelines[super::pipeline_index(&config, options.pipeline.as_deref())?].clone();
     let key = super::request_key(options.key.as_deref(), &settings.input, "load");
     let scratch = tempfile::tempdir().context("temp dir")?;
     let duration = Duration::from_secs_f64(options.seconds.max(0.5));

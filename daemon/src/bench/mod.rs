@@ -3,11 +3,13 @@
 //! - [`latency`] (`zinferd bench`): model alone vs. in-process pipeline vs. zenoh round trip; idle RSS.
 //! - [`load`] (`zinferd bench load`): open-loop load at multiples of the measured capacity, with deadlines, shedding
 //!   and memory against the budget; and the throughput gain of dynamic batching.
+//! - [`sensor`] (`zinferd bench sensor`): windows per second and per-window latency, direct vs. over zenoh.
 //!
 //! They report; they assert nothing. Compare numbers from one run only: these machines are shared and noisy.
 
 pub mod latency;
 pub mod load;
+pub mod sensor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -108,6 +110,15 @@ impl ChildDaemon {
 /// (VmRSS, VmHWM) of process `pid` in bytes, from /proc.
 pub(crate) fn process_rss(pid: u32) -> anyhow::Result<(u64, u64)> {
     crate::memory::process_memory(&pid.to_string()).context("reading the daemon's /proc status")
+}
+
+/// The index of the pipeline named `name`, or of the first pipeline.
+pub(crate) fn pipeline_index(config: &Config, name: Option<&str>) -> anyhow::Result<usize> {
+    match name {
+        Some(name) => config.pipelines.iter().position(|p| p.name == name).context("no pipeline of that name"),
+        None if config.pipelines.is_empty() => bail!("the configuration has no [[pipeline]] to measure"),
+        None => Ok(0),
+    }
 }
 
 /// The key a benchmark publishes on: its own option, else the pipeline's input with a trailing wildcard replaced

@@ -2,10 +2,10 @@
 //!
 //! Admission is where a message becomes the daemon's responsibility: from the moment it is counted as received it
 //! gets exactly one outcome. The zenoh callback never blocks (it runs on zenoh's own threads): when the queue is
-//! full the message is answered at once with `dropped: queue_full` instead of stalling every subscriber.
+//! full the message is answered at once with `dropped: queue_full` (or, under `overload = "latest"`, the oldest
+//! waiting message of its key makes room and is answered `dropped: superseded`) instead of stalling every subscriber.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -16,6 +16,7 @@ use zinfer_stage_api::RawMessage;
 
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{Outcome, Timings, Verdict};
+use crate::pipeline::queue::{Refused, Sender};
 use crate::telemetry::metrics::PipelineMetrics;
 
 /// Generates request ids for messages that carry none: `<zenoh id>-<sequence>`, unique per daemon run.
@@ -39,7 +40,7 @@ impl IdGenerator {
 /// Where admitted messages go: the pipeline's queue, or straight to the egress when they cannot be queued.
 pub struct Admission {
     /// The pipeline's bounded queue.
-    pub queue: SyncSender<Envelope>,
+    pub queue: Sender,
     /// The egress, for messages answered without processing.
     pub outcomes: UnboundedSender<Outcome>,
     /// Index of the pipeline in its generation (outcomes name it).
@@ -109,14 +110,15 @@ fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
         encoding: sample.encoding().to_string(),
         attachment_id,
     };
-    // Count before sending: the worker may dequeue before try_send returns.
+    // Count before queueing: the worker may dequeue before push returns.
     admission.metrics.record_enqueued();
-    let refused = match admission.queue.try_send(Envelope { message, arrived, arrived_wall, fallback_id }) {
-        Ok(()) => return,
-        Err(TrySendError::Full(envelope)) => (envelope, drop_reason::QUEUE_FULL),
-        Err(TrySendError::Disconnected(envelope)) => (envelope, drop_reason::SHUTDOWN),
+    let (envelope, reason) = match admission.queue.push(Envelope { message, arrived, arrived_wall, fallback_id }) {
+        Ok(None) => return,
+        // `latest`: the newest got in, the oldest of its key made room.
+        Ok(Some(evicted)) => (evicted, drop_reason::SUPERSEDED),
+        Err(Refused::Full(envelope)) => (*envelope, drop_reason::QUEUE_FULL),
+        Err(Refused::Closed(envelope)) => (*envelope, drop_reason::SHUTDOWN),
     };
-    let (envelope, reason) = refused;
     admission.metrics.record_dequeued();
     tracing::debug!(pipeline = admission.pipeline, reason, "message dropped at admission");
     let outcome = Outcome {
@@ -125,7 +127,7 @@ fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
         key: envelope.message.key,
         verdict: Verdict::Dropped(reason),
         timings: Timings::default(),
-        arrived,
+        arrived: envelope.arrived,
         deadline: None,
     };
     if admission.outcomes.send(outcome).is_err() {

@@ -12,6 +12,7 @@
 pub mod build;
 pub mod deadline;
 pub mod outcome;
+pub mod queue;
 pub mod worker;
 
 use std::time::{Instant, SystemTime};

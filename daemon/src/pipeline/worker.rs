@@ -15,7 +15,7 @@ use std::collections::BinaryHeap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use zinfer_stage_api::{Reason, StageError};
 
 use super::deadline::CostModel;
 use super::outcome::{Outcome, Timings, Verdict};
+use super::queue::Receiver;
 use super::{Envelope, Pipeline, Prepared, Processed};
 use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
@@ -71,7 +72,7 @@ pub enum Overload {
 pub fn spawn(
     name: &str,
     pipeline: Pipeline,
-    queue: Receiver<Envelope>,
+    queue: Receiver,
     context: WorkerContext,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || Worker::new(pipeline, context).run(&queue))
@@ -134,7 +135,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self, queue: &Receiver<Envelope>) {
+    fn run(mut self, queue: &Receiver) {
         loop {
             // Every turn of this loop is progress; an idle worker still turns every HEARTBEAT. A worker stuck in a
             // stage or a model run stops beating, and the service watchdog notices.
@@ -146,7 +147,7 @@ impl Worker {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while let Ok(envelope) = queue.try_recv() {
+            while let Some(envelope) = queue.try_recv() {
                 self.admit(envelope);
             }
             if let Some(head) = self.take_next() {

@@ -90,18 +90,19 @@ impl Generation {
                 },
                 generation: number,
             }));
-            let (queue, queue_rx) = std::sync::mpsc::sync_channel(settings.queue_capacity);
+            let overload = match settings.overload {
+                config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
+                config::OverloadPolicy::Latest => {
+                    pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
+                }
+            };
+            let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, overload);
             let context = pipeline::worker::WorkerContext {
                 index,
                 capacity: settings.queue_capacity,
                 max_batch: settings.max_batch,
                 capacity_bytes: settings.queue_bytes,
-                overload: match settings.overload {
-                    config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
-                    config::OverloadPolicy::Latest => {
-                        pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
-                    }
-                },
+                overload,
                 outcomes: outcomes.clone(),
                 abandon: Arc::clone(&abandon),
                 metrics: Arc::clone(&metrics),

@@ -1,0 +1,261 @@
+//! `zinferd bench sensor`: windows per second and per-window latency of a sensor pipeline, direct vs. over zenoh,
+//! in one run.
+//!
+//! The stream is synthetic (a sine per channel at the model's sample rate): a window's cost does not depend on
+//! the readings. It is sent as packed f32 frames of `hop` samples after a first frame that fills the window, so
+//! every frame completes exactly one window. Measured, in this order:
+//! 1. the model alone on one window (in process);
+//! 2. the whole pipeline in process (decode → validate → window → model → classify), one frame per window;
+//! 3. sequential round trips of a frame through zenoh and a `zinferd` child: per-window latency as a client sees it;
+//! 4. open-loop throughput: every frame published back to back, until the last result arrives.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use zenoh::bytes::Encoding;
+use zinfer_stage_api::RawMessage;
+
+use super::{Summary, spawn_daemon};
+use crate::client::{Client, decode_result};
+use crate::pipeline::Envelope;
+use crate::pipeline::outcome::Verdict;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SensorBenchOptions {
+    /// The configuration files (as for `run`).
+    pub config: Vec<PathBuf>,
+    /// The pipeline to measure (default: the first).
+    pub pipeline: Option<String>,
+    /// Windows timed per latency measurement (after `warmup` untimed ones), and frames in the throughput run.
+    pub windows: usize,
+    /// Untimed windows first.
+    pub warmup: usize,
+    /// The key to publish on (default: the pipeline's input with a trailing wildcard replaced by `bench`).
+    pub key: Option<String>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SensorBenchReport {
+    /// The pipeline measured.
+    pub pipeline: String,
+    /// The model.
+    pub model: String,
+    /// Samples per window × channels.
+    pub window: (usize, usize),
+    /// Samples per frame (the hop).
+    pub hop: usize,
+    /// The model alone, per window.
+    pub model_direct: Summary,
+    /// The pipeline in process, per frame (one window each).
+    pub pipeline_direct: Summary,
+    /// In-process windows per second (sequential).
+    pub pipeline_direct_windows_per_s: f64,
+    /// Round trip of a frame through zenoh and the daemon.
+    pub round_trip: Summary,
+    /// The daemon's own arrival→publish time for those frames.
+    pub daemon_total: Summary,
+    /// Windows per second over zenoh, frames published back to back.
+    pub zenoh_windows_per_s: f64,
+    /// Frames in the throughput run that were answered other than `ok` (dropped under overload, say).
+    pub zenoh_not_ok: usize,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchReport> {
+    let config = crate::config::load(&options.config)?;
+    let index = super::pipeline_index(&config, options.pipeline.as_deref())?;
+    let settings = config.pipelines[index].clone();
+    let spec = settings.manifest.sensor.clone().context("the pipeline's model has no [sensor] table")?;
+    let (window, channels, hop) = (spec.window, spec.channels.len(), spec.hop);
+    let registry = crate::default_registry();
+    let mut pipelines = crate::build_pipelines(&config, &registry)?;
+    let mut pipeline = pipelines.swap_remove(index);
+    let rounds = options.warmup + options.windows.max(1);
+    let stream = Stream { channels, rate: spec.sample_rate_hz };
+
+    // 1. The model alone on one normalised window.
+    let features = vec![zinfer_stage_api::NamedTensor {
+        name: spec.input.clone(),
+        tensor: zinfer_stage_api::Tensor {
+            shape: vec![window, channels],
+            data: zinfer_stage_api::TensorData::F32(vec![0.1; window * channels]),
+        },
+    }];
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let started = Instant::now();
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+        if round >= options.warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    let model_direct = Summary::of(samples);
+
+    // 2. The pipeline in process: a first frame fills the window, then each frame of `hop` samples completes one.
+    let envelope = |payload: Vec<u8>| Envelope {
+        message: RawMessage {
+            key: "bench/direct".into(),
+            payload,
+            encoding: "application/octet-stream".into(),
+            attachment_id: None,
+        },
+        arrived: Instant::now(),
+        arrived_wall: std::time::SystemTime::now(),
+        fallback_id: "bench".into(),
+    };
+    check(pipeline.process(envelope(stream.frame(0, window))).verdict, 1)?;
+    let mut samples = Vec::new();
+    let mut next = window;
+    let started_all = Instant::now();
+    for round in 0..rounds {
+        let started = Instant::now();
+        check(pipeline.process(envelope(stream.frame(next, hop))).verdict, 1)?;
+        next += hop;
+        if round >= options.warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    let direct_seconds = started_all.elapsed().as_secs_f64();
+    let pipeline_direct_windows_per_s = rounds as f64 / direct_seconds;
+    let pipeline_direct = Summary::of(samples);
+    drop(pipeline);
+
+    // 3. Round trips through a zinferd child.
+    let scratch = tempfile::tempdir().context("temp dir")?;
+    let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "sensor").await?;
+    daemon.settled_rss().await?;
+    let client = Client::connect(&daemon.endpoint).await?;
+    let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
+    client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
+    let send = |id: String, payload: Vec<u8>| {
+        let (client, key, prefix) = (&client, &key, &settings.output_prefix);
+        async move { client.request_raw(key, prefix, &id, payload, Encoding::APPLICATION_OCTET_STREAM).await }
+    };
+    let first = send("fill".into(), stream.frame(0, window)).await?.result(Duration::from_secs(10)).await?;
+    if first.windows.len() != 1 {
+        bail!("the first frame should complete one window; the daemon answered {first:?}");
+    }
+    let (mut round_trips, mut totals) = (Vec::new(), Vec::new());
+    let mut next = window;
+    for round in 0..rounds {
+        let started = Instant::now();
+        let result =
+            send(format!("rt-{round}"), stream.frame(next, hop)).await?.result(Duration::from_secs(10)).await?;
+        let elapsed = started.elapsed();
+        next += hop;
+        if result.windows.len() != 1 {
+            bail!("a frame of one hop should complete one window; the daemon answered {result:?}");
+        }
+        if round >= options.warmup {
+            round_trips.push(elapsed);
+            totals.push(Duration::from_micros(result.timings.map_or(0, |timings| timings.total_us)));
+        }
+    }
+
+    // 4. Throughput: every frame back to back on a fresh source, results counted as they come.
+    let results = client
+        .session()
+        .declare_subscriber(zinfer_proto::keys::result(&settings.output_prefix, &format!("{key}-flood")))
+        .await
+        .map_err(|error| anyhow::anyhow!("subscribing to the results: {error}"))?;
+    let frames = options.windows.max(1) + 1;
+    let started = Instant::now();
+    for frame in 0..frames {
+        let (start, length) = if frame == 0 { (0, window) } else { (window + (frame - 1) * hop, hop) };
+        client
+            .session()
+            .put(format!("{key}-flood"), stream.frame(start, length))
+            .encoding(Encoding::APPLICATION_OCTET_STREAM)
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .await
+            .map_err(|error| anyhow::anyhow!("publishing: {error}"))?;
+    }
+    let (mut answered, mut windows, mut not_ok) = (0, 0, 0);
+    while answered < frames {
+        let sample = tokio::time::timeout(Duration::from_secs(30), results.recv_async())
+            .await
+            .context("the throughput run's results stopped coming")?
+            .map_err(|error| anyhow::anyhow!("results: {error}"))?;
+        let result = decode_result(&sample)?;
+        answered += 1;
+        windows += result.windows.len();
+        if result.outcome != zinfer_proto::outcome::OK {
+            not_ok += 1;
+        }
+    }
+    let zenoh_windows_per_s = windows as f64 / started.elapsed().as_secs_f64();
+    client.close().await;
+    daemon.stop();
+
+    Ok(SensorBenchReport {
+        pipeline: settings.name.clone(),
+        model: format!("{} {}", settings.manifest.name, settings.manifest.version),
+        window: (window, channels),
+        hop,
+        model_direct,
+        pipeline_direct,
+        pipeline_direct_windows_per_s,
+        round_trip: Summary::of(round_trips),
+        daemon_total: Summary::of(totals),
+        zenoh_windows_per_s,
+        zenoh_not_ok: not_ok,
+    })
+}
+
+/// A synthetic stream: channel `c` is a sine of (c + 1) Hz.
+struct Stream {
+    channels: usize,
+    rate: f64,
+}
+
+impl Stream {
+    /// Packed little-endian f32 samples `start..start + length`.
+    fn frame(&self, start: usize, length: usize) -> Vec<u8> {
+        (start..start + length)
+            .flat_map(|sample| {
+                (0..self.channels).map(move |channel| {
+                    let phase = 2.0 * std::f64::consts::PI * (channel + 1) as f64 * sample as f64 / self.rate;
+                    phase.sin() as f32
+                })
+            })
+            .flat_map(f32::to_le_bytes)
+            .collect()
+    }
+}
+
+fn check(verdict: Verdict, windows: usize) -> anyhow::Result<()> {
+    match verdict {
+        Verdict::Windowed(done) if done.len() == windows => Ok(()),
+        Verdict::Windowed(done) => bail!("expected {windows} window(s) from the frame, got {}", done.len()),
+        Verdict::Failed(error) => bail!("the pipeline failed on the benchmark stream: {error}"),
+        other => bail!("the pipeline answered {other:?}; is it a sensor pipeline?"),
+    }
+}
+
+/// The report as a markdown table.
+pub fn markdown(report: &SensorBenchReport) -> String {
+    let row = |name: &str, summary: &Summary| {
+        format!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} |\n",
+            summary.count, summary.p50_us, summary.p99_us, summary.mean_us
+        )
+    };
+    let mut text = format!(
+        "pipeline `{}`, model {}, windows of {} samples × {} channels, one window per frame of {} samples\n\n\
+         | per window | n | median µs | p99 µs | mean µs |\n|---|---|---|---|---|\n",
+        report.pipeline, report.model, report.window.0, report.window.1, report.hop
+    );
+    text += &row("model run only (in process)", &report.model_direct);
+    text += &row("whole pipeline (in process)", &report.pipeline_direct);
+    text += &row("round trip via zenoh + zinferd", &report.round_trip);
+    text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    text += &format!(
+        "\n| windows per second | |\n|---|---|\n| in process, sequential | {:.0} |\n\
+         | over zenoh, frames back to back | {:.0} ({} frame(s) not ok) |\n",
+        report.pipeline_direct_windows_per_s, report.zenoh_windows_per_s, report.zenoh_not_ok
+    );
+    text
+}

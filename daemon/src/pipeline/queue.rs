@@ -1,0 +1,173 @@
+//! The admission queue: the bounded hand-over from a pipeline's ingress (zenoh's threads) to its worker thread.
+//!
+//! A plain bounded channel can only refuse the newest message when it is full, which is right for `fifo` but the
+//! opposite of what `latest` promises: under a flood of sensor frames, the newest must get in and the oldest go.
+//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Envelope;
+use super::worker::Overload;
+
+struct Shared {
+    state: Mutex<State>,
+    arrived: Condvar,
+    capacity: usize,
+    overload: Overload,
+}
+
+struct State {
+    waiting: VecDeque<Envelope>,
+    /// False once the sending side is gone: the worker drains what is left and stops.
+    open: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A new queue of `capacity` messages (at least one).
+pub fn bounded(capacity: usize, overload: Overload) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { waiting: VecDeque::new(), open: true }),
+        arrived: Condvar::new(),
+        capacity: capacity.max(1),
+        overload,
+    });
+    (Sender(Arc::clone(&shared)), Receiver(shared))
+}
+
+/// Why a message was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    /// The queue is full and the policy keeps what it holds (`fifo`).
+    Full(Box<Envelope>),
+    /// The worker is gone (shutdown).
+    Closed(Box<Envelope>),
+}
+
+/// The ingress's end. Dropping it closes the queue.
+pub struct Sender(Arc<Shared>);
+
+impl Sender {
+    /// Queues `envelope`. Under `latest`, a full queue makes room by evicting its oldest message of the same key
+    /// (else its oldest message), which is returned so that the caller answers it `dropped: superseded`.
+    pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
+        let mut state = self.0.lock();
+        if !state.open {
+            return Err(Refused::Closed(Box::new(envelope)));
+        }
+        let mut evicted = None;
+        if state.waiting.len() >= self.0.capacity {
+            match self.0.overload {
+                Overload::Fifo => return Err(Refused::Full(Box::new(envelope))),
+                Overload::Latest { .. } => {
+                    let key = &envelope.message.key;
+                    let oldest = state.waiting.iter().position(|waiting| &waiting.message.key == key).unwrap_or(0);
+                    evicted = state.waiting.remove(oldest);
+                }
+            }
+        }
+        state.waiting.push_back(envelope);
+        drop(state);
+        self.0.arrived.notify_one();
+        Ok(evicted)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.lock().open = false;
+        self.0.arrived.notify_all();
+    }
+}
+
+/// The worker's end.
+pub struct Receiver(Arc<Shared>);
+
+impl Receiver {
+    /// The oldest message, waiting up to `timeout`; `Disconnected` once the queue is closed and empty.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.0.lock();
+        loop {
+            if let Some(envelope) = state.waiting.pop_front() {
+                return Ok(envelope);
+            }
+            if !state.open {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            state = self.0.arrived.wait_timeout(state, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+    }
+
+    /// The oldest message, if one is waiting.
+    pub fn try_recv(&self) -> Option<Envelope> {
+        self.0.lock().waiting.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use zinfer_stage_api::RawMessage;
+
+    use super::*;
+
+    fn envelope(key: &str, id: &str) -> Envelope {
+        Envelope {
+            message: RawMessage { key: key.into(), payload: Vec::new(), encoding: String::new(), attachment_id: None },
+            arrived: Instant::now(),
+            arrived_wall: SystemTime::now(),
+            fallback_id: id.into(),
+        }
+    }
+
+    fn ids(receiver: &Receiver) -> Vec<String> {
+        std::iter::from_fn(|| receiver.try_recv()).map(|envelope| envelope.fallback_id).collect()
+    }
+
+    #[test]
+    fn fifo_refuses_the_newest_when_full() {
+        let (sender, receiver) = bounded(2, Overload::Fifo);
+        assert!(sender.push(envelope("a", "1")).expect("room").is_none());
+        assert!(sender.push(envelope("a", "2")).expect("room").is_none());
+        assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Full(refused)) if refused.fallback_id == "3"));
+        assert_eq!(ids(&receiver), ["1", "2"]);
+    }
+
+    #[test]
+    fn latest_evicts_the_oldest_of_the_same_key_else_the_oldest() {
+        let (sender, receiver) = bounded(3, Overload::Latest { per_key: 1 });
+        for (key, id) in [("a", "1"), ("b", "2"), ("a", "3")] {
+            assert!(sender.push(envelope(key, id)).expect("room").is_none());
+        }
+        let evicted = sender.push(envelope("b", "4")).expect("latest never refuses").expect("an eviction");
+        assert_eq!(evicted.fallback_id, "2", "the oldest of key b");
+        let evicted = sender.push(envelope("c", "5")).expect("latest never refuses").expect("an eviction");
+        assert_eq!(evicted.fallback_id, "1", "no other c: the oldest overall");
+        assert_eq!(ids(&receiver), ["3", "4", "5"]);
+    }
+
+    #[test]
+    fn closing_lets_the_worker_drain_then_disconnects() {
+        let (sender, receiver) = bounded(4, Overload::Fifo);
+        sender.push(envelope("a", "1")).expect("room");
+        assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Ok(envelope) if envelope.fallback_id == "1"));
+        assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));
+        sender.push(envelope("a", "2")).expect("room");
+        drop(sender);
+        assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Ok(envelope) if envelope.fallback_id == "2"));
+        assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Err(RecvTimeoutError::Disconnected)));
+    }
+}
