@@ -9,21 +9,23 @@
 #     such mappings for the whole run (Linux 6.3 or newer; skipped with a note on older kernels);
 #   - every system call it makes is in the unit's filter (SystemCallFilter=@system-service ~@privileged @resources,
 #     expanded by systemd-analyze), recorded with strace;
-#   - the socket families it opens are in RestrictAddressFamilies=.
+#   - the socket families it opens are in RestrictAddressFamilies=;
+#   - the sd_notify protocol over a NOTIFY_SOCKET this script provides, as systemd would: READY=1, WATCHDOG=1 pings
+#     (WATCHDOG_USEC=2 s), RELOADING=1 and READY=1 again after SIGHUP (then it still classifies), STOPPING=1.
 # Not covered (they need systemd itself): namespaces, PrivateDevices=, ProtectProc=, the cgroup's MemoryMax=.
 #
 # Usage: scripts/sandbox-smoke.sh [ZINFERD]   (default: target/release/zinferd, else target/debug/zinferd)
 # Needs root (to switch to the unprivileged user), python3, strace and systemd-analyze (apt-get installs the last
-# two if missing). Takes about 10 s. Exits non-zero on any failure.
+# two if missing). Takes about 5 s. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 ZINFERD="${1:-}"
 if [[ -z "$ZINFERD" ]]; then
-    for candidate in target/release/zinferd target/debug/zinferd; do
-        [[ -x "$candidate" ]] && { ZINFERD="$candidate"; break; }
-    done
+    # The most recently built of the usual places (fixed names: ls -t is fine).
+    # shellcheck disable=SC2012
+    ZINFERD="$(ls -t target/release/zinferd target/debug/zinferd target/pkg/release/zinferd 2>/dev/null | head -n 1 || true)"
 fi
 [[ -n "$ZINFERD" && -x "$ZINFERD" ]] || { echo "sandbox-smoke: no zinferd binary; build one or pass its path" >&2; exit 2; }
 ZINFERD="$(cd "$(dirname "$ZINFERD")" && pwd)/$(basename "$ZINFERD")"
@@ -45,9 +47,11 @@ WORK="$(mktemp -d)"
 chmod 755 "$WORK"
 DAEMON_PID=""
 STRACE_PID=""
+NOTIFY_PID=""
 cleanup() {
     if [[ -n "$DAEMON_PID" ]]; then kill -KILL "$DAEMON_PID" 2>/dev/null || true; fi
     if [[ -n "$STRACE_PID" ]]; then kill -KILL "$STRACE_PID" 2>/dev/null || true; fi
+    if [[ -n "$NOTIFY_PID" ]]; then kill -KILL "$NOTIFY_PID" 2>/dev/null || true; wait "$NOTIFY_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -76,31 +80,63 @@ print(f"sandbox-smoke: PR_SET_MDWE {'on' if mdwe else 'unavailable (kernel < 6.3
 os.execv(sys.argv[1], sys.argv[1:])
 EOF
 
+# A notification socket, as systemd provides one (NOTIFY_SOCKET, WATCHDOG_USEC): what the daemon sends is logged.
+cat > "$WORK/notify.py" <<'EOF'
+import os, socket, sys
+path, out = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+os.chmod(path, 0o666)
+with open(out, "a") as log:
+    while True:
+        log.write(s.recv(65536).decode(errors="replace").replace("\n", " ") + "\n")
+        log.flush()
+EOF
+: > "$WORK/notify.log"
+python3 "$WORK/notify.py" "$WORK/notify.sock" "$WORK/notify.log" &
+NOTIFY_PID=$!
+for _ in $(seq 1 50); do [[ -S "$WORK/notify.sock" ]] && break; sleep 0.1; done
+[[ -S "$WORK/notify.sock" ]] || fail "the notification socket did not appear"
+notices() { grep -c "$1" "$WORK/notify.log" || true; }
+wait_notice() {   # PATTERN COUNT SECONDS: until the socket received COUNT messages containing PATTERN
+    local deadline=$(( SECONDS + $3 ))
+    until (( $(notices "$1") >= $2 )); do
+        kill -0 "$STRACE_PID" 2>/dev/null || fail "zinferd exited while waiting for $1"
+        (( SECONDS < deadline )) || fail "no $1 (#$2) on the notification socket within $3 s"
+        sleep 0.1
+    done
+}
+
 echo "sandbox-smoke: starting $ZINFERD as nobody (HOME=/) on port $PORT under strace" >&2
-env -i PATH=/usr/bin:/bin HOME=/ RUST_LOG=info \
+env -i PATH=/usr/bin:/bin HOME=/ NOTIFY_SOCKET="$WORK/notify.sock" WATCHDOG_USEC=2000000 \
     strace -f -qq -o "$WORK/strace" \
     setpriv --reuid="$NOBODY_UID" --regid="$NOBODY_GID" --clear-groups --inh-caps=-all --no-new-privs \
     python3 "$WORK/mdwe.py" "$ZINFERD" --config "$WORK/zinferd.toml" > "$WORK/daemon.log" 2>&1 &
 STRACE_PID=$!
 
-# Ready when the pipeline is ready and the session is open; bounded wait.
-for _ in $(seq 1 300); do
-    grep -q "pipeline ready" "$WORK/daemon.log" 2>/dev/null && break
-    kill -0 "$STRACE_PID" 2>/dev/null || fail "zinferd exited during start-up"
-    sleep 0.1
-done
-grep -q "pipeline ready" "$WORK/daemon.log" || fail "zinferd not ready after 30 s"
+wait_notice READY=1 1 30
 DAEMON_PID="$(pgrep -P "$STRACE_PID" | head -n 1)"
 [[ -n "$DAEMON_PID" ]] || fail "cannot find the daemon's pid"
 [[ "$(awk '/^Uid:/ { print $2 }' "/proc/$DAEMON_PID/status")" == "$NOBODY_UID" ]] || fail "the daemon does not run as nobody"
 grep -m1 "PR_SET_MDWE" "$WORK/daemon.log" >&2 || true
 
-for text in "a gripping, beautifully acted film" "dull, lifeless and far too long"; do
-    out="$(timeout 20 "$ZINFERD" send --connect "tcp/127.0.0.1:$PORT" --key zinfer/in/text/sandbox --timeout-ms 10000 "$text")" \
-        || fail "no result for '$text'"
-    grep -q '"outcome": "ok"' <<<"$out" || fail "outcome not ok for '$text': $out"
-    echo "sandbox-smoke: '$text' -> $(sed -n 's/^  "label": "\(.*\)",/\1/p' <<<"$out")" >&2
-done
+classify() {
+    local text out
+    for text in "a gripping, beautifully acted film" "dull, lifeless and far too long"; do
+        out="$(timeout 20 "$ZINFERD" send --connect "tcp/127.0.0.1:$PORT" --key zinfer/in/text/sandbox --timeout-ms 10000 "$text")" \
+            || fail "no result for '$text'"
+        grep -q '"outcome": "ok"' <<<"$out" || fail "outcome not ok for '$text': $out"
+        echo "sandbox-smoke: '$text' -> $(sed -n 's/^  "label": "\(.*\)",/\1/p' <<<"$out")" >&2
+    done
+}
+classify
+wait_notice WATCHDOG=1 1 10
+
+# A reload (what `systemctl reload` sends): RELOADING=1, then READY=1 again, and the new generation serves.
+kill -HUP "$DAEMON_PID"
+wait_notice RELOADING=1 1 30
+wait_notice READY=1 2 60
+classify
 
 kill -TERM "$DAEMON_PID"
 for _ in $(seq 1 200); do kill -0 "$STRACE_PID" 2>/dev/null || break; sleep 0.1; done
@@ -108,6 +144,8 @@ kill -0 "$STRACE_PID" 2>/dev/null && fail "zinferd did not stop within 20 s of S
 wait "$STRACE_PID" || fail "zinferd exited non-zero after SIGTERM"
 DAEMON_PID=""; STRACE_PID=""
 grep -q "stopped cleanly" "$WORK/daemon.log" || fail "no clean stop in the log"
+wait_notice STOPPING=1 1 5
+echo "sandbox-smoke: notifications: $(notices READY=1) READY, $(notices WATCHDOG=1) WATCHDOG, $(notices RELOADING=1) RELOADING, $(notices STOPPING=1) STOPPING; last status: $(grep -o 'STATUS=[^=]*' "$WORK/notify.log" | tail -n 1)" >&2
 
 # The system calls made after the final execve (the daemon's own), against the unit's filter.
 awk -v bin="$ZINFERD" 'index($0, "execve(\"" bin "\"") && / = 0$/ { on = 1; next } on' "$WORK/strace" \
