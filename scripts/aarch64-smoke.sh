@@ -16,8 +16,8 @@
 # Usage: scripts/aarch64-smoke.sh [--aarch64-bin PATH] [--x86-bin PATH]
 #   --aarch64-bin  use this aarch64 zinferd instead of building one
 #                  (default: build into $CARGO_TARGET_DIR, default target/pkg, release, with nice -n 10)
-#   --x86-bin      the x86_64 zinferd to compare with (default: target/release/zinferd, else target/debug/zinferd,
-#                  else a release build into $CARGO_TARGET_DIR)
+#   --x86-bin      the x86_64 zinferd to compare with (default: the newest of target/release, target/debug and
+#                  $CARGO_TARGET_DIR/release, else a release build into $CARGO_TARGET_DIR)
 # Installs what is missing with apt-get (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user) and the Rust
 # target with rustup.
 #
@@ -109,9 +109,9 @@ phase_end
 
 phase_start "x86_64 build"
 if [[ -z "$X86_BIN" ]]; then
-    for candidate in target/release/zinferd target/debug/zinferd; do
-        [[ -x "$candidate" ]] && { X86_BIN="$ROOT/$candidate"; break; }
-    done
+    # The most recently built of the usual places (fixed names: ls -t is fine).
+    # shellcheck disable=SC2012
+    X86_BIN="$(ls -t target/release/zinferd target/debug/zinferd "$CARGO_TARGET_DIR/release/zinferd" 2>/dev/null | head -n 1 || true)"
 fi
 if [[ -z "$X86_BIN" ]]; then
     nice -n 10 cargo build --release --locked -p zinferd >&2
