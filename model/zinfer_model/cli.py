@@ -62,14 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     from .recipe import load_recipe
     from .steps import Run, run_step
 
-    try:
+    def steps() -> None:
         recipe = load_recipe(args.recipe, args.quick)
         run_dir = args.run_dir or (Path(__file__).resolve().parents[1] / "runs" /
                                    (recipe["name"] + ("-quick" if args.quick else "")))
         run = Run(recipe, run_dir, force=args.force, export_dir=args.export_dir, threads=args.threads)
-        steps = STEPS if args.step == "recipe" else [args.step]
-        for step in steps:
+        for step in (STEPS if args.step == "recipe" else [args.step]):
             run_step(run, step)
+
+    return run_guarded(steps)
+
+
+def run_guarded(work) -> int:
+    """Runs a recipe's steps; a missing package or Ctrl-C becomes a message and an exit code, not a traceback."""
+    try:
+        work()
     except MissingPackage as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

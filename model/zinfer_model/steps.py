@@ -650,7 +650,9 @@ STEP_FUNCS = {"teacher": step_teacher, "shrink": step_shrink, "vocab": step_voca
               "quantize": step_quantize, "evaluate": step_evaluate, "export-shipped": step_export_shipped}
 
 
-def run_step(run: Run, step: str) -> None:
+def run_step(run: Run, step: str, funcs: dict | None = None) -> None:
+    """Runs one step of `funcs` (default: the text recipe's steps), skipping it when complete unless forced."""
+    funcs = STEP_FUNCS if funcs is None else funcs
     if run.done(step) and not run.force:
         run.log(f"{step}: already complete in {run.dir / step} (use --force to redo it)")
         return
@@ -660,5 +662,5 @@ def run_step(run: Run, step: str) -> None:
         clear_checkpoints(run.dir / step)
     run.log(f"{step}: start{' (quick)' if run.quick else ''}")
     t0 = time.time()
-    STEP_FUNCS[step](run)
+    funcs[step](run)
     run.log(f"{step}: done in {time.time() - t0:.0f} s")

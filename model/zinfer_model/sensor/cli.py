@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ..data import MissingPackage
 
 STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   original   train the wider sensor transformer (d_model 128, 4 heads, FFN 256, 4 layers) with cross-entropy
@@ -49,16 +47,13 @@ def main(argv: list[str]) -> int:
     from .recipe import load_sensor_recipe
     from .steps import SensorRun, run_step
 
-    try:
+    from ..cli import run_guarded
+
+    def steps() -> None:
         recipe = load_sensor_recipe(args.recipe, args.quick)
         run_dir = args.run_dir or (MODEL_ROOT / "runs" / (recipe["name"] + ("-quick" if args.quick else "")))
         run = SensorRun(recipe, run_dir, force=args.force, export_dir=args.export_dir, threads=args.threads)
         for step in (STEPS if args.step == "recipe" else [args.step]):
             run_step(run, step)
-    except MissingPackage as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_guarded(steps)

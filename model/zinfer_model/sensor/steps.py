@@ -29,6 +29,7 @@ import torch
 from ..importance import global_keep, layer_keep, top_k
 from ..metrics import agreement, paired_bootstrap, summary
 from ..onnx_tools import quantize_int8, session
+from .. import steps as text_steps
 from ..steps import REPO_ROOT, Run
 from ..train import TrainSpec, clear_checkpoints, fit, kd_logits
 from . import data as sd
@@ -465,14 +466,4 @@ STEP_FUNCS = {"original": step_original, "student": step_student, "prune": step_
 
 
 def run_step(run: SensorRun, step: str) -> None:
-    if run.done(step) and not run.force:
-        run.log(f"{step}: already complete in {run.dir / step} (use --force to redo it)")
-        return
-    if run.force:
-        for name in ("metrics.json", "selection.json"):
-            (run.dir / step / name).unlink(missing_ok=True)
-        clear_checkpoints(run.dir / step)
-    run.log(f"{step}: start{' (quick)' if run.quick else ''}")
-    t0 = time.time()
-    STEP_FUNCS[step](run)
-    run.log(f"{step}: done in {time.time() - t0:.0f} s")
+    text_steps.run_step(run, step, STEP_FUNCS)

@@ -104,8 +104,7 @@ struct JsonSample {
 
 impl SensorDecoder {
     fn format_of(&self, encoding: &str) -> Result<Format, StageError> {
-        let media_type = encoding.split(';').next().unwrap_or_default().trim();
-        match media_type {
+        match super::media_type(encoding) {
             "" | "zenoh/bytes" => Ok(self.config.default_format),
             "application/octet-stream" => Ok(Format::F32le),
             "application/json" | "text/json" => Ok(Format::Json),
@@ -209,15 +208,7 @@ fn seconds_to_micros(seconds: f64) -> Result<i64, StageError> {
 impl Decoder for SensorDecoder {
     fn decode(&self, message: &RawMessage) -> Result<Request, StageError> {
         let payload = message.payload.as_slice();
-        if payload.is_empty() {
-            return Err(StageError::new(Reason::EmptyPayload, "the payload is empty"));
-        }
-        if payload.len() > self.config.max_bytes {
-            return Err(StageError::new(
-                Reason::PayloadTooLarge,
-                format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.config.max_bytes),
-            ));
-        }
+        super::check_size(payload, self.config.max_bytes)?;
         match self.format_of(&message.encoding)? {
             Format::F32le => self.packed(payload),
             Format::Json => self.json(payload),

@@ -70,9 +70,7 @@ impl TextDecoder {
     }
 
     fn format_of(&self, encoding: &str) -> Result<Format, StageError> {
-        // Encodings may carry a schema suffix (`text/plain;charset=utf-8`).
-        let media_type = encoding.split(';').next().unwrap_or_default().trim();
-        match media_type {
+        match super::media_type(encoding) {
             "" | "zenoh/bytes" | "application/octet-stream" => Ok(self.config.default_format),
             "text/plain" | "zenoh/string" => Ok(Format::Text),
             "application/json" | "text/json" => Ok(Format::Json),
@@ -108,15 +106,7 @@ enum JsonId {
 impl Decoder for TextDecoder {
     fn decode(&self, message: &RawMessage) -> Result<Request, StageError> {
         let payload = message.payload.as_slice();
-        if payload.is_empty() {
-            return Err(StageError::new(Reason::EmptyPayload, "the payload is empty"));
-        }
-        if payload.len() > self.config.max_bytes {
-            return Err(StageError::new(
-                Reason::PayloadTooLarge,
-                format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.config.max_bytes),
-            ));
-        }
+        super::check_size(payload, self.config.max_bytes)?;
         let (id, text, deadline_ms, sent_at_ms) = match self.format_of(&message.encoding)? {
             Format::Text => (None, utf8(payload)?.to_owned(), None, None),
             Format::Json => {
