@@ -14,6 +14,9 @@
 //!
 //! Options:
 //! - `hop`: samples between window starts (default: the manifest's `hop`).
+//! - `hop_ms`: instead of `hop`, a time between window ends: a window is cut when a sample's timestamp is at least
+//!   this much later than the previous window's last sample (streams without timestamps keep the sample hop).
+//!   For a stream whose rate drifts or that a publisher decimates; the toolkit evaluated sample hops.
 //! - `gap_tolerance_ms`: largest step between consecutive samples that is not a gap (default: 5 sample periods).
 //! - `on_gap` = `"reset"` (default) | `"pad"`.
 //! - `max_sources`: streams kept at once (default 1024); a new source beyond it evicts the least recently seen
@@ -47,6 +50,8 @@ pub enum GapPolicy {
 pub struct WindowConfig {
     /// Samples between window starts.
     pub hop: Option<usize>,
+    /// Milliseconds between window ends, for timestamped streams (instead of `hop`).
+    pub hop_ms: Option<f64>,
     /// Largest step between samples that is not a gap, in milliseconds.
     pub gap_tolerance_ms: Option<f64>,
     /// What a gap does.
@@ -72,7 +77,7 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
 #[derive(Debug)]
 pub struct WindowStage {
     spec: SensorSpec,
-    hop: usize,
+    hop: Hop,
     tolerance_us: i64,
     period_us: f64,
     on_gap: GapPolicy,
@@ -94,6 +99,8 @@ struct Stream {
     /// Windows cut so far.
     windows: u64,
     last_time: Option<i64>,
+    /// With `hop_ms`: the time from which the next window may end.
+    next_due_us: Option<i64>,
     /// When the stream was last used (for eviction).
     used: u64,
 }
@@ -109,11 +116,17 @@ struct Events {
 impl WindowStage {
     /// A stage cutting windows as `spec` says, with `config`'s options.
     pub fn new(spec: SensorSpec, config: &WindowConfig) -> Result<Self, BuildError> {
-        let hop = config.hop.unwrap_or(spec.hop);
+        let samples = config.hop.unwrap_or(spec.hop);
         let invalid = |key: &str, reason: &str| BuildError::Option { key: key.into(), reason: reason.into() };
-        if hop == 0 {
+        if samples == 0 {
             return Err(invalid("hop", "must be at least 1"));
         }
+        let hop = match config.hop_ms {
+            None => Hop::Samples(samples),
+            Some(_) if config.hop.is_some() => return Err(invalid("hop_ms", "give `hop` or `hop_ms`, not both")),
+            Some(ms) if ms.is_finite() && ms > 0.0 => Hop::Time { us: (ms * 1e3).round() as i64, samples },
+            Some(_) => return Err(invalid("hop_ms", "must be a positive number of milliseconds")),
+        };
         if config.max_sources == 0 {
             return Err(invalid("max_sources", "must be at least 1"));
         }
@@ -151,11 +164,20 @@ impl WindowStage {
     }
 }
 
+/// When windows are cut.
+#[derive(Debug, Clone, Copy)]
+enum Hop {
+    /// Every so many samples.
+    Samples(usize),
+    /// When a timestamp reaches the previous window's end plus `us`; `samples` for streams without timestamps.
+    Time { us: i64, samples: usize },
+}
+
 /// Appends one sample; returns a window if it completes one.
 fn push(
     stream: &mut Stream,
     spec: &SensorSpec,
-    hop: usize,
+    hop: Hop,
     source: &str,
     sample: &[f32],
     time: Option<i64>,
@@ -174,8 +196,21 @@ fn push(
     }
     stream.in_segment += 1;
     stream.position += 1;
-    let filled = stream.in_segment >= window as u64;
-    if !filled || !(stream.in_segment - window as u64).is_multiple_of(hop as u64) {
+    if stream.in_segment < window as u64 {
+        return None;
+    }
+    let by_samples = |samples: usize| (stream.in_segment - window as u64).is_multiple_of(samples as u64);
+    let due = match (hop, time) {
+        (Hop::Time { us, .. }, Some(time)) => {
+            let due = stream.next_due_us.is_none_or(|next| time >= next);
+            if due {
+                stream.next_due_us = Some(time + us);
+            }
+            due
+        }
+        (Hop::Time { samples, .. }, None) | (Hop::Samples(samples), _) => by_samples(samples),
+    };
+    if !due {
         return None;
     }
     let values: Vec<f32> = stream
@@ -211,6 +246,7 @@ fn reset(stream: &mut Stream) {
     stream.recent.clear();
     stream.recent_times.clear();
     stream.in_segment = 0;
+    stream.next_due_us = None;
 }
 
 impl Stage for WindowStage {
@@ -292,7 +328,7 @@ mod tests {
     }
 
     fn stage(on_gap: GapPolicy, max_sources: usize) -> WindowStage {
-        let config = WindowConfig { hop: None, gap_tolerance_ms: None, on_gap, max_sources };
+        let config = WindowConfig { hop: None, hop_ms: None, gap_tolerance_ms: None, on_gap, max_sources };
         WindowStage::new(spec(), &config).expect("valid")
     }
 
@@ -381,7 +417,13 @@ mod tests {
         assert_eq!(starts(&after), [3], "a fresh window of the 4 samples after the gap");
 
         // A shorter jump with a 15 ms tolerance (samples 0..3, then 4): one sample padded with the last reading.
-        let config = WindowConfig { hop: None, gap_tolerance_ms: Some(15.0), on_gap: GapPolicy::Pad, max_sources: 8 };
+        let config = WindowConfig {
+            hop: None,
+            hop_ms: None,
+            gap_tolerance_ms: Some(15.0),
+            on_gap: GapPolicy::Pad,
+            max_sources: 8,
+        };
         let mut padding = WindowStage::new(spec(), &config).expect("valid");
         run(&mut padding, frame("k", None, 0..3, true));
         let padded = run(&mut padding, frame("k", None, 4..5, true));
@@ -391,6 +433,25 @@ mod tests {
         let TensorData::F32(values) = &window.features[0].tensor.data else { panic!("f32") };
         // raw `a` of samples 0, 1, 2 and 2 again (held), normalised: (n - 1) / 2
         assert_eq!(values.iter().step_by(2).copied().collect::<Vec<_>>(), [-0.5, 0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn hop_ms_cuts_windows_by_time() {
+        // 10 ms samples, windows of 4, a window at most every 35 ms: ends at samples 3, 7 (70 ms ≥ 30 + 35), 11…
+        let config = WindowConfig {
+            hop: None,
+            hop_ms: Some(35.0),
+            gap_tolerance_ms: None,
+            on_gap: GapPolicy::Reset,
+            max_sources: 8,
+        };
+        let mut stage = WindowStage::new(spec(), &config).expect("valid");
+        let item = run(&mut stage, frame("k", None, 0..12, true));
+        assert_eq!(starts(&item), [0, 4, 8]);
+        // Without timestamps the sample hop (the manifest's, 2) applies.
+        assert_eq!(starts(&run(&mut stage, frame("untimed", None, 0..6, false))), [0, 2]);
+        let both = WindowConfig { hop: Some(2), ..config };
+        assert!(WindowStage::new(spec(), &both).is_err(), "hop and hop_ms exclude each other");
     }
 
     #[test]
