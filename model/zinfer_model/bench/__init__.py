@@ -114,6 +114,35 @@ def _loadavg() -> str:
         return "?"
 
 
+def measure_rows(rows: list[dict], settings: measure.Settings, threads: list[int], ort_version: str,
+                 raw_dir: Path | None, resume: bool) -> dict:
+    """Measures the harness's memory floor, then every row at every thread count, `settings.rounds` times
+    interleaved, into each row's `runs`; returns the floor. A row needs `name`, `path`, `sha256`, and `vocab_size`
+    when its inputs are token ids (None for float inputs)."""
+    _log(f"memory floor of the harness ({settings.floor_runs} process(es))")
+    floor = measure.measure_floor(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        floor["empty_session_peak_rss"] = measure.measure_empty_session(settings, Path(tmp))
+    _log(f"floor {floor['peak_rss'] / 2**20:.1f} MiB; with an empty session "
+         f"{floor['empty_session_peak_rss'] / 2**20:.1f} MiB")
+    jobs = [(k, measure.Job(r["name"], Path(r["path"]), t, r.get("vocab_size"),
+                            measure.job_key(r["sha256"], t, settings, ort_version, k)))
+            for k in range(settings.rounds) for r in rows for t in threads]
+    bar = _progress(len(jobs))
+    results: dict[tuple[str, int], list[dict]] = {}
+    try:
+        for k, job in jobs:
+            round_txt = f", round {k + 1}/{settings.rounds}" if settings.rounds > 1 else ""
+            bar.set_description(f"{job.name}, {job.threads} thr{round_txt}")
+            results.setdefault((job.name, job.threads), []).append(measure.run_job(job, settings, raw_dir, resume))
+            bar.update(1)
+    finally:
+        bar.close()
+    for (name, t), res in results.items():
+        next(r for r in rows if r["name"] == name)["runs"][str(t)] = measure.merge_rounds(res)
+    return floor
+
+
 def _progress(total: int):
     try:
         from tqdm import tqdm
@@ -210,28 +239,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_dir = out / "raw"
-    _log(f"memory floor of the harness ({settings.floor_runs} process(es))")
-    floor = measure.measure_floor(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        floor["empty_session_peak_rss"] = measure.measure_empty_session(settings, Path(tmp))
-    _log(f"floor {floor['peak_rss'] / 2**20:.1f} MiB; with an empty session "
-         f"{floor['empty_session_peak_rss'] / 2**20:.1f} MiB")
-    jobs = [(k, measure.Job(r["name"], Path(r["path"]), t, r["vocab_size"],
-                            measure.job_key(r["sha256"], t, settings, env["onnxruntime"], k)))
-            for k in range(settings.rounds) for r in rows for t in threads]
-    bar = _progress(len(jobs))
-    results: dict[tuple[str, int], list[dict]] = {}
-    try:
-        for k, job in jobs:
-            round_txt = f", round {k + 1}/{settings.rounds}" if settings.rounds > 1 else ""
-            bar.set_description(f"{job.name}, {job.threads} thr{round_txt}")
-            res = measure.run_job(job, settings, raw_dir, args.resume)
-            results.setdefault((job.name, job.threads), []).append(res)
-            bar.update(1)
-    finally:
-        bar.close()
-    for (name, t), res in results.items():
-        next(r for r in rows if r["name"] == name)["runs"][str(t)] = measure.merge_rounds(res)
+    floor = measure_rows(rows, settings, threads, env["onnxruntime"], raw_dir, args.resume)
 
     for r in rows:
         missing = [r_ for r_ in r["inputs"] if r_ not in ("input_ids", "attention_mask", "token_type_ids",

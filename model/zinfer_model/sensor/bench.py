@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..bench import _environment, _loadavg, _progress, load_models_json
+from ..bench import _environment, _loadavg, load_models_json, measure_rows
 from ..bench import measure, onnxinfo, report
 
 MODEL_ROOT = Path(__file__).resolve().parents[2]
@@ -144,28 +144,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
         settings.min_s = args.min_time
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     env = _environment()
-    floor = measure.measure_floor(settings)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        floor["empty_session_peak_rss"] = measure.measure_empty_session(settings, Path(tmp))
-    print(f"floor {floor['peak_rss'] / 2**20:.1f} MiB, with an empty session "
-          f"{floor['empty_session_peak_rss'] / 2**20:.1f} MiB", file=sys.stderr)
-    jobs = [(k, measure.Job(r["name"], Path(r["path"]), t, None,
-                            measure.job_key(r["sha256"], t, settings, env["onnxruntime"], k)))
-            for k in range(settings.rounds) for r in rows for t in settings.threads]
-    bar = _progress(len(jobs))
-    results: dict = {}
-    try:
-        for k, job in jobs:
-            bar.set_description(f"{job.name}, {job.threads} thr, round {k + 1}")
-            results.setdefault((job.name, job.threads), []).append(
-                measure.run_job(job, settings, Path(args.raw_dir), args.resume))
-            bar.update(1)
-    finally:
-        bar.close()
-    for (name, t), res in results.items():
-        next(r for r in rows if r["name"] == name)["runs"][str(t)] = measure.merge_rounds(res)
+    floor = measure_rows(rows, settings, list(settings.threads), env["onnxruntime"], Path(args.raw_dir),
+                         args.resume)
     for r in rows:
         report.finish_row(r, floor["peak_rss"])
         r["path"] = r.pop("file")
