@@ -318,8 +318,9 @@ async fn an_oversampled_stream_under_latest_wins_stays_bounded() {
     assert!(kinds.keys().all(|kind| kind == "ok/" || kind == "dropped/superseded"), "{kinds:?}");
     let after = status(&client, &prefix).await.process.expect("process").rss_bytes;
     let growth_mib = after.saturating_sub(before) as f64 / (1024.0 * 1024.0);
-    // Two queues of 32 each: the admission queue and the worker's earliest-deadline-first queue.
-    assert!(deepest <= 64, "the queues never exceed their capacity: {deepest}");
+    // Two queues of 32 each (the admission queue and the worker's earliest-deadline-first queue), plus at most one
+    // message in each hand-over: the ingress counts a message before queueing it, the worker before filing it.
+    assert!(deepest <= 2 * 32 + 2, "the queues never exceed their capacity: {deepest}");
     assert!(growth_mib < 24.0, "RSS grew {growth_mib:.1} MiB over {frames} frames");
     eprintln!("{frames} frames: {superseded} superseded, deepest queue {deepest}, RSS growth {growth_mib:.1} MiB");
     client.close().await;
