@@ -10,9 +10,9 @@ use prost::Message;
 use zenoh::bytes::Encoding;
 use zenoh::qos::CongestionControl;
 use zinfer_proto::{self as proto, outcome};
-use zinferd::client::{Client, decode_result};
+use zinferd::client::Client;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, repo_root, status};
+use crate::support::{Daemon, WAIT, base_config, collect_outcomes, free_port, repo_root, status};
 
 fn model_dir() -> PathBuf {
     repo_root().join("models/zinfer-watch-small")
@@ -81,25 +81,6 @@ async fn put(client: &Client, key: &str, payload: Vec<u8>, encoding: Encoding, i
         .expect("put");
 }
 
-/// Collects `count` outcomes from `results`, keyed by id (panics on a duplicate or a timeout).
-async fn collect(
-    results: &zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
-    count: usize,
-    daemon: &Daemon,
-) -> BTreeMap<String, proto::Result> {
-    let mut all = BTreeMap::new();
-    while all.len() < count {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} outcomes:\n{}", all.len(), daemon.log()))
-            .expect("sample");
-        let result = decode_result(&sample).expect("decode");
-        let id = result.id.clone();
-        assert!(all.insert(id.clone(), result).is_none(), "duplicate outcome for {id}");
-    }
-    all
-}
-
 /// Every window in `results` for `source`, by index.
 fn windows_of(results: &BTreeMap<String, proto::Result>, source: &str) -> Vec<proto::WindowResult> {
     let mut windows: Vec<_> =
@@ -157,7 +138,7 @@ async fn a_recording_published_sample_by_sample_gives_the_toolkits_windows() {
     // 10× real time: 600 samples at 50 Hz take 1.2 s.
     let count = recording.samples.len();
     replay(&client, "sensor/replay/watch", "r", &recording, 0..count, 10.0).await;
-    let outcomes = collect(&results, count, &daemon).await;
+    let outcomes = collect_outcomes(&results, count, &daemon).await;
     assert!(outcomes.values().all(|result| result.outcome == outcome::OK), "every sample is taken in");
     let windows = windows_of(&outcomes, "sensor/replay/watch");
     assert_matches_toolkit(&windows, &recording, "replay");
@@ -187,7 +168,7 @@ async fn two_interleaved_sources_keep_separate_state() {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let outcomes = collect(&results, 2 * count, &daemon).await;
+    let outcomes = collect_outcomes(&results, 2 * count, &daemon).await;
     let left = windows_of(&outcomes, "sensor/pair/left");
     let right = windows_of(&outcomes, "sensor/pair/right");
     assert_matches_toolkit(&left, &first_windows(&a, count), "left");
@@ -248,7 +229,7 @@ async fn every_bad_frame_gets_its_error_outcome_and_the_stream_carries_on() {
         put(&client, key, payload.clone(), encoding.clone(), id.clone()).await;
         bad_sent.insert(id, reason);
     }
-    let outcomes = collect(&results, count + bad_sent.len(), &daemon).await;
+    let outcomes = collect_outcomes(&results, count + bad_sent.len(), &daemon).await;
     for (id, reason) in &bad_sent {
         let result = &outcomes[id];
         assert_eq!((result.outcome.as_str(), result.reason.as_str()), (outcome::ERROR, *reason), "{result:?}");
@@ -282,34 +263,27 @@ async fn an_oversampled_stream_under_latest_wins_stays_bounded() {
     let before = status(&client, &prefix).await.process.expect("process").rss_bytes;
     let frames = 10_000;
     // Results are consumed while the flood goes on: a full subscriber channel would stall the client's session.
-    let collector = tokio::spawn(async move {
-        let mut all = BTreeMap::new();
-        while all.len() < frames {
-            let Ok(Ok(sample)) = tokio::time::timeout(WAIT, results.recv_async()).await else { break };
-            let result = decode_result(&sample).expect("decode");
-            assert!(all.insert(result.id.clone(), result).is_none(), "duplicate outcome");
-        }
-        all
-    });
-
+    let collecting = collect_outcomes(&results, frames, &daemon);
     // 10 000 frames of 8 samples as fast as zenoh takes them: far above the rate the stream is meant to run at.
-    let period = 1.0 / recording.sample_rate_hz;
-    let mut deepest = 0;
-    for frame in 0..frames {
-        let batch: Vec<_> = (0..8)
-            .map(|step| {
-                let index = frame * 8 + step;
-                serde_json::json!({ "t": index as f64 * period, "values": recording.samples[index % recording.samples.len()] })
-            })
-            .collect();
-        let payload = serde_json::to_vec(&batch).expect("json");
-        put(&client, "sensor/flood/watch", payload, Encoding::APPLICATION_JSON, format!("f-{frame}")).await;
-        if frame % 2_000 == 0 {
-            deepest = deepest.max(status(&client, &prefix).await.pipelines[0].queue_depth);
+    let flooding = async {
+        let period = 1.0 / recording.sample_rate_hz;
+        let mut deepest = 0;
+        for frame in 0..frames {
+            let batch: Vec<_> = (0..8)
+                .map(|step| {
+                    let index = frame * 8 + step;
+                    serde_json::json!({ "t": index as f64 * period, "values": recording.samples[index % recording.samples.len()] })
+                })
+                .collect();
+            let payload = serde_json::to_vec(&batch).expect("json");
+            put(&client, "sensor/flood/watch", payload, Encoding::APPLICATION_JSON, format!("f-{frame}")).await;
+            if frame % 2_000 == 0 {
+                deepest = deepest.max(status(&client, &prefix).await.pipelines[0].queue_depth);
+            }
         }
-    }
-    let outcomes = collector.await.expect("collector");
-    assert_eq!(outcomes.len(), frames, "every frame gets an outcome:\n{}", daemon.log());
+        deepest
+    };
+    let (outcomes, deepest) = tokio::join!(collecting, flooding);
     let superseded = outcomes.values().filter(|result| result.reason == "superseded").count();
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for result in outcomes.values() {

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use zinfer_proto::{self as proto, outcome};
 use zinferd::client::{Client, RequestFormat, decode_result};
 
-use crate::support::{Daemon, WAIT, base_config, fixture_manifest, free_port, repo_root, status, text_pipeline};
+use crate::support::{
+    Daemon, WAIT, base_config, collect_outcomes, fixture_manifest, free_port, repo_root, status, text_pipeline,
+};
 
 /// The service manager's end of the notify protocol: every datagram the daemon sends, in order.
 struct NotifySocket {
@@ -227,22 +229,17 @@ async fn sighup_with_a_good_config_swaps_pipelines_without_losing_or_duplicating
     std::fs::write(daemon.config_path(), &new).expect("rewrite the config");
     daemon.signal("HUP");
 
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let first = collect_outcomes(&results, MESSAGES, &daemon).await;
     let (mut old_results, mut new_results) = (0, 0);
-    while outcomes.len() < MESSAGES {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", outcomes.len(), daemon.log()))
-            .expect("sample");
-        let result = decode_result(&sample).expect("decode");
+    for result in first.values() {
         assert_eq!(result.outcome, outcome::OK, "{result:?}");
         match result.top_k.len() {
             2 => old_results += 1,
             1 => new_results += 1,
             other => panic!("unexpected top_k length {other}: {result:?}"),
         }
-        *outcomes.entry(result.id).or_default() += 1;
     }
+    let mut outcomes: BTreeMap<String, usize> = first.into_keys().map(|id| (id, 1)).collect();
     publisher.await.expect("publisher");
     // Late duplicates would arrive after the last first outcome: give them a moment to show up.
     while let Ok(Ok(sample)) = tokio::time::timeout(Duration::from_millis(500), results.recv_async()).await {
@@ -347,16 +344,11 @@ async fn sigterm_past_the_drain_timeout_answers_the_rest_dropped_shutdown() {
     crate::support::wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
     daemon.terminate();
 
-    let mut seen = BTreeMap::new();
-    while seen.len() < MESSAGES {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", seen.len(), daemon.log()))
-            .expect("sample");
-        let result = decode_result(&sample).expect("decode");
-        let kind = format!("{}/{}", result.outcome, result.reason);
-        assert!(seen.insert(result.id.clone(), kind).is_none(), "duplicate outcome for {}", result.id);
-    }
+    let seen: BTreeMap<String, String> = collect_outcomes(&results, MESSAGES, &daemon)
+        .await
+        .into_iter()
+        .map(|(id, result)| (id, format!("{}/{}", result.outcome, result.reason)))
+        .collect();
     let dropped = seen.values().filter(|kind| *kind == "dropped/shutdown").count();
     assert!(dropped > 0, "a 1 ms drain timeout must leave messages to drop: {seen:?}");
     assert!(seen.values().all(|kind| kind == "ok/" || kind == "dropped/shutdown"), "{seen:?}");

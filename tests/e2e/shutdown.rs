@@ -1,11 +1,8 @@
 //! SIGTERM drains: nothing accepted is lost, and the exit is clean.
 
-use std::collections::BTreeSet;
-
 use zinfer_proto::outcome;
-use zinferd::client::decode_result;
 
-use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
+use crate::support::{TextDaemon, collect_outcomes, start_text, wait_for_stats};
 
 const MESSAGES: usize = 200;
 
@@ -35,15 +32,8 @@ async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
     assert!(in_flight > 0, "the test needs messages in flight at SIGTERM: {accepted:?}");
     daemon.terminate();
 
-    let mut ids = BTreeSet::new();
-    while ids.len() < MESSAGES {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes after SIGTERM:\n{}", ids.len(), daemon.log()))
-            .expect("sample");
-        let result = decode_result(&sample).expect("decode");
+    for result in collect_outcomes(&results, MESSAGES, &daemon).await.values() {
         assert_eq!(result.outcome, outcome::OK, "in-flight messages finish normally: {result:?}");
-        assert!(ids.insert(result.id.clone()), "duplicate outcome for {}", result.id);
     }
     let status = daemon.wait_exit();
     assert!(status.success(), "exit status {status}:\n{}", daemon.log());
@@ -58,21 +48,14 @@ async fn a_full_queue_drops_with_an_outcome_and_the_books_balance() {
     let results = client.session().declare_subscriber("out/in/full/**").await.expect("subscribe");
 
     burst(&client, "in/full/x").await;
-    let mut ids = BTreeSet::new();
     let mut dropped = 0;
-    while ids.len() < MESSAGES {
-        let sample = tokio::time::timeout(WAIT, results.recv_async())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} outcomes:\n{}", ids.len(), daemon.log()))
-            .expect("sample");
-        let result = decode_result(&sample).expect("decode");
+    for result in collect_outcomes(&results, MESSAGES, &daemon).await.values() {
         if result.outcome == outcome::DROPPED {
             assert_eq!(result.reason, "queue_full", "{result:?}");
             dropped += 1;
         } else {
             assert_eq!(result.outcome, outcome::OK, "{result:?}");
         }
-        assert!(ids.insert(result.id.clone()), "duplicate outcome for {}", result.id);
     }
     assert!(dropped > 0, "a 2-deep queue under a burst of {MESSAGES} must drop some");
     let snapshot = wait_for_stats(&client, &prefix, "books balance", |stats| stats.in_flight == 0).await;

@@ -2,6 +2,7 @@
 //!
 //! Every wait is bounded; nothing sleeps to synchronise except bounded polling of a condition.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -192,6 +193,25 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// The results subscriber the tests declare.
+pub type Results = zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
+
+/// Collects `count` outcomes from `results`, keyed by id: panics on a duplicate, or when the next one takes longer
+/// than [`WAIT`] (with the daemon's log).
+pub async fn collect_outcomes(results: &Results, count: usize, daemon: &Daemon) -> BTreeMap<String, proto::Result> {
+    let mut all = BTreeMap::new();
+    while all.len() < count {
+        let sample = tokio::time::timeout(WAIT, results.recv_async())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} outcomes:\n{}", all.len(), daemon.log()))
+            .expect("sample");
+        let result = zinferd::client::decode_result(&sample).expect("decode");
+        let id = result.id.clone();
+        assert!(all.insert(id.clone(), result).is_none(), "duplicate outcome for {id}");
+    }
+    all
 }
 
 /// Asks the daemon's status queryable for a telemetry snapshot.

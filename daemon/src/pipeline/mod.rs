@@ -93,12 +93,10 @@ impl Prepared {
 }
 
 /// What the model runs on for an item: its features once, or each of its windows.
-fn model_inputs(item: &Item) -> Box<dyn Iterator<Item = &[NamedTensor]> + '_> {
-    if item.windowed {
-        Box::new(item.windows.iter().map(|window| window.features.as_slice()))
-    } else {
-        Box::new(std::iter::once(item.features.as_slice()))
-    }
+fn model_inputs(item: &Item) -> impl Iterator<Item = &[NamedTensor]> {
+    let windows = item.windowed.then_some(&item.windows).into_iter().flatten();
+    let features = (!item.windowed).then_some(item.features.as_slice());
+    windows.map(|window| window.features.as_slice()).chain(features)
 }
 
 impl Pipeline {

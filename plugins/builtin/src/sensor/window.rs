@@ -81,8 +81,15 @@ pub struct WindowStage {
     tolerance_us: i64,
     period_us: f64,
     on_gap: GapPolicy,
-    max_sources: usize,
-    streams: HashMap<String, Stream>,
+    streams: Streams,
+}
+
+/// Every source's stream, at most `max` of them.
+#[derive(Debug)]
+struct Streams {
+    by_source: HashMap<String, Stream>,
+    max: usize,
+    /// Counts lookups, to find the least recently used stream.
     clock: u64,
 }
 
@@ -141,24 +148,24 @@ impl WindowStage {
             tolerance_us: (tolerance_ms * 1e3).round() as i64,
             period_us,
             on_gap: config.on_gap,
-            max_sources: config.max_sources,
-            streams: HashMap::new(),
-            clock: 0,
+            streams: Streams { by_source: HashMap::new(), max: config.max_sources, clock: 0 },
         })
     }
+}
 
+impl Streams {
     /// The stream of `source`, created (and the least recently used one evicted) as needed; whether one was evicted.
-    fn stream(&mut self, source: &str) -> (&mut Stream, bool) {
+    fn get(&mut self, source: &str) -> (&mut Stream, bool) {
         self.clock += 1;
         let mut evicted = false;
-        if !self.streams.contains_key(source) && self.streams.len() >= self.max_sources {
-            let oldest = self.streams.iter().min_by_key(|(_, stream)| stream.used).map(|(name, _)| name.clone());
+        if !self.by_source.contains_key(source) && self.by_source.len() >= self.max {
+            let oldest = self.by_source.iter().min_by_key(|(_, stream)| stream.used).map(|(name, _)| name.clone());
             if let Some(oldest) = oldest {
-                self.streams.remove(&oldest);
+                self.by_source.remove(&oldest);
                 evicted = true;
             }
         }
-        let stream = self.streams.entry(source.to_owned()).or_default();
+        let stream = self.by_source.entry(source.to_owned()).or_default();
         stream.used = self.clock;
         (stream, evicted)
     }
@@ -265,8 +272,8 @@ impl Stage for WindowStage {
         }
         let source = samples.source.clone().unwrap_or_else(|| item.key.clone());
         let (spec, hop, tolerance, period, on_gap) =
-            (self.spec.clone(), self.hop, self.tolerance_us, self.period_us, self.on_gap);
-        let (stream, evicted) = self.stream(&source);
+            (&self.spec, self.hop, self.tolerance_us, self.period_us, self.on_gap);
+        let (stream, evicted) = self.streams.get(&source);
         let mut events = Events::default();
         let mut windows = Vec::new();
         for (index, sample) in samples.values.chunks_exact(channels).enumerate() {
@@ -282,7 +289,7 @@ impl Stage for WindowStage {
                     if on_gap == GapPolicy::Pad && missing < spec.window as u64 && held.len() == channels {
                         for step in 1..=missing {
                             let filled = last + (step as f64 * period).round() as i64;
-                            windows.extend(push(stream, &spec, hop, &source, &held, Some(filled)));
+                            windows.extend(push(stream, spec, hop, &source, &held, Some(filled)));
                         }
                         events.padded += missing;
                     } else {
@@ -291,7 +298,7 @@ impl Stage for WindowStage {
                     }
                 }
             }
-            windows.extend(push(stream, &spec, hop, &source, sample, time));
+            windows.extend(push(stream, spec, hop, &source, sample, time));
         }
         item.windowed = true;
         item.count("windows", windows.len() as u64);
@@ -462,6 +469,6 @@ mod tests {
         run(&mut stage, frame("a", None, 3..4, false));
         let c = run(&mut stage, frame("c", None, 0..1, false));
         assert!(c.counters.contains(&("sources_evicted", 1)));
-        assert!(stage.streams.contains_key("a") && !stage.streams.contains_key("b"));
+        assert!(stage.streams.by_source.contains_key("a") && !stage.streams.by_source.contains_key("b"));
     }
 }
