@@ -55,6 +55,8 @@ pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outco
         let result = outcome.to_result(&route.name, &route.model);
         let (bytes, encoding) = encode(&result, route.encoding);
         let key = keys::result(&route.output_prefix, &outcome.key);
+        // Counted before the put, so a client that has seen a result finds it in the next status reply.
+        route.metrics.record_outcome(&outcome, &result);
         let put = session
             .put(&key, bytes)
             .encoding(encoding)
@@ -65,14 +67,10 @@ pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outco
             .priority(priority(route.priority))
             .attachment(outcome.id.clone().into_bytes())
             .await;
-        let published = match put {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::error!(pipeline = %route.name, id = %outcome.id, %key, %error, "publishing a result failed");
-                false
-            }
-        };
-        route.metrics.record_outcome(&outcome, &result, published);
+        if let Err(error) = put {
+            tracing::error!(pipeline = %route.name, id = %outcome.id, %key, %error, "publishing a result failed");
+            route.metrics.record_publish_failure();
+        }
     }
 }
 

@@ -115,11 +115,13 @@ impl PipelineMetrics {
         }
     }
 
-    /// An outcome left the daemon as `result`; `published` is false if zenoh refused it.
-    pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result, published: bool) {
-        if !published {
-            self.publish_failures.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Zenoh refused to publish a result that `record_outcome` already counted.
+    pub fn record_publish_failure(&self) {
+        self.publish_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An outcome is about to leave the daemon as `result`.
+    pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result) {
         let ok = matches!(outcome.verdict, Verdict::Classified(_) | Verdict::Windowed(_));
         if result.deadline_met == Some(false) && ok {
             self.deadline_missed.fetch_add(1, Ordering::Relaxed);
