@@ -1,6 +1,7 @@
 //! zinferd as a systemd service: the notify protocol (readiness, watchdog, status, stopping) against a socket the
 //! test owns, exactly as systemd would provide it (`NOTIFY_SOCKET`, `WATCHDOG_USEC`); a wedged worker stopping the
-//! pings; SIGHUP reloads that swap without loss or keep the old pipeline on failure; the drain timeout.
+//! pings; SIGHUP reloads that swap without loss or keep the old pipeline on failure, and that keep the watchdog fed
+//! while a slow model loads; the drain timeout.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
@@ -15,11 +16,12 @@ use crate::support::{
     Daemon, WAIT, base_config, collect_outcomes, fixture_manifest, free_port, repo_root, status, text_pipeline,
 };
 
-/// The service manager's end of the notify protocol: every datagram the daemon sends, in order.
+/// The service manager's end of the notify protocol: every datagram the daemon sends, in order, with the time it
+/// arrived (empty strings are read timeouts that keep the reader polling).
 struct NotifySocket {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    messages: Receiver<String>,
+    messages: Receiver<(Instant, String)>,
 }
 
 impl NotifySocket {
@@ -35,12 +37,13 @@ impl NotifySocket {
             loop {
                 match socket.recv(&mut buffer) {
                     Ok(length) => {
-                        if sender.send(String::from_utf8_lossy(&buffer[..length]).into_owned()).is_err() {
+                        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                        if sender.send((Instant::now(), message)).is_err() {
                             return;
                         }
                     }
                     Err(_) => {
-                        if sender.send(String::new()).is_err() {
+                        if sender.send((Instant::now(), String::new())).is_err() {
                             return;
                         }
                     }
@@ -56,11 +59,22 @@ impl NotifySocket {
 
     /// The next datagram that satisfies `wanted`, within `within`.
     fn wait_for(&self, what: &str, within: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        self.wait_for_stamped(what, within, |_, message| wanted(message)).1
+    }
+
+    /// The next datagram that satisfies `wanted`, within `within`, and when it arrived; `wanted` sees every
+    /// datagram before it too.
+    fn wait_for_stamped(
+        &self,
+        what: &str,
+        within: Duration,
+        mut wanted: impl FnMut(Instant, &str) -> bool,
+    ) -> (Instant, String) {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.messages.recv_timeout(left) {
-                Ok(message) if !message.is_empty() && wanted(&message) => return message,
+                Ok((at, message)) if !message.is_empty() && wanted(at, &message) => return (at, message),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => panic!("no notification {what} within {within:?}"),
                 Err(RecvTimeoutError::Disconnected) => panic!("the notify socket reader stopped"),
@@ -74,7 +88,7 @@ impl NotifySocket {
         let mut all = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.messages.recv_timeout(left) {
-                Ok(message) if !message.is_empty() => all.push(message),
+                Ok((_, message)) if !message.is_empty() => all.push(message),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -123,10 +137,15 @@ async fn readiness_watchdog_pings_status_and_stopping_reach_the_notify_socket() 
 
 /// A pipeline on the stall model (tests/fixtures/stall), whose run never ends for a real message.
 fn stall_pipeline(name: &str, run_timeout_ms: u64) -> String {
-    let manifest = repo_root().join("tests/fixtures/stall/manifest.toml");
+    spin_pipeline("stall", name, "", run_timeout_ms)
+}
+
+/// A pipeline on one of the models of scripts/fixture/make_stall_model.py that spin ONNX Runtime on purpose.
+fn spin_pipeline(fixture: &str, name: &str, pipeline_keys: &str, run_timeout_ms: u64) -> String {
+    let manifest = repo_root().join(format!("tests/fixtures/{fixture}/manifest.toml"));
     format!(
         "[[pipeline]]\nname = \"{name}\"\ninput = \"in/{name}/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
-         [pipeline.decode]\ntype = \"text\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n\
+         {pipeline_keys}\n[pipeline.decode]\ntype = \"text\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n\
          [[pipeline.postprocess]]\ntype = \"classify\"\n[pipeline.session]\nrun_timeout_ms = {run_timeout_ms}\n\n",
         manifest.display()
     )
@@ -187,6 +206,56 @@ async fn the_run_timeout_unwedges_the_worker_and_the_pings_resume() {
     assert_eq!((result.outcome.as_str(), result.reason.as_str()), (outcome::ERROR, "inference_timeout"));
     let ping = notify.wait_for("a ping after recovery", WAIT, is_ping);
     assert!(!ping.contains("STALLED"), "{ping}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_coming() {
+    const PERIOD: Duration = Duration::from_secs(2);
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/slowload/{port}");
+    let good = base_config(port, &prefix) + &text_pipeline("serving", "in/serving/**", "", "", "");
+    let daemon = Daemon::start_with_env(&good, port, &notify.env(PERIOD));
+    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/serving/x", WAIT).await.expect("subscribed");
+
+    // The slow fixture's warm-up at 24 x 128 spins its loop 3.1 million times: seconds, longer than the period.
+    let slower = good.clone() + &spin_pipeline("slow", "loaded", "max_batch = 24", 120_000);
+    std::fs::write(daemon.config_path(), slower).expect("write");
+    daemon.signal("HUP");
+    let (reloading, _) = notify.wait_for_stamped("RELOADING=1", WAIT, |_, message| message.contains("RELOADING=1"));
+    // The old generation serves while the new one loads.
+    let served = classify(&client, "in/serving/x", "during-the-reload").await;
+    let answered = Instant::now();
+    assert_eq!(served.outcome, outcome::OK, "{served:?}");
+
+    let mut pings = Vec::new();
+    let (ready, ready_message) = notify.wait_for_stamped("READY=1 after the reload", WAIT, |at, message| {
+        if is_ping(message) {
+            pings.push((at, message.to_owned()));
+        }
+        message.contains("READY=1")
+    });
+    let took = ready - reloading;
+    assert!(
+        ready_message.contains("generation 2") && !ready_message.contains("FAILED"),
+        "{ready_message}\n{}",
+        daemon.log()
+    );
+    assert!(took > PERIOD, "the reload took {took:?}: too fast to test anything; raise max_batch");
+    assert!(answered < ready, "answered {:?} after the reload ended", answered - ready);
+    let mut beats: Vec<Instant> = vec![reloading];
+    beats.extend(pings.iter().map(|(at, _)| *at));
+    beats.push(ready);
+    let longest = beats.windows(2).map(|pair| pair[1] - pair[0]).max().expect("two beats");
+    assert!(longest < PERIOD, "{longest:?} without a ping during a {took:?} reload: {pings:?}");
+    assert!(pings.iter().all(|(_, message)| message.contains("reloading: loading models")), "{pings:?}");
+    eprintln!("reload took {took:?}: {} pings, longest gap {longest:?}", pings.len());
+
+    let service = status(&client, &prefix).await.service.expect("service state");
+    assert_eq!((service.generation, service.reloads_ok, service.reloads_failed), (2, 1, 0), "{service:?}");
     client.close().await;
 }
 

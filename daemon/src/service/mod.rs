@@ -11,6 +11,8 @@
 //! - **Health**: every pipeline worker beats at least every [`HEARTBEAT`](crate::pipeline::worker::HEARTBEAT)
 //!   while it turns; one that has not beaten for half the watchdog period (or 10 s without a watchdog) is stalled.
 //!   The watchdog is pinged only while no worker is stalled, so a wedged model run gets the service restarted.
+//!   The health check goes on while a reload loads its models, which can take longer than the watchdog period
+//!   (a TensorRT engine build takes minutes): the running generation is serving meanwhile and is what it checks.
 //! - **Shutdown**: no new messages; every generation's in-flight messages finish and their outcomes are published
 //!   within `daemon.drain_timeout_ms`, after which the rest are answered `dropped: shutdown`.
 //!
@@ -78,7 +80,9 @@ pub async fn serve(
     telemetry.set_generation(current.number, current.metrics(), &current.config.sources);
     let reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
     let sampler = memory::spawn_sampler(Arc::clone(&governor), current.config.memory.sample_interval);
+    let health = Health::for_watchdog(notifier.watchdog());
     let mut service = Service {
+        health,
         session,
         ids,
         governor,
@@ -92,10 +96,7 @@ pub async fn serve(
     let status = service.status_line(&current, &[]);
     service.notifier.ready(&status);
 
-    let watchdog = service.notifier.watchdog();
-    let stall_after = watchdog.map_or(STALL_WITHOUT_WATCHDOG, |period| period / 2);
-    let tick = watchdog.map_or(Duration::from_secs(1), |period| (period / 3).min(Duration::from_secs(1)));
-    let mut ticker = tokio::time::interval(tick);
+    let mut ticker = tokio::time::interval(service.health.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -103,7 +104,7 @@ pub async fn serve(
                 Some(Control::Reload) => current = service.reload(current, registry, &loader).await,
                 Some(Control::Shutdown) | None => break,
             },
-            _ = ticker.tick() => service.check_health(&current, stall_after),
+            _ = ticker.tick() => service.check_health(&current),
         }
     }
 
@@ -149,6 +150,7 @@ struct Progress {
 
 /// What lives across generations.
 struct Service {
+    health: Health,
     session: zenoh::Session,
     ids: Arc<IdGenerator>,
     governor: Arc<Governor>,
@@ -194,7 +196,8 @@ impl Service {
             tracing::warn!(key, "this setting changed but takes effect only at a restart; the old value stays");
         }
         // Loading models is seconds of CPU: keep it off the reactor threads that publish results meanwhile.
-        let pipelines = blocking(|| build_pipelines(&config, registry)).map_err(|error| error.to_string())?;
+        let pipelines = blocking(|| self.checking_health(current, || build_pipelines(&config, registry)))
+            .map_err(|error| error.to_string())?;
         // Measured with both generations loaded: that is what the process holds until the old one finishes.
         check_memory(&config, &pipelines).map_err(|error| {
             format!("{error} (during a reload both configurations' models are loaded; restart instead)")
@@ -249,25 +252,38 @@ impl Service {
     }
 
     /// Pings the watchdog if every worker made progress lately, and refreshes the status line.
-    fn check_health(&mut self, current: &Generation, stall_after: Duration) {
+    fn check_health(&mut self, current: &Generation) {
         self.retiring.retain(|generation| !generation.is_finished());
-        let stalled: Vec<(String, Duration)> = current
-            .metrics()
-            .iter()
-            .map(|metrics| (metrics.name().to_owned(), metrics.since_beat()))
-            .filter(|(_, silent)| *silent > stall_after)
-            .collect();
-        let names: Vec<String> = stalled.iter().map(|(name, _)| name.clone()).collect();
-        let was_stalled = self.telemetry.set_stalled(names);
+        let stalled = self.health.stalled(current);
         let status = self.status_line(current, &stalled);
-        if stalled.is_empty() {
-            self.notifier.ping(&status);
-        } else {
-            if !was_stalled {
-                tracing::error!(pipelines = ?stalled, "pipeline worker(s) stalled: no progress; watchdog pings stop");
-            }
-            self.notifier.status(&status);
-        }
+        self.health.report(&stalled, &status, &self.notifier, &self.telemetry);
+    }
+
+    /// Runs `work` on this thread while a second one goes on checking `current`'s health every tick, with a
+    /// status line that says a reload is loading.
+    fn checking_health<T>(&self, current: &Generation, work: impl FnOnce() -> T) -> T {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let (health, notifier, telemetry) = (self.health, &self.notifier, &self.telemetry);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let started = Instant::now();
+                while finished.recv_timeout(health.tick) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    let stalled = health.stalled(current);
+                    let mut status = format!(
+                        "generation {} serving; reloading: loading models for {:.0} s",
+                        current.number,
+                        started.elapsed().as_secs_f64()
+                    );
+                    for (name, silent) in &stalled {
+                        status.push_str(&stalled_note(name, *silent));
+                    }
+                    health.report(&stalled, &status, notifier, telemetry);
+                }
+            });
+            let result = work();
+            drop(done);
+            result
+        })
     }
 
     /// One line for `systemctl status`: throughput, queues, memory, and anything wrong.
@@ -296,13 +312,58 @@ impl Service {
             metrics.len()
         );
         for (name, silent) in stalled {
-            line.push_str(&format!("; STALLED: pipeline `{name}` no progress for {:.1} s", silent.as_secs_f64()));
+            line.push_str(&stalled_note(name, *silent));
         }
         if let Some(error) = self.telemetry.last_reload_error() {
             line.push_str(&format!("; last reload FAILED: {error}"));
         }
         line
     }
+}
+
+/// When a worker counts as stalled, and how often health is checked.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    stall_after: Duration,
+    tick: Duration,
+}
+
+impl Health {
+    /// Stalled after half the watchdog period; checked three times per period (at least every second), so a ping
+    /// that is due is never more than a third of the period late.
+    fn for_watchdog(watchdog: Option<Duration>) -> Self {
+        Self {
+            stall_after: watchdog.map_or(STALL_WITHOUT_WATCHDOG, |period| period / 2),
+            tick: watchdog.map_or(Duration::from_secs(1), |period| (period / 3).min(Duration::from_secs(1))),
+        }
+    }
+
+    /// The pipelines of `current` whose worker has been silent too long, and for how long.
+    fn stalled(&self, current: &Generation) -> Vec<(String, Duration)> {
+        current
+            .metrics()
+            .iter()
+            .map(|metrics| (metrics.name().to_owned(), metrics.since_beat()))
+            .filter(|(_, silent)| *silent > self.stall_after)
+            .collect()
+    }
+
+    /// Pings the watchdog with `status` if nothing is stalled; otherwise only updates the status, and says so once.
+    fn report(&self, stalled: &[(String, Duration)], status: &str, notifier: &Notifier, telemetry: &Telemetry) {
+        let was_stalled = telemetry.set_stalled(stalled.iter().map(|(name, _)| name.clone()).collect());
+        if stalled.is_empty() {
+            notifier.ping(status);
+        } else {
+            if !was_stalled {
+                tracing::error!(pipelines = ?stalled, "pipeline worker(s) stalled: no progress; watchdog pings stop");
+            }
+            notifier.status(status);
+        }
+    }
+}
+
+fn stalled_note(name: &str, silent: Duration) -> String {
+    format!("; STALLED: pipeline `{name}` no progress for {:.1} s", silent.as_secs_f64())
 }
 
 /// The settings a reload cannot change, by key, where `next` differs from `current`.
