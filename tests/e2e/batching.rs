@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 
 use zinfer_proto::outcome;
-use zinferd::client::decode_result;
 
-use crate::support::{TextDaemon, WAIT, golden, start_text, wait_for_stats};
+use crate::support::{TextDaemon, golden, next_result, start_text, wait_for_stats};
 
 /// Batching and padding change the int8 model's dynamic activation scales a little; labels must not change.
 const TOLERANCE: f64 = 0.05;
@@ -32,8 +31,7 @@ async fn a_backlog_runs_in_batches_with_unchanged_labels() {
     let total = rounds * golden.cases.len();
     let mut sizes = BTreeMap::new();
     for _ in 0..total {
-        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-        let result = decode_result(&sample).expect("decode");
+        let result = next_result(&results).await;
         assert_eq!(result.outcome, outcome::OK, "{result:?}");
         let index: usize = result.id.split('-').nth(1).and_then(|index| index.parse().ok()).expect("id round-index");
         let case = &golden.cases[index];

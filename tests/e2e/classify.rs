@@ -3,7 +3,7 @@
 use zinfer_proto::outcome;
 use zinferd::client::RequestFormat;
 
-use crate::support::{TextDaemon, WAIT, golden, start_text};
+use crate::support::{TextDaemon, WAIT, golden, next_result, next_sample, start_text};
 
 /// Softmax probabilities agree to this much: same model and ORT version, float32 on both sides.
 const TOLERANCE: f64 = 1e-4;
@@ -57,23 +57,21 @@ async fn ids_come_from_the_payload_then_the_attachment_then_are_generated() {
         .attachment("from-attachment")
         .await
         .expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
+    let sample = next_sample(&results).await;
     let result = zinferd::client::decode_result(&sample).expect("decode");
     assert_eq!(result.id, "42");
     assert_eq!(sample.attachment().map(|a| a.to_bytes().into_owned()), Some(b"42".to_vec()));
 
     // Plain text: the attachment is the id.
     client.session().put("in/ids/b", "great fun").attachment("from-attachment").await.expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-    assert_eq!(zinferd::client::decode_result(&sample).expect("decode").id, "from-attachment");
+    assert_eq!(next_result(&results).await.id, "from-attachment");
 
     // Neither: a generated, non-empty id, different each time.
     client.session().put("in/ids/c", "great fun").await.expect("put");
     client.session().put("in/ids/c", "great fun").await.expect("put");
     let mut generated = Vec::new();
     for _ in 0..2 {
-        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-        generated.push(zinferd::client::decode_result(&sample).expect("decode").id);
+        generated.push(next_result(&results).await.id);
     }
     assert!(generated.iter().all(|id| !id.is_empty()) && generated[0] != generated[1], "{generated:?}");
     client.close().await;
@@ -84,7 +82,7 @@ async fn protobuf_results_when_configured() {
     let TextDaemon { daemon: _daemon, client, .. } = start_text("pb", "result_encoding = \"protobuf\"", "", "").await;
     let results = client.session().declare_subscriber("out/in/pb/x").await.expect("subscribe");
     client.session().put("in/pb/x", "a fine film").attachment("pb-1").await.expect("put");
-    let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
+    let sample = next_sample(&results).await;
     assert_eq!(*sample.encoding(), zenoh::bytes::Encoding::APPLICATION_PROTOBUF);
     let result = <zinfer_proto::Result as prost::Message>::decode(sample.payload().to_bytes().as_ref())
         .expect("a protobuf zinfer.v1.Result");

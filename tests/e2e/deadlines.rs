@@ -4,9 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zenoh::bytes::Encoding;
 use zinfer_proto::outcome;
-use zinferd::client::{RequestFormat, decode_result};
+use zinferd::client::RequestFormat;
 
-use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
+use crate::support::{TextDaemon, WAIT, next_result, start_text, wait_for_stats};
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64)
@@ -78,8 +78,7 @@ async fn an_urgent_message_overtakes_a_backlog_without_deadlines() {
         .expect("put");
     let mut order = Vec::new();
     while order.len() < BACKLOG + 1 {
-        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-        order.push(decode_result(&sample).expect("decode").id);
+        order.push(next_result(&results).await.id);
     }
     let position = order.iter().position(|id| id == "urgent").expect("the urgent result");
     assert!(position < BACKLOG, "the urgent message ran last (position {position}): it should overtake the backlog");

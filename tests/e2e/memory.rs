@@ -4,9 +4,9 @@
 use std::process::Command;
 
 use zinfer_proto::outcome;
-use zinferd::client::{RequestFormat, decode_result};
+use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, ort_library, status, text_pipeline};
+use crate::support::{Daemon, WAIT, base_config, free_port, next_result, ort_library, status, text_pipeline};
 
 /// Runs `zinferd check` on `config` and returns (success, stderr).
 fn check(config: &str) -> (bool, String) {
@@ -104,8 +104,7 @@ async fn a_burst_far_above_capacity_stays_under_the_budget_and_balances() {
     let collector = tokio::spawn(async move {
         let mut seen = std::collections::BTreeSet::new();
         while seen.len() < BURST {
-            let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-            let result = decode_result(&sample).expect("decode");
+            let result = next_result(&results).await;
             assert!(seen.insert(result.id.clone()), "two outcomes for {}", result.id);
         }
         seen.len()

@@ -4,16 +4,15 @@
 use std::collections::BTreeMap;
 
 use zinfer_proto::outcome;
-use zinferd::client::decode_result;
 
-use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
+use crate::support::{TextDaemon, collect_outcomes, next_result, start_text, wait_for_stats};
 
 const PER_KEY: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_keeps_the_newest_message_of_each_key() {
     let extra = "overload = \"latest\"\nlatest_per_key = 1\nqueue_capacity = 500\nmax_batch = 1";
-    let TextDaemon { daemon: _daemon, client, prefix } = start_text("latest", extra, "", "").await;
+    let TextDaemon { daemon, client, prefix } = start_text("latest", extra, "", "").await;
     let results = client.session().declare_subscriber("out/in/latest/**").await.expect("subscribe");
     let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
     for index in 0..PER_KEY {
@@ -27,13 +26,11 @@ async fn latest_keeps_the_newest_message_of_each_key() {
                 .expect("put");
         }
     }
-    let mut outcomes = BTreeMap::new();
-    while outcomes.len() < 2 * PER_KEY {
-        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-        let result = decode_result(&sample).expect("decode");
-        let previous = outcomes.insert(result.id.clone(), (result.outcome.clone(), result.reason.clone()));
-        assert!(previous.is_none(), "two outcomes for {}", result.id);
-    }
+    let outcomes: BTreeMap<String, (String, String)> = collect_outcomes(&results, 2 * PER_KEY, &daemon)
+        .await
+        .into_iter()
+        .map(|(id, result)| (id, (result.outcome, result.reason)))
+        .collect();
     for source in ["left", "right"] {
         let last = &outcomes[&format!("{source}-{}", PER_KEY - 1)];
         assert_eq!(last.0, outcome::OK, "the newest {source} message always runs");
@@ -69,8 +66,7 @@ async fn the_byte_bound_refuses_with_queue_full() {
     }
     let mut full = 0;
     for _ in 0..PER_KEY {
-        let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-        let result = decode_result(&sample).expect("decode");
+        let result = next_result(&results).await;
         if result.outcome == outcome::DROPPED {
             assert_eq!(result.reason, "queue_full");
             full += 1;

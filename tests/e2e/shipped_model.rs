@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 
 use zinfer_proto::outcome;
-use zinferd::client::decode_result;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, repo_root};
+use crate::support::{Daemon, WAIT, base_config, free_port, next_result, repo_root};
 
 #[derive(serde::Deserialize)]
 struct Prediction {
@@ -42,8 +41,7 @@ async fn the_shipped_model_agrees_with_its_pytorch_source_on_the_test_split() {
     let collector = tokio::spawn(async move {
         let mut labels = HashMap::new();
         while labels.len() < total {
-            let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("in time").expect("sample");
-            let result = decode_result(&sample).expect("decode");
+            let result = next_result(&results).await;
             assert_eq!(result.outcome, outcome::OK, "{result:?}");
             let scores: Vec<f32> = result.scores.iter().map(|score| score.score).collect();
             labels.insert(result.id.clone(), (result.label.clone().unwrap_or_default(), scores));

@@ -198,6 +198,16 @@ impl Drop for Daemon {
 /// The results subscriber the tests declare.
 pub type Results = zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
 
+/// The next sample on `results`, within [`WAIT`].
+pub async fn next_sample(results: &Results) -> zenoh::sample::Sample {
+    tokio::time::timeout(WAIT, results.recv_async()).await.expect("a result in time").expect("sample")
+}
+
+/// The next result on `results`, within [`WAIT`], decoded.
+pub async fn next_result(results: &Results) -> proto::Result {
+    zinferd::client::decode_result(&next_sample(results).await).expect("decode")
+}
+
 /// Collects `count` outcomes from `results`, keyed by id: panics on a duplicate, or when the next one takes longer
 /// than [`WAIT`] (with the daemon's log).
 pub async fn collect_outcomes(results: &Results, count: usize, daemon: &Daemon) -> BTreeMap<String, proto::Result> {
