@@ -114,13 +114,13 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
         .zip(pipelines)
         .map(|(settings, pipeline)| {
             let memory = pipeline.memory();
+            let (longest, unit) = pipeline::build::longest_input(&settings.manifest);
             format!(
-                "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × {} tokens",
+                "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × {longest} {unit}",
                 settings.name,
                 mib(memory.load_bytes),
                 mib(memory.working_bytes),
                 settings.max_batch,
-                settings.manifest.max_length.unwrap_or(512)
             )
         })
         .collect();

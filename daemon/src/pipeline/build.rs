@@ -4,13 +4,22 @@
 use std::io::Read;
 
 use zinfer_ort::{Model, OrtEnvironment};
-use zinfer_stage_api::{BuildContext, BuildError, Registry, Stage};
+use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
 use super::{ModelIdentity, Pipeline};
 use crate::config::{Config, ConfigError, PipelineConfig, StageSpec};
 
-/// The input length warm-ups assume when a manifest gives no `max_length`.
+/// The input length warm-ups assume when a text model's manifest gives no `max_length`.
 const DEFAULT_LONGEST_INPUT: usize = 512;
+
+/// The longest input a pipeline on `manifest` runs, which its warm-up uses, and what its unit is: a sensor
+/// model's window in samples, or a text model's `max_length` in tokens.
+pub fn longest_input(manifest: &ModelManifest) -> (usize, &'static str) {
+    match &manifest.sensor {
+        Some(sensor) => (sensor.window, "samples"),
+        None => (manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT), "tokens"),
+    }
+}
 
 /// Builds pipeline `index` of `config`. Errors name the file and key at fault.
 pub fn build(
@@ -34,7 +43,7 @@ pub fn build(
 
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
     // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
-    let longest = pipeline.manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT);
+    let (longest, _) = longest_input(&pipeline.manifest);
     let mut warm_up_error = None;
     let (model, memory) = crate::memory::probe(
         || Model::load(ort, &pipeline.manifest.model, &pipeline.session, default_threads),
