@@ -4,6 +4,7 @@
 # that moves zenoh to a free loopback port. Then, as user nobody with HOME=/ (like the unit's dynamic user):
 #   - `zinferd check` with no --config must accept /etc/zinfer/zinferd.toml + conf.d/ and load the shipped model
 #     with the bundled ONNX Runtime within the packaged memory budget;
+#   - `zinferd check` with the packaged example drop-in 50-sensor.toml must load both shipped models;
 #   - `zinferd` with no --config serves: two texts are classified over zenoh on the conf.d port (which proves that
 #     conf.d/ was read), and SIGTERM stops it cleanly.
 # An arm64 package runs under qemu-aarch64 (see scripts/aarch64-smoke.sh for the synthetic /proc/cpuinfo and the
@@ -70,6 +71,13 @@ echo "deb-smoke: zinferd check (no --config: /etc/zinfer/zinferd.toml + conf.d/)
 as_nobody timeout 300 "${run[@]}" /usr/bin/zinferd check > "$WORK/check.log" 2>&1 || { cat "$WORK/check.log" >&2; fail "zinferd check"; }
 grep -E "memory probed|configuration OK|ONNX Runtime loaded" "$WORK/check.log" >&2
 grep -q "library=/usr/lib/zinfer/libonnxruntime.so" "$WORK/check.log" || fail "not the bundled ONNX Runtime"
+
+echo "deb-smoke: zinferd check with the packaged sensor drop-in (examples/conf.d/50-sensor.toml)" >&2
+examples=/usr/share/doc/zinfer/examples/conf.d
+as_nobody timeout 300 "${run[@]}" /usr/bin/zinferd --config /etc/zinfer/zinferd.toml --config "$examples/50-sensor.toml" \
+    check > "$WORK/check-sensor.log" 2>&1 || { cat "$WORK/check-sensor.log" >&2; fail "zinferd check with 50-sensor.toml"; }
+grep -q "configuration OK (2 pipeline(s))" "$WORK/check-sensor.log" || fail "the sensor drop-in: $(cat "$WORK/check-sensor.log")"
+grep -E "^pipeline .watch." "$WORK/check-sensor.log" >&2
 
 echo "deb-smoke: zinferd (no --config), expected on tcp/127.0.0.1:$PORT from conf.d/50-smoke.toml" >&2
 (exec setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups env -i HOME=/ PATH=/usr/bin:/bin \
