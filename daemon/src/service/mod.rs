@@ -71,14 +71,15 @@ pub async fn serve(
     let ids = Arc::new(IdGenerator::new(zid.clone()));
 
     let mut current = Generation::start(1, config, pipelines, &session, &governor)?;
+    let telemetry = Arc::new(Telemetry::new(zid.clone(), Arc::clone(&governor)));
+    telemetry.set_generation(current.number, current.metrics(), &current.config.sources);
+    let mut reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
     let mut subscriptions = Vec::new();
     for entry in current.take_entries() {
         let ingress = Ingress::open(&session, &entry.input, entry.admission, Arc::clone(&ids)).await?;
         subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
     }
-    let telemetry = Arc::new(Telemetry::new(zid.clone(), Arc::clone(&governor)));
-    telemetry.set_generation(current.number, current.metrics(), &current.config.sources);
-    let reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
+    reporter.announce(&session, &current.config.telemetry).await?;
     let sampler = memory::spawn_sampler(Arc::clone(&governor), current.config.memory.sample_interval);
     let health = Health::for_watchdog(notifier.watchdog());
     let mut service = Service {

@@ -4,6 +4,10 @@
 //!
 //! Telemetry is put with zenoh's default `CongestionControl::Drop`: a snapshot superseded by the next one is not
 //! worth blocking the daemon for, unlike a result.
+//!
+//! The status queryable is declared before the pipelines' subscribers and the liveliness token after them, so a
+//! client that sees either the token or a subscriber can query the status, and one that waits for the token finds
+//! the subscribers declared.
 
 pub mod metrics;
 pub mod names;
@@ -115,16 +119,16 @@ impl Telemetry {
     }
 }
 
-/// The running telemetry publisher, status queryable and liveliness token.
+/// The running telemetry publisher, status queryable and, once [`Reporter::announce`] declared it, liveliness token.
 pub struct Reporter {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     queryable: zenoh::query::Queryable<()>,
-    token: zenoh::liveliness::LivelinessToken,
+    token: Option<zenoh::liveliness::LivelinessToken>,
 }
 
 impl Reporter {
-    /// Declares the queryable and the token and starts publishing.
+    /// Declares the status queryable and starts publishing.
     pub async fn start(
         session: &zenoh::Session,
         telemetry: Arc<Telemetry>,
@@ -146,12 +150,6 @@ impl Reporter {
             })
             .await
             .map_err(|error| zenoh_error(&format!("the status queryable `{status_key}`"), error))?;
-        let alive_key = keys::alive(&config.prefix);
-        let token = session
-            .liveliness()
-            .declare_token(alive_key.clone())
-            .await
-            .map_err(|error| zenoh_error(&format!("the liveliness token `{alive_key}`"), error))?;
 
         let (stop, mut stopped) = watch::channel(false);
         let session = session.clone();
@@ -176,18 +174,30 @@ impl Reporter {
                 }
             }
         });
-        Ok(Self { stop, task, queryable, token })
+        Ok(Self { stop, task, queryable, token: None })
     }
 
-    /// Stops publishing and withdraws the queryable and the liveliness token.
+    /// Declares the liveliness token `<prefix>/alive`: the daemon is serving.
+    pub async fn announce(&mut self, session: &zenoh::Session, config: &TelemetryConfig) -> Result<(), crate::Error> {
+        let alive_key = keys::alive(&config.prefix);
+        let token = session.liveliness().declare_token(alive_key.clone()).await.map_err(|error| {
+            crate::Error::Zenoh(format!("cannot declare the liveliness token `{alive_key}`: {error}"))
+        })?;
+        self.token = Some(token);
+        Ok(())
+    }
+
+    /// Withdraws the liveliness token, stops publishing and withdraws the queryable.
     pub async fn stop(self) {
+        if let Some(token) = self.token
+            && let Err(error) = token.undeclare().await
+        {
+            tracing::warn!(%error, "withdrawing the liveliness token failed");
+        }
         let _ = self.stop.send(true);
         let _ = self.task.await;
         if let Err(error) = self.queryable.undeclare().await {
             tracing::warn!(%error, "undeclaring the status queryable failed");
-        }
-        if let Err(error) = self.token.undeclare().await {
-            tracing::warn!(%error, "withdrawing the liveliness token failed");
         }
     }
 }
