@@ -274,6 +274,42 @@ async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_com
     client.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_daemon_withdraws_its_liveliness_token_but_still_answers_status() {
+    let port = free_port();
+    let prefix = format!("zt/withdraw/{port}");
+    // The stall model holds its one message for the whole run timeout (3 s): the drain lasts that long.
+    let config = base_config(port, &prefix) + &stall_pipeline("withdraw", 3000);
+    let mut daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/withdraw/x", WAIT).await.expect("subscribed");
+    let alive = async |client: &Client| {
+        let replies = client.session().liveliness().get(proto::keys::alive(&prefix)).await.expect("liveliness query");
+        let mut tokens = 0;
+        while let Ok(Ok(reply)) = tokio::time::timeout(WAIT, replies.recv_async()).await {
+            tokens += usize::from(reply.result().is_ok());
+        }
+        tokens
+    };
+    assert_eq!(alive(&client).await, 1, "the token is declared while serving");
+    let pending = client.request("in/withdraw/x", "out", "w1", "held for the run timeout", RequestFormat::Text).await;
+    crate::support::wait_for_stats(&client, &prefix, "the message in flight", |stats| stats.in_flight == 1).await;
+
+    daemon.terminate();
+    let deadline = Instant::now() + WAIT;
+    while alive(&client).await > 0 {
+        assert!(Instant::now() < deadline, "the token is still declared {WAIT:?} after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let draining = status(&client, &prefix).await;
+    assert_eq!(draining.pipelines[0].in_flight, 1, "withdrawn while the message is still in flight: {draining:?}");
+    let result = pending.expect("publish").result(WAIT).await.expect("the drained message's result");
+    assert_eq!((result.outcome.as_str(), result.reason.as_str()), (outcome::ERROR, "inference_timeout"));
+    let exit = daemon.wait_exit();
+    assert!(exit.success(), "exit {exit}:\n{}", daemon.log());
+    client.close().await;
+}
+
 /// Publishes `count` messages on `key` (ids `<tag>-0`..), `spacing` apart, blocking rather than dropping.
 async fn stream(client: &Client, key: &str, tag: &str, count: usize, spacing: Duration) {
     for index in 0..count {

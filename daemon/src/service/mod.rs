@@ -111,6 +111,8 @@ pub async fn serve(
 
     tracing::info!("shutting down: no new messages; finishing the ones in flight");
     service.notifier.stopping("draining: finishing the messages in flight");
+    // First the token that says "serving", then the subscribers; status and telemetry go on through the drain.
+    reporter.withdraw().await;
     for subscription in service.subscriptions.drain(..) {
         subscription.ingress.close().await;
     }

@@ -1,8 +1,9 @@
 //! Per-pipeline counters and latency histograms.
 //!
-//! Counters are updated at two points only: `received` at admission, and the outcome counters by the egress once the
-//! outcome has been handed to zenoh. So `in_flight = received - completed - failed - expired - dropped` counts
-//! exactly the messages the daemon still owes an outcome.
+//! Counters are updated at two points only: `received` at admission, and the outcome counters by the egress just
+//! before it hands the result to zenoh (so a status reply that follows a result counts it). So
+//! `in_flight = received - completed - failed - expired - dropped` counts the messages whose result is not yet
+//! being published; a put that zenoh then refuses is counted in `publish_failures`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -176,7 +177,7 @@ impl PipelineMetrics {
         &self.description.name
     }
 
-    /// Outcomes published so far (all kinds).
+    /// Outcomes published or being published so far (all kinds).
     pub fn answered(&self) -> u64 {
         [&self.completed, &self.failed, &self.dropped, &self.expired]
             .iter()

@@ -187,13 +187,18 @@ impl Reporter {
         Ok(())
     }
 
-    /// Withdraws the liveliness token, stops publishing and withdraws the queryable.
-    pub async fn stop(self) {
-        if let Some(token) = self.token
+    /// Withdraws the liveliness token: the daemon no longer takes messages. Telemetry and status go on.
+    pub async fn withdraw(&mut self) {
+        if let Some(token) = self.token.take()
             && let Err(error) = token.undeclare().await
         {
             tracing::warn!(%error, "withdrawing the liveliness token failed");
         }
+    }
+
+    /// Withdraws the liveliness token if it is still declared, stops publishing and withdraws the queryable.
+    pub async fn stop(mut self) {
+        self.withdraw().await;
         let _ = self.stop.send(true);
         let _ = self.task.await;
         if let Err(error) = self.queryable.undeclare().await {
