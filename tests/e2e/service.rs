@@ -224,30 +224,45 @@ async fn the_run_timeout_unwedges_the_worker_and_the_pings_resume() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_coming() {
-    const PERIOD: Duration = Duration::from_secs(2);
+/// A daemon serving the fixture model under a watchdog of `period`, reloaded (SIGHUP) into a configuration that adds
+/// a pipeline on the slow fixture: its warm-up at 40 x 128 spins the fixture's loop 5.1 million times, seconds of
+/// CPU. `daemon_keys` go into `[daemon]`. Returns the daemon, its notify socket and client, and when RELOADING=1 came.
+async fn reload_into_a_slow_model(
+    name: &str,
+    period: Duration,
+    daemon_keys: &str,
+) -> (Daemon, NotifySocket, Client, String, Instant) {
     let notify = NotifySocket::bind();
     let port = free_port();
-    let prefix = format!("zt/slowload/{port}");
-    let good = base_config(port, &prefix) + &text_pipeline("serving", "in/serving/**", "", "", "");
-    let daemon = Daemon::start_with_env(&good, port, &notify.env(PERIOD));
+    let prefix = format!("zt/{name}/{port}");
+    let good = base_config(port, &prefix).replace("[daemon]\n", &format!("[daemon]\n{daemon_keys}\n"))
+        + &text_pipeline("serving", "in/serving/**", "", "", "");
+    let daemon = Daemon::start_with_env(&good, port, &notify.env(period));
     notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
     let client = daemon.client().await;
     client.wait_for_subscriber("in/serving/x", WAIT).await.expect("subscribed");
 
-    // The slow fixture's warm-up at 24 x 128 spins its loop 3.1 million times: seconds, longer than the period.
-    let slower = good.clone() + &spin_pipeline("slow", "loaded", "max_batch = 24", 120_000);
+    let slower = good + &spin_pipeline("slow", "loaded", "max_batch = 40", 0);
     std::fs::write(daemon.config_path(), slower).expect("write");
     daemon.signal("HUP");
     let (reloading, _) = notify.wait_for_stamped("RELOADING=1", WAIT, |_, message| message.contains("RELOADING=1"));
+    (daemon, notify, client, prefix, reloading)
+}
+
+/// How long a slow reload may take on a loaded machine.
+const SLOW_RELOAD: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_coming() {
+    const PERIOD: Duration = Duration::from_secs(3);
+    let (daemon, notify, client, prefix, reloading) = reload_into_a_slow_model("slowload", PERIOD, "").await;
     // The old generation serves while the new one loads.
     let served = classify(&client, "in/serving/x", "during-the-reload").await;
     let answered = Instant::now();
     assert_eq!(served.outcome, outcome::OK, "{served:?}");
 
     let mut pings = Vec::new();
-    let (ready, ready_message) = notify.wait_for_stamped("READY=1 after the reload", WAIT, |at, message| {
+    let (ready, ready_message) = notify.wait_for_stamped("READY=1 after the reload", SLOW_RELOAD, |at, message| {
         if is_ping(message) {
             pings.push((at, message.to_owned()));
         }
@@ -271,6 +286,27 @@ async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_com
 
     let service = status(&client, &prefix).await.service.expect("service state");
     assert_eq!((service.generation, service.reloads_ok, service.reloads_failed), (2, 1, 0), "{service:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_still_loading_after_its_timeout_stops_the_pings() {
+    const PERIOD: Duration = Duration::from_secs(3);
+    let (daemon, notify, client, _, _) = reload_into_a_slow_model("hungload", PERIOD, "reload_timeout_ms = 200").await;
+    let hung = notify.wait_for("a HUNG status", SLOW_RELOAD, |message| message.contains("reload HUNG"));
+    assert!(!is_ping(&hung), "{hung}");
+    // From then on, no ping until the load returns (here it does; a hung one would get the service restarted).
+    let mut pinged = Vec::new();
+    notify.wait_for_stamped("READY=1 after the reload", SLOW_RELOAD, |_, message| {
+        if is_ping(message) {
+            pinged.push(message.to_owned());
+        }
+        message.contains("READY=1")
+    });
+    assert!(pinged.is_empty(), "pinged while the reload was over its timeout: {pinged:?}");
+    assert!(daemon.log().contains("watchdog pings stop"), "{}", daemon.log());
+    let ping = notify.wait_for("a ping once the reload is done", WAIT, is_ping);
+    assert!(ping.contains("generation 2"), "{ping}");
     client.close().await;
 }
 

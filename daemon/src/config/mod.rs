@@ -37,6 +37,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// How long SIGTERM waits for in-flight messages before dropping the rest.
     pub drain_timeout: Duration,
+    /// How long a reload may spend loading its models before the watchdog pings stop.
+    pub reload_timeout: Duration,
     /// The memory budget.
     pub memory: MemoryConfig,
     /// The pipelines.
@@ -396,6 +398,7 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         ort_library,
         telemetry,
         drain_timeout: Duration::from_millis(raw.daemon.drain_timeout_ms),
+        reload_timeout: Duration::from_millis(raw.daemon.reload_timeout_ms),
         memory: MemoryConfig {
             budget_mb: raw.daemon.memory_mb,
             soft_percent: raw.daemon.memory_soft_percent,

@@ -96,6 +96,8 @@ fn default_interval_ms() -> u64 {
 pub struct RawDaemon {
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    #[serde(default = "default_reload_timeout_ms")]
+    pub reload_timeout_ms: u64,
     pub memory_mb: Option<u64>,
     #[serde(default = "default_memory_soft_percent")]
     pub memory_soft_percent: u8,
@@ -109,6 +111,7 @@ impl Default for RawDaemon {
     fn default() -> Self {
         Self {
             drain_timeout_ms: default_drain_timeout_ms(),
+            reload_timeout_ms: default_reload_timeout_ms(),
             memory_mb: None,
             memory_soft_percent: default_memory_soft_percent(),
             memory_reserve_mb: default_memory_reserve_mb(),
@@ -131,6 +134,10 @@ fn default_memory_sample_ms() -> u64 {
 
 fn default_drain_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_reload_timeout_ms() -> u64 {
+    300_000
 }
 
 /// How results and telemetry are serialised.

@@ -199,7 +199,8 @@ impl Service {
             tracing::warn!(key, "this setting changed but takes effect only at a restart; the old value stays");
         }
         // Loading models is seconds of CPU: keep it off the reactor threads that publish results meanwhile.
-        let pipelines = blocking(|| self.checking_health(current, || build_pipelines(&config, registry)))
+        let limit = config.reload_timeout;
+        let pipelines = blocking(|| self.checking_health(current, limit, || build_pipelines(&config, registry)))
             .map_err(|error| error.to_string())?;
         // Measured with both generations loaded: that is what the process holds until the old one finishes.
         check_memory(&config, &pipelines).map_err(|error| {
@@ -263,19 +264,40 @@ impl Service {
     }
 
     /// Runs `work` on this thread while a second one goes on checking `current`'s health every tick, with a
-    /// status line that says a reload is loading.
-    fn checking_health<T>(&self, current: &Generation, work: impl FnOnce() -> T) -> T {
+    /// status line that says a reload is loading. After `limit` the load counts as hung: the pings stop, so that
+    /// systemd restarts a daemon whose service loop would otherwise stay stuck (deaf to SIGTERM) for good.
+    fn checking_health<T>(&self, current: &Generation, limit: Duration, work: impl FnOnce() -> T) -> T {
         let (done, finished) = std::sync::mpsc::channel::<()>();
         let (health, notifier, telemetry) = (self.health, &self.notifier, &self.telemetry);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 let started = Instant::now();
+                let mut hung = false;
                 while finished.recv_timeout(health.tick) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    let loading = started.elapsed();
+                    if loading > limit {
+                        if !hung {
+                            tracing::error!(
+                                ?loading,
+                                "the reload is still loading its models after \
+                                daemon.reload_timeout_ms; watchdog pings stop"
+                            );
+                            hung = true;
+                        }
+                        notifier.status(&format!(
+                            "generation {} serving; reload HUNG: loading models for {:.0} s, over \
+                             daemon.reload_timeout_ms ({:.0} s); watchdog pings stopped",
+                            current.number,
+                            loading.as_secs_f64(),
+                            limit.as_secs_f64()
+                        ));
+                        continue;
+                    }
                     let stalled = health.stalled(current);
                     let mut status = format!(
                         "generation {} serving; reloading: loading models for {:.0} s",
                         current.number,
-                        started.elapsed().as_secs_f64()
+                        loading.as_secs_f64()
                     );
                     for (name, silent) in &stalled {
                         status.push_str(&stalled_note(name, *silent));

@@ -125,6 +125,10 @@ impl Model {
     /// Runs the model once on placeholder inputs of `batch` items whose variable dimensions are all `length`
     /// (integers 1, floats 0): the largest shape a pipeline will use, so that ONNX Runtime allocates its working
     /// memory now, where it can be measured, rather than under load.
+    ///
+    /// The run timeout does not apply: a first run is where an execution provider may compile (TensorRT builds its
+    /// engines for dynamic shapes then, for minutes). The caller bounds it: systemd's start timeout at start-up,
+    /// `daemon.reload_timeout_ms` during a reload.
     pub fn warm_up(&mut self, batch: usize, length: usize) -> Result<(), OrtError> {
         let items: Vec<Vec<NamedTensor>> = (0..batch.max(1))
             .map(|_| {
@@ -144,12 +148,18 @@ impl Model {
             })
             .collect();
         let views: Vec<&[NamedTensor]> = items.iter().map(Vec::as_slice).collect();
-        self.run(&views).map(drop)
+        self.run_batch(&views, false).map(drop)
     }
 
     /// Runs one batch. Every item must carry each model input with the same shape; the result holds, per item,
     /// every model output without the batch axis.
     pub fn run(&mut self, batch: &[&[NamedTensor]]) -> Result<Vec<Vec<NamedTensor>>, OrtError> {
+        self.run_batch(batch, true)
+    }
+
+    /// [`Model::run`], under the run timeout if `guarded`.
+    fn run_batch(&mut self, batch: &[&[NamedTensor]], guarded: bool) -> Result<Vec<Vec<NamedTensor>>, OrtError> {
+        let timeout = self.timeout.as_ref().filter(|_| guarded);
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -157,11 +167,11 @@ impl Model {
         for spec in &self.signature.inputs {
             inputs.push((spec.name.clone(), stack(spec, batch)?.into()));
         }
-        if let Some((timeout, watchdog)) = &self.timeout {
+        if let Some((timeout, watchdog)) = timeout {
             watchdog.arm(*timeout);
         }
         let outputs = self.session.run_with_options(inputs, &self.run_options);
-        if let Some((timeout, watchdog)) = &self.timeout
+        if let Some((timeout, watchdog)) = timeout
             && watchdog.disarm()
         {
             return Err(OrtError::Timeout(*timeout));

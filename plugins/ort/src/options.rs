@@ -61,7 +61,8 @@ pub struct SessionConfig {
     /// Providers in order of preference; the CPU provider is always appended as the fallback.
     #[serde(default = "default_providers")]
     pub execution_providers: Vec<ExecutionProviderKind>,
-    /// A run still going after this many milliseconds is cancelled (`RunOptions::terminate`); 0 disables it.
+    /// A serving run still going after this many milliseconds is cancelled (`RunOptions::terminate`); 0 disables
+    /// it. Warm-ups are exempt.
     #[serde(default = "default_run_timeout_ms")]
     pub run_timeout_ms: u64,
 }

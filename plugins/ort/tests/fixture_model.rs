@@ -109,7 +109,7 @@ fn runs_match_python_onnxruntime_alone_and_batched() {
 }
 
 #[test]
-fn an_overrunning_run_is_cancelled_and_the_session_stays_usable() {
+fn an_overrunning_run_is_cancelled_the_session_stays_usable_and_a_warm_up_is_not_cut_short() {
     let library = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
@@ -117,10 +117,29 @@ fn an_overrunning_run_is_cancelled_and_the_session_stays_usable() {
     let config = SessionConfig { run_timeout_ms: 20, intra_threads: Some(1), ..SessionConfig::default() };
     let mut model = Model::load(&environment, &repo().join("models/fixture/model.onnx"), &config, 1).expect("model");
     // 256 texts of 128 tokens on one thread take far longer than 20 ms.
+    let long: Vec<NamedTensor> = ["input_ids", "attention_mask", "token_type_ids"]
+        .into_iter()
+        .map(|name| NamedTensor { name: name.into(), tensor: Tensor::i64_vector(vec![1; 128]) })
+        .collect();
+    let batch: Vec<&[NamedTensor]> = (0..256).map(|_| long.as_slice()).collect();
     let started = std::time::Instant::now();
-    let error = model.warm_up(256, 128).expect_err("the run must be cancelled");
+    let error = model.run(&batch).expect_err("the run must be cancelled");
     assert!(matches!(error, zinfer_ort::OrtError::Timeout(_)), "{error}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled promptly: {:?}", started.elapsed());
     // The termination flag is reset: a small run works again.
-    model.warm_up(1, 8).expect("the session is usable after a cancelled run");
+    let short = &long[..];
+    let one: Vec<NamedTensor> = short
+        .iter()
+        .map(|input| NamedTensor { name: input.name.clone(), tensor: Tensor::i64_vector(vec![1; 8]) })
+        .collect();
+    assert_eq!(model.run(&[one.as_slice()]).expect("the session is usable after a cancelled run").len(), 1);
+
+    // A warm-up is where providers compile (TensorRT engines): the run timeout does not cut it short.
+    let started = std::time::Instant::now();
+    model.warm_up(256, 128).expect("a warm-up runs to the end");
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(20),
+        "longer than the run timeout: {:?}",
+        started.elapsed()
+    );
 }
