@@ -152,6 +152,29 @@ async fn a_recording_published_sample_by_sample_gives_the_toolkits_windows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_with_more_windows_than_max_batch_runs_them_max_batch_at_a_time() {
+    let recording = recording("test_recording.json");
+    let (daemon, client, _) = start("whole", &sensor_pipeline("whole", "sensor/whole/**", "", "")).await;
+    let results = client.session().declare_subscriber("out/sensor/whole/**").await.expect("subscribe");
+
+    // The whole recording in one JSON message: all its windows complete at once, but max_batch = 1 runs them one by
+    // one, the shape the warm-up measured (and, with int8's per-run quantisation ranges, the toolkit's numbers).
+    let period = 1.0 / recording.sample_rate_hz;
+    let frame: Vec<serde_json::Value> = (recording.samples.iter().enumerate())
+        .map(|(index, values)| serde_json::json!({ "t": index as f64 * period, "values": values }))
+        .collect();
+    let payload = serde_json::to_vec(&frame).expect("json");
+    put(&client, "sensor/whole/watch", payload, Encoding::APPLICATION_JSON, "whole".to_owned()).await;
+    let outcomes = collect_outcomes(&results, 1, &daemon).await;
+    let result = &outcomes["whole"];
+    assert_eq!(result.outcome, outcome::OK, "{result:?}");
+    assert!(recording.windows.len() > 1, "the recording makes several windows");
+    assert_matches_toolkit(&windows_of(&outcomes, "sensor/whole/watch"), &recording, "one frame");
+    assert_eq!(result.timings.as_ref().map(|timings| timings.batch_size), Some(1), "{result:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_interleaved_sources_keep_separate_state() {
     let (a, b) = (recording("test_recording.json"), recording("test_recording_b.json"));
     assert_ne!(a.label, b.label, "the two recordings are of different classes");

@@ -59,7 +59,15 @@ pub fn build(
     let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
-    Ok(Pipeline { decoder, preprocess, model, postprocess, deadline_ms: pipeline.deadline_ms, memory })
+    Ok(Pipeline {
+        decoder,
+        preprocess,
+        model,
+        postprocess,
+        deadline_ms: pipeline.deadline_ms,
+        memory,
+        max_rows: pipeline.max_batch,
+    })
 }
 
 /// The model identity published in results.

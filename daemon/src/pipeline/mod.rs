@@ -53,6 +53,8 @@ pub struct Pipeline {
     postprocess: Vec<Box<dyn Stage>>,
     deadline_ms: Option<u64>,
     memory: crate::memory::ModelMemory,
+    /// The most rows one model run takes: `max_batch`, the shape the warm-up ran and the memory probe measured.
+    max_rows: usize,
 }
 
 /// What processing one envelope yields.
@@ -165,23 +167,21 @@ impl Pipeline {
         processed.pop().expect("run_batch answers every item: this is a bug")
     }
 
-    /// Runs the model once on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
+    /// Runs the model on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
     /// each. Every message gets its own [`Processed`], in order. A windowed message contributes one model input per
-    /// window (none when it completed no window) and is postprocessed per window.
+    /// window (none when it completed no window) and is postprocessed per window; windows beyond `max_batch` rows
+    /// go in further runs, so no run is larger than the warm-up measured.
     pub fn run_batch(&mut self, batch: Vec<Prepared>) -> Vec<Processed> {
         let started = Instant::now();
         let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
         let size = inputs.len();
-        let result = if inputs.is_empty() { Ok(Vec::new()) } else { self.model.run(&inputs) };
+        let model = &mut self.model;
+        let outputs: Result<Vec<_>, StageError> = inputs
+            .chunks(self.max_rows.max(1))
+            .map(|rows| run_rows(model, rows))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|runs| runs.into_iter().flatten().collect());
         let inferred = Instant::now();
-        let outputs: Result<Vec<_>, StageError> = match result {
-            Ok(outputs) if outputs.len() == size => Ok(outputs),
-            Ok(_) => Err(StageError::new(Reason::BadModelOutput, "the model returned outputs for another batch size")),
-            Err(error @ zinfer_ort::OrtError::Timeout(_)) => {
-                Err(StageError::new(Reason::InferenceTimeout, error.to_string()))
-            }
-            Err(error) => Err(StageError::new(Reason::InferenceFailed, error.to_string())),
-        };
         let mut outputs = outputs.map(|outputs| outputs.into_iter());
         batch
             .into_iter()
@@ -190,7 +190,7 @@ impl Pipeline {
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
                 timings.inference = if size == 0 { Default::default() } else { inferred - started };
-                timings.batch_size = size as u32;
+                timings.batch_size = size.min(self.max_rows.max(1)) as u32;
                 let wanted = if item.windowed { item.windows.len() } else { 1 };
                 let verdict = match outputs.as_mut() {
                     Ok(outputs) => {
@@ -250,4 +250,16 @@ impl Pipeline {
 
 fn run_stages(stages: &mut [Box<dyn Stage>], item: &mut Item) -> Result<(), StageError> {
     stages.iter_mut().try_for_each(|stage| stage.process(item))
+}
+
+/// One model run on `rows`, its errors as the outcome reasons they become.
+fn run_rows(model: &mut Model, rows: &[&[NamedTensor]]) -> Result<Vec<Vec<NamedTensor>>, StageError> {
+    match model.run(rows) {
+        Ok(outputs) if outputs.len() == rows.len() => Ok(outputs),
+        Ok(_) => Err(StageError::new(Reason::BadModelOutput, "the model returned outputs for another batch size")),
+        Err(error @ zinfer_ort::OrtError::Timeout(_)) => {
+            Err(StageError::new(Reason::InferenceTimeout, error.to_string()))
+        }
+        Err(error) => Err(StageError::new(Reason::InferenceFailed, error.to_string())),
+    }
 }
