@@ -13,8 +13,9 @@
 #   /usr/share/zinfer/models/zinfer-sentiment-small/      the default model (text)
 #   /usr/share/zinfer/models/zinfer-watch-small/          the sensor model, enabled by examples/conf.d/50-sensor.toml
 #   /usr/lib/zinfer/libonnxruntime.so.1.31.1              ONNX Runtime, CPU build, from the pinned PyPI wheel
-#   /usr/share/doc/zinfer/                                README, example.toml, the GPU and sensor drop-ins, ONNX Runtime's
-#                                                         licence and third-party notices
+#   /usr/share/zinfer/examples/                           example.toml, the GPU and sensor drop-ins (not under doc/,
+#                                                         which minimal images may leave out)
+#   /usr/share/doc/zinfer/                                README, ONNX Runtime's licence and third-party notices
 # ONNX Runtime is bundled (the pinned onnxruntime==1.31.1 wheel's libonnxruntime.so.1.31.1 of the package's
 # architecture, as scripts/install-onnxruntime.sh fetches it) and /etc/zinfer/zinferd.toml points
 # onnxruntime.library at it: Debian and Ubuntu have no ONNX Runtime package of a usable version, and one pinned
@@ -38,7 +39,7 @@ while [[ $# -gt 0 ]]; do
         --arch) ARCH="${2:?--arch needs a value}"; shift 2 ;;
         --arch=*) ARCH="${1#*=}"; shift ;;
         --no-smoke) SMOKE=0; shift ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-deb: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -124,9 +125,9 @@ grep -q "^ Package: zinfer$" <<<"$info" || fail "Package is not zinfer"
 for path in ./usr/bin/zinferd ./usr/lib/systemd/system/zinferd.service ./etc/zinfer/zinferd.toml ./etc/zinfer/conf.d/README \
     "./usr/lib/zinfer/libonnxruntime.so.$ORT_VERSION" ./usr/lib/zinfer/libonnxruntime.so \
     ./usr/share/zinfer/models/zinfer-sentiment-small/model.onnx ./usr/share/zinfer/models/zinfer-sentiment-small/manifest.toml \
-    ./usr/share/zinfer/models/zinfer-sentiment-small/tokenizer.json ./usr/share/doc/zinfer/examples/cuda.conf \
+    ./usr/share/zinfer/models/zinfer-sentiment-small/tokenizer.json ./usr/share/zinfer/examples/cuda.conf \
     ./usr/share/zinfer/models/zinfer-watch-small/model.onnx ./usr/share/zinfer/models/zinfer-watch-small/manifest.toml \
-    ./usr/share/doc/zinfer/examples/conf.d/50-sensor.toml \
+    ./usr/share/zinfer/examples/conf.d/50-sensor.toml \
     ./usr/share/doc/zinfer/onnxruntime/LICENSE; do
     grep -q " $path\( ->.*\)\?$" <<<"$contents" || fail "$path is not in the package"
 done

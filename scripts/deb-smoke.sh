@@ -73,7 +73,7 @@ grep -E "memory probed|configuration OK|ONNX Runtime loaded" "$WORK/check.log" >
 grep -q "library=/usr/lib/zinfer/libonnxruntime.so" "$WORK/check.log" || fail "not the bundled ONNX Runtime"
 
 echo "deb-smoke: zinferd check with the packaged sensor drop-in (examples/conf.d/50-sensor.toml)" >&2
-examples=/usr/share/doc/zinfer/examples/conf.d
+examples=/usr/share/zinfer/examples/conf.d
 as_nobody timeout 300 "${run[@]}" /usr/bin/zinferd --config /etc/zinfer/zinferd.toml --config "$examples/50-sensor.toml" \
     check > "$WORK/check-sensor.log" 2>&1 || { cat "$WORK/check-sensor.log" >&2; fail "zinferd check with 50-sensor.toml"; }
 grep -q "configuration OK (2 pipeline(s))" "$WORK/check-sensor.log" || fail "the sensor drop-in: $(cat "$WORK/check-sensor.log")"
