@@ -53,7 +53,8 @@ pub struct Pipeline {
     postprocess: Vec<Box<dyn Stage>>,
     deadline_ms: Option<u64>,
     memory: crate::memory::ModelMemory,
-    /// The most rows one model run takes: `max_batch`, the shape the warm-up ran and the memory probe measured.
+    /// The most rows one model run takes by default: `max_batch`, the shape the warm-up ran and the memory probe
+    /// measured.
     max_rows: usize,
 }
 
@@ -163,22 +164,34 @@ impl Pipeline {
 
     /// Runs the model and the postprocessing stages on a prepared message.
     pub fn run(&mut self, prepared: Prepared) -> Processed {
-        let mut processed = self.run_batch(vec![prepared]);
+        let rows = self.max_rows;
+        let mut processed = self.run_batch(vec![prepared], rows, &mut || {});
         processed.pop().expect("run_batch answers every item: this is a bug")
     }
 
     /// Runs the model on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
     /// each. Every message gets its own [`Processed`], in order. A windowed message contributes one model input per
-    /// window (none when it completed no window) and is postprocessed per window; windows beyond `max_batch` rows
-    /// go in further runs, so no run is larger than the warm-up measured.
-    pub fn run_batch(&mut self, batch: Vec<Prepared>) -> Vec<Processed> {
+    /// window (none when it completed no window) and is postprocessed per window; windows beyond `max_rows` (at most
+    /// `max_batch`, the shape the warm-up measured) go in further runs, with `between_runs` called after each run
+    /// (the worker's heartbeat: each run is progress).
+    pub fn run_batch(
+        &mut self,
+        batch: Vec<Prepared>,
+        max_rows: usize,
+        between_runs: &mut dyn FnMut(),
+    ) -> Vec<Processed> {
         let started = Instant::now();
         let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
         let size = inputs.len();
         let model = &mut self.model;
+        let rows = max_rows.clamp(1, self.max_rows.max(1));
         let outputs: Result<Vec<_>, StageError> = inputs
-            .chunks(self.max_rows.max(1))
-            .map(|rows| run_rows(model, rows))
+            .chunks(rows)
+            .map(|chunk| {
+                let run = run_rows(model, chunk);
+                between_runs();
+                run
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(|runs| runs.into_iter().flatten().collect());
         let inferred = Instant::now();
@@ -190,7 +203,7 @@ impl Pipeline {
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
                 timings.inference = if size == 0 { Default::default() } else { inferred - started };
-                timings.batch_size = size.min(self.max_rows.max(1)) as u32;
+                timings.batch_size = size.min(rows) as u32;
                 let wanted = if item.windowed { item.windows.len() } else { 1 };
                 let verdict = match outputs.as_mut() {
                     Ok(outputs) => {

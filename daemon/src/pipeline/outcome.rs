@@ -21,7 +21,8 @@ pub struct Timings {
     pub inference: Duration,
     /// Postprocessing stages.
     pub postprocess: Duration,
-    /// How many messages shared the model run (0: it did not run).
+    /// How many model inputs the run held (messages, or a sensor pipeline's windows; the largest run when windows
+    /// beyond `max_batch` needed more); 0: it did not run.
     pub batch_size: u32,
 }
 

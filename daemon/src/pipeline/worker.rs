@@ -322,7 +322,10 @@ impl Worker {
             .collect();
         let prepared: Vec<Prepared> = batch.into_iter().map(|waiting| waiting.prepared).collect();
         let deadlines: Vec<_> = prepared.iter().map(|prepared| prepared.deadline).collect();
-        match catch_unwind(AssertUnwindSafe(|| self.pipeline.run_batch(prepared))) {
+        let metrics = &self.context.metrics;
+        let ran =
+            catch_unwind(AssertUnwindSafe(|| self.pipeline.run_batch(prepared, max_batch, &mut || metrics.beat())));
+        match ran {
             Ok(processed) => {
                 if let Some(first) = processed.first() {
                     self.costs.observe(length, size, first.timings.inference + first.timings.postprocess);
