@@ -60,7 +60,7 @@ pub mod keys {
         format!("{}/status", prefix.trim_end_matches('/'))
     }
 
-    /// The liveliness token held while the daemon runs.
+    /// The liveliness token held while the daemon serves (withdrawn when a shutdown begins, before the drain).
     pub fn alive(prefix: &str) -> String {
         format!("{}/alive", prefix.trim_end_matches('/'))
     }

@@ -243,7 +243,8 @@ async fn reload_into_a_slow_model(
     let client = daemon.client().await;
     client.wait_for_subscriber("in/serving/x", WAIT).await.expect("subscribed");
 
-    let slower = good + &spin_pipeline("slow", "loaded", "max_batch = 40", 0);
+    // A 1 s run timeout, which the warm-up is exempt from (a TensorRT engine build happens there).
+    let slower = good + &spin_pipeline("slow", "loaded", "max_batch = 40", 1000);
     std::fs::write(daemon.config_path(), slower).expect("write");
     daemon.signal("HUP");
     let (reloading, _) = notify.wait_for_stamped("RELOADING=1", WAIT, |_, message| message.contains("RELOADING=1"));
@@ -293,7 +294,7 @@ async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_com
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_still_loading_after_its_timeout_stops_the_pings() {
     const PERIOD: Duration = Duration::from_secs(3);
-    let (daemon, notify, client, _, _) = reload_into_a_slow_model("hungload", PERIOD, "reload_timeout_ms = 200").await;
+    let (daemon, notify, client, _, _) = reload_into_a_slow_model("hungload", PERIOD, "reload_timeout_ms = 1000").await;
     let hung = notify.wait_for("a HUNG status", SLOW_RELOAD, |message| message.contains("reload HUNG"));
     assert!(!is_ping(&hung), "{hung}");
     // From then on, no ping until the load returns (here it does; a hung one would get the service restarted).
@@ -305,7 +306,7 @@ async fn a_reload_still_loading_after_its_timeout_stops_the_pings() {
         message.contains("READY=1")
     });
     assert!(pinged.is_empty(), "pinged while the reload was over its timeout: {pinged:?}");
-    assert!(daemon.log().contains("watchdog pings stop"), "{}", daemon.log());
+    assert!(daemon.log().contains("after daemon.reload_timeout_ms"), "{}", daemon.log());
     let ping = notify.wait_for("a ping once the reload is done", WAIT, is_ping);
     assert!(ping.contains("generation 2"), "{ping}");
     client.close().await;
@@ -315,8 +316,8 @@ async fn a_reload_still_loading_after_its_timeout_stops_the_pings() {
 async fn a_draining_daemon_withdraws_its_liveliness_token_but_still_answers_status() {
     let port = free_port();
     let prefix = format!("zt/withdraw/{port}");
-    // The stall model holds its one message for the whole run timeout (3 s): the drain lasts that long.
-    let config = base_config(port, &prefix) + &stall_pipeline("withdraw", 3000);
+    // The stall model holds its one message for the whole run timeout (10 s): the drain lasts that long.
+    let config = base_config(port, &prefix) + &stall_pipeline("withdraw", 10_000);
     let mut daemon = Daemon::start(&config, port);
     let client = daemon.client().await;
     client.wait_for_subscriber("in/withdraw/x", WAIT).await.expect("subscribed");
@@ -379,6 +380,7 @@ async fn sighup_with_a_good_config_swaps_pipelines_without_losing_or_duplicating
     // here), so messages are in flight while the subscription switches; then AFTER more. Returns how many it sent.
     let mut publisher = tokio::spawn({
         let client = daemon.client().await;
+        client.wait_for_subscriber("in/swap/x", WAIT).await.expect("the publisher's session sees zinferd");
         let prefix = prefix.clone();
         async move {
             let deadline = Instant::now() + WAIT;

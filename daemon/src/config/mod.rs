@@ -372,6 +372,14 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     if raw.daemon.memory_sample_ms < 5 {
         return Err(err("daemon.memory_sample_ms", "must be at least 5".into()));
     }
+    if raw.daemon.reload_timeout_ms < 1000 {
+        return Err(err(
+            "daemon.reload_timeout_ms",
+            "must be at least 1000: a reload loading for longer stops the watchdog pings, so a smaller value would \
+             get every reload restarted"
+                .into(),
+        ));
+    }
     check_publish_prefix(&raw.telemetry.prefix).map_err(|reason| err("telemetry.prefix", reason))?;
     if raw.telemetry.interval_ms < 10 {
         return Err(err("telemetry.interval_ms", "must be at least 10".into()));

@@ -151,8 +151,13 @@ fn errors_name_the_file_and_key() {
     assert!(error.file.as_deref().is_some_and(|file| file.ends_with("broken.toml")), "{error}");
 
     let env = HashMap::from([("ZINFER_DAEMON__DRAIN_TIMEOUT_MS".to_owned(), "soon".to_owned())]);
-    let error = load_with_env(&[good], Some(env)).expect_err("not a number");
+    let error = load_with_env(std::slice::from_ref(&good), Some(env)).expect_err("not a number");
     assert_eq!(error.key.as_deref(), Some("daemon.drain_timeout_ms"), "{error}");
+
+    let hasty = write(dir.path(), "hasty.toml", "[daemon]\nreload_timeout_ms = 200\n");
+    let error = load_with_env(&[good, hasty], Some(HashMap::new())).expect_err("a reload timeout under 1 s");
+    assert_eq!(error.key.as_deref(), Some("daemon.reload_timeout_ms"), "{error}");
+    assert!(error.file.as_deref().is_some_and(|file| file.ends_with("hasty.toml")), "{error}");
 }
 
 #[test]

@@ -275,7 +275,9 @@ impl Service {
                 let mut hung = false;
                 while finished.recv_timeout(health.tick) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                     let loading = started.elapsed();
+                    let stalled = health.stalled(current);
                     if loading > limit {
+                        telemetry.set_stalled(stalled.iter().map(|(name, _)| name.clone()).collect());
                         if !hung {
                             tracing::error!(
                                 ?loading,
@@ -286,14 +288,13 @@ impl Service {
                         }
                         notifier.status(&format!(
                             "generation {} serving; reload HUNG: loading models for {:.0} s, over \
-                             daemon.reload_timeout_ms ({:.0} s); watchdog pings stopped",
+                             daemon.reload_timeout_ms ({} ms); watchdog pings stopped",
                             current.number,
                             loading.as_secs_f64(),
-                            limit.as_secs_f64()
+                            limit.as_millis()
                         ));
                         continue;
                     }
-                    let stalled = health.stalled(current);
                     let mut status = format!(
                         "generation {} serving; reloading: loading models for {:.0} s",
                         current.number,

@@ -1,13 +1,14 @@
 //! Telemetry: what the daemon says about itself, published every `telemetry.interval_ms` on
 //! `<prefix>/telemetry`, answered on demand by the `<prefix>/status` queryable, and a liveliness token
-//! `<prefix>/alive` held while it runs.
+//! `<prefix>/alive` held while it serves.
 //!
 //! Telemetry is put with zenoh's default `CongestionControl::Drop`: a snapshot superseded by the next one is not
 //! worth blocking the daemon for, unlike a result.
 //!
 //! The status queryable is declared before the pipelines' subscribers and the liveliness token after them, so a
 //! client that sees either the token or a subscriber can query the status, and one that waits for the token finds
-//! the subscribers declared.
+//! the subscribers declared. At shutdown the token goes first, before the subscribers; status and telemetry stay up
+//! through the drain.
 
 pub mod metrics;
 pub mod names;
