@@ -151,27 +151,47 @@ async fn a_recording_published_sample_by_sample_gives_the_toolkits_windows() {
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_with_more_windows_than_max_batch_runs_them_max_batch_at_a_time() {
+/// Publishes the whole test recording as one JSON message to a sensor pipeline with `max_batch` and returns its
+/// result and windows: all its windows complete at once.
+async fn one_frame_recording(name: &str, max_batch: usize) -> (Recording, proto::Result, Vec<proto::WindowResult>) {
     let recording = recording("test_recording.json");
-    let (daemon, client, _) = start("whole", &sensor_pipeline("whole", "sensor/whole/**", "", "")).await;
-    let results = client.session().declare_subscriber("out/sensor/whole/**").await.expect("subscribe");
-
-    // The whole recording in one JSON message: all its windows complete at once, but max_batch = 1 runs them one by
-    // one, the shape the warm-up measured (and, with int8's per-run quantisation ranges, the toolkit's numbers).
+    let input = format!("sensor/{name}/**");
+    let pipeline =
+        sensor_pipeline(name, &input, "", "").replace("max_batch = 1\n", &format!("max_batch = {max_batch}\n"));
+    let (daemon, client, _) = start(name, &pipeline).await;
+    let results = client.session().declare_subscriber(format!("out/sensor/{name}/**")).await.expect("subscribe");
     let period = 1.0 / recording.sample_rate_hz;
     let frame: Vec<serde_json::Value> = (recording.samples.iter().enumerate())
         .map(|(index, values)| serde_json::json!({ "t": index as f64 * period, "values": values }))
         .collect();
     let payload = serde_json::to_vec(&frame).expect("json");
-    put(&client, "sensor/whole/watch", payload, Encoding::APPLICATION_JSON, "whole".to_owned()).await;
+    let key = format!("sensor/{name}/watch");
+    put(&client, &key, payload, Encoding::APPLICATION_JSON, "whole".to_owned()).await;
     let outcomes = collect_outcomes(&results, 1, &daemon).await;
-    let result = &outcomes["whole"];
-    assert_eq!(result.outcome, outcome::OK, "{result:?}");
-    assert!(recording.windows.len() > 1, "the recording makes several windows");
-    assert_matches_toolkit(&windows_of(&outcomes, "sensor/whole/watch"), &recording, "one frame");
-    assert_eq!(result.timings.as_ref().map(|timings| timings.batch_size), Some(1), "{result:?}");
+    let windows = windows_of(&outcomes, &key);
     client.close().await;
+    let result = outcomes.into_values().next().expect("one outcome");
+    assert_eq!(result.outcome, outcome::OK, "{result:?}");
+    assert!(recording.windows.len() > 4, "the recording makes several windows");
+    (recording, result, windows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_with_more_windows_than_max_batch_runs_them_max_batch_at_a_time() {
+    // max_batch = 1 runs the windows one by one, the shape the warm-up measured (and, with int8's per-run
+    // quantisation ranges, the toolkit's numbers).
+    let (recording, result, windows) = one_frame_recording("whole", 1).await;
+    assert_matches_toolkit(&windows, &recording, "one frame");
+    assert_eq!(result.timings.as_ref().map(|timings| timings.batch_size), Some(1), "{result:?}");
+
+    // max_batch = 4: runs of 4, 4 and 3 windows; every window still gets its own result, in order.
+    let (recording, result, windows) = one_frame_recording("whole4", 4).await;
+    assert_eq!(result.timings.as_ref().map(|timings| timings.batch_size), Some(4), "{result:?}");
+    assert_eq!(windows.len(), recording.windows.len());
+    for (index, (got, want)) in windows.iter().zip(&recording.windows).enumerate() {
+        assert_eq!((got.index, got.start_sample), (index as u64, want.start), "window {index}");
+        assert_eq!(got.label.as_deref(), Some(want.label.as_str()), "window {index}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
