@@ -184,7 +184,7 @@ impl Pipeline {
         let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
         let size = inputs.len();
         let model = &mut self.model;
-        let rows = max_rows.clamp(1, self.max_rows.max(1));
+        let rows = max_rows.max(1);
         let outputs: Result<Vec<_>, StageError> = inputs
             .chunks(rows)
             .map(|chunk| {

@@ -260,7 +260,7 @@ impl Service {
         self.retiring.retain(|generation| !generation.is_finished());
         let stalled = self.health.stalled(current);
         let status = self.status_line(current, &stalled);
-        self.health.report(&stalled, &status, &self.notifier, &self.telemetry);
+        self.health.report(&stalled, &status, true, &self.notifier, &self.telemetry);
     }
 
     /// Runs `work` on this thread while a second one goes on checking `current`'s health every tick, with a
@@ -272,38 +272,33 @@ impl Service {
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 let started = Instant::now();
-                let mut hung = false;
+                let mut said_hung = false;
                 while finished.recv_timeout(health.tick) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                     let loading = started.elapsed();
-                    let stalled = health.stalled(current);
-                    if loading > limit {
-                        telemetry.set_stalled(stalled.iter().map(|(name, _)| name.clone()).collect());
-                        if !hung {
-                            tracing::error!(
-                                ?loading,
-                                "the reload is still loading its models after \
-                                daemon.reload_timeout_ms; watchdog pings stop"
-                            );
-                            hung = true;
-                        }
-                        notifier.status(&format!(
-                            "generation {} serving; reload HUNG: loading models for {:.0} s, over \
-                             daemon.reload_timeout_ms ({} ms); watchdog pings stopped",
-                            current.number,
-                            loading.as_secs_f64(),
-                            limit.as_millis()
-                        ));
-                        continue;
+                    let hung = loading > limit;
+                    if hung && !said_hung {
+                        tracing::error!(
+                            ?loading,
+                            "the reload is still loading its models after daemon.reload_timeout_ms; watchdog pings \
+                             stop"
+                        );
+                        said_hung = true;
                     }
-                    let mut status = format!(
-                        "generation {} serving; reloading: loading models for {:.0} s",
-                        current.number,
-                        loading.as_secs_f64()
-                    );
+                    let (number, seconds) = (current.number, loading.as_secs_f64());
+                    let mut status = if hung {
+                        format!(
+                            "generation {number} serving; reload HUNG: loading models for {seconds:.0} s, over \
+                             daemon.reload_timeout_ms ({} ms); watchdog pings stopped",
+                            limit.as_millis()
+                        )
+                    } else {
+                        format!("generation {number} serving; reloading: loading models for {seconds:.0} s")
+                    };
+                    let stalled = health.stalled(current);
                     for (name, silent) in &stalled {
                         status.push_str(&stalled_note(name, *silent));
                     }
-                    health.report(&stalled, &status, notifier, telemetry);
+                    health.report(&stalled, &status, !hung, notifier, telemetry);
                 }
             });
             let result = work();
@@ -374,15 +369,23 @@ impl Health {
             .collect()
     }
 
-    /// Pings the watchdog with `status` if nothing is stalled; otherwise only updates the status, and says so once.
-    fn report(&self, stalled: &[(String, Duration)], status: &str, notifier: &Notifier, telemetry: &Telemetry) {
+    /// Records `stalled` in telemetry (logging a new stall once) and pings the watchdog with `status` if nothing is
+    /// stalled and `may_ping`; otherwise only updates the status line.
+    fn report(
+        &self,
+        stalled: &[(String, Duration)],
+        status: &str,
+        may_ping: bool,
+        notifier: &Notifier,
+        telemetry: &Telemetry,
+    ) {
         let was_stalled = telemetry.set_stalled(stalled.iter().map(|(name, _)| name.clone()).collect());
-        if stalled.is_empty() {
+        if !stalled.is_empty() && !was_stalled {
+            tracing::error!(pipelines = ?stalled, "pipeline worker(s) stalled: no progress; watchdog pings stop");
+        }
+        if stalled.is_empty() && may_ping {
             notifier.ping(status);
         } else {
-            if !was_stalled {
-                tracing::error!(pipelines = ?stalled, "pipeline worker(s) stalled: no progress; watchdog pings stop");
-            }
             notifier.status(status);
         }
     }

@@ -135,8 +135,6 @@ impl Reporter {
         telemetry: Arc<Telemetry>,
         config: &TelemetryConfig,
     ) -> Result<Self, crate::Error> {
-        let zenoh_error =
-            |what: &str, error: zenoh::Error| crate::Error::Zenoh(format!("cannot declare {what}: {error}"));
         let status_key = keys::status(&config.prefix);
         let encoding = config.encoding;
         let status = Arc::clone(&telemetry);
@@ -150,7 +148,7 @@ impl Reporter {
                 }
             })
             .await
-            .map_err(|error| zenoh_error(&format!("the status queryable `{status_key}`"), error))?;
+            .map_err(|error| declare_error(&format!("the status queryable `{status_key}`"), error))?;
 
         let (stop, mut stopped) = watch::channel(false);
         let session = session.clone();
@@ -181,9 +179,11 @@ impl Reporter {
     /// Declares the liveliness token `<prefix>/alive`: the daemon is serving.
     pub async fn announce(&mut self, session: &zenoh::Session, config: &TelemetryConfig) -> Result<(), crate::Error> {
         let alive_key = keys::alive(&config.prefix);
-        let token = session.liveliness().declare_token(alive_key.clone()).await.map_err(|error| {
-            crate::Error::Zenoh(format!("cannot declare the liveliness token `{alive_key}`: {error}"))
-        })?;
+        let token = session
+            .liveliness()
+            .declare_token(alive_key.clone())
+            .await
+            .map_err(|error| declare_error(&format!("the liveliness token `{alive_key}`"), error))?;
         self.token = Some(token);
         Ok(())
     }
@@ -206,4 +206,8 @@ impl Reporter {
             tracing::warn!(%error, "undeclaring the status queryable failed");
         }
     }
+}
+
+fn declare_error(what: &str, error: zenoh::Error) -> crate::Error {
+    crate::Error::Zenoh(format!("cannot declare {what}: {error}"))
 }
