@@ -127,3 +127,10 @@ pub enum BuildError {
         reason: String,
     },
 }
+
+impl BuildError {
+    /// The option `key` has a bad value, for `reason`.
+    pub fn option(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Option { key: key.into(), reason: reason.into() }
+    }
+}

@@ -92,7 +92,7 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
     let model_max = context.manifest.max_length;
     let max_length = config.max_length.or(model_max).unwrap_or(DEFAULT_MAX_LENGTH);
     if max_length < 2 {
-        return Err(BuildError::Option { key: "max_length".into(), reason: "must be at least 2".into() });
+        return Err(BuildError::option("max_length", "must be at least 2"));
     }
     if let Some(model_max) = model_max.filter(|&model_max| max_length > model_max) {
         return Err(BuildError::Option {

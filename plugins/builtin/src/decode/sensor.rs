@@ -61,18 +61,15 @@ fn default_max_bytes() -> usize {
 /// Builds the decoder from its options and the manifest's `[sensor]` table.
 pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> {
     let config: SensorDecoderConfig = parse_options(options)?;
-    let channels = config
-        .channels
-        .or_else(|| context.manifest.sensor.as_ref().map(|sensor| sensor.channels.len()))
-        .ok_or_else(|| BuildError::Option {
-            key: "channels".into(),
-            reason: "the model manifest has no [sensor] table; set the channel count here".into(),
-        })?;
-    if channels == 0 || config.max_bytes == 0 {
-        return Err(BuildError::Option {
-            key: if channels == 0 { "channels" } else { "max_bytes" }.into(),
-            reason: "must be at least 1".into(),
-        });
+    let channels =
+        config.channels.or_else(|| context.manifest.sensor.as_ref().map(|sensor| sensor.channels.len())).ok_or_else(
+            || BuildError::option("channels", "the model manifest has no [sensor] table; set the channel count here"),
+        )?;
+    if channels == 0 {
+        return Err(BuildError::option("channels", "must be at least 1"));
+    }
+    if config.max_bytes == 0 {
+        return Err(BuildError::option("max_bytes", "must be at least 1"));
     }
     Ok(Box::new(SensorDecoder { config, channels }))
 }

@@ -52,7 +52,7 @@ fn default_max_bytes() -> usize {
 pub fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Decoder>, BuildError> {
     let config: TextDecoderConfig = parse_options(options)?;
     if config.max_bytes == 0 {
-        return Err(BuildError::Option { key: "max_bytes".into(), reason: "must be at least 1".into() });
+        return Err(BuildError::option("max_bytes", "must be at least 1"));
     }
     Ok(Box::new(TextDecoder { config }))
 }

@@ -36,7 +36,7 @@ fn default_max_samples() -> usize {
 pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
     let config: ValidateConfig = parse_options(options)?;
     if config.max_samples == 0 {
-        return Err(BuildError::Option { key: "max_samples".into(), reason: "must be at least 1".into() });
+        return Err(BuildError::option("max_samples", "must be at least 1"));
     }
     let channels = super::spec(context, TYPE)?.channels.clone();
     Ok(Box::new(Validate { channels, max_samples: config.max_samples }))

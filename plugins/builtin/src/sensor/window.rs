@@ -124,23 +124,24 @@ impl WindowStage {
     /// A stage cutting windows as `spec` says, with `config`'s options.
     pub fn new(spec: SensorSpec, config: &WindowConfig) -> Result<Self, BuildError> {
         let samples = config.hop.unwrap_or(spec.hop);
-        let invalid = |key: &str, reason: &str| BuildError::Option { key: key.into(), reason: reason.into() };
         if samples == 0 {
-            return Err(invalid("hop", "must be at least 1"));
+            return Err(BuildError::option("hop", "must be at least 1"));
         }
         let hop = match config.hop_ms {
             None => Hop::Samples(samples),
-            Some(_) if config.hop.is_some() => return Err(invalid("hop_ms", "give `hop` or `hop_ms`, not both")),
+            Some(_) if config.hop.is_some() => {
+                return Err(BuildError::option("hop_ms", "give `hop` or `hop_ms`, not both"));
+            }
             Some(ms) if ms.is_finite() && ms > 0.0 => Hop::Time { us: (ms * 1e3).round() as i64, samples },
-            Some(_) => return Err(invalid("hop_ms", "must be a positive number of milliseconds")),
+            Some(_) => return Err(BuildError::option("hop_ms", "must be a positive number of milliseconds")),
         };
         if config.max_sources == 0 {
-            return Err(invalid("max_sources", "must be at least 1"));
+            return Err(BuildError::option("max_sources", "must be at least 1"));
         }
         let period_us = 1e6 / spec.sample_rate_hz;
         let tolerance_ms = config.gap_tolerance_ms.unwrap_or(5.0 * period_us / 1e3);
         if !(tolerance_ms.is_finite() && tolerance_ms > 0.0) {
-            return Err(invalid("gap_tolerance_ms", "must be a positive number of milliseconds"));
+            return Err(BuildError::option("gap_tolerance_ms", "must be a positive number of milliseconds"));
         }
         Ok(Self {
             spec,
