@@ -80,15 +80,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     pipeline.preprocess_only(&mut item)?;
     let tokens = item.features.first().map_or(0, |feature| feature.tensor.shape.iter().product());
     let features = item.features.clone();
-    let mut samples = Vec::with_capacity(iterations);
-    for round in 0..options.warmup + iterations {
-        let started = Instant::now();
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
-        if round >= options.warmup {
-            samples.push(started.elapsed());
-        }
-    }
-    let inference_direct = Summary::of(samples);
+    let inference_direct = Summary::time(options.warmup, iterations, || {
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run").map(drop)
+    })?;
 
     // 2. The whole pipeline, in process.
     let mut samples = Vec::with_capacity(iterations);

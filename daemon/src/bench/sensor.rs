@@ -88,15 +88,10 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
             data: zinfer_stage_api::TensorData::F32(vec![0.1; window * channels]),
         },
     }];
-    let mut samples = Vec::new();
-    for round in 0..rounds {
-        let started = Instant::now();
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
-        if round >= options.warmup {
-            samples.push(started.elapsed());
-        }
-    }
-    let model_direct = Summary::of(samples);
+    let timed = options.windows.max(1);
+    let model_direct = Summary::time(options.warmup, timed, || {
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run").map(drop)
+    })?;
 
     // 2. The pipeline in process: a first frame fills the window, then each frame of `hop` samples completes one.
     let envelope = |payload: Vec<u8>| Envelope {
@@ -111,20 +106,14 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         fallback_id: "bench".into(),
     };
     check(pipeline.process(envelope(stream.frame(0, window))).verdict, 1)?;
-    let mut samples = Vec::new();
     let mut next = window;
     let started_all = Instant::now();
-    for round in 0..rounds {
-        let started = Instant::now();
-        check(pipeline.process(envelope(stream.frame(next, hop))).verdict, 1)?;
+    let pipeline_direct = Summary::time(options.warmup, timed, || {
+        let frame = stream.frame(next, hop);
         next += hop;
-        if round >= options.warmup {
-            samples.push(started.elapsed());
-        }
-    }
-    let direct_seconds = started_all.elapsed().as_secs_f64();
-    let pipeline_direct_windows_per_s = rounds as f64 / direct_seconds;
-    let pipeline_direct = Summary::of(samples);
+        check(pipeline.process(envelope(frame)).verdict, 1)
+    })?;
+    let pipeline_direct_windows_per_s = rounds as f64 / started_all.elapsed().as_secs_f64();
     drop(pipeline);
 
     // 3. Round trips through a zinferd child.
