@@ -43,6 +43,12 @@ pub mod drop_reason {
     pub const MEMORY: &str = "memory";
 }
 
+/// Reasons in `PipelineStats::refused_by_reason`: messages refused at the door, with no outcome.
+pub mod refuse_reason {
+    /// The pipeline already owed `max_in_flight` outcomes.
+    pub const IN_FLIGHT_LIMIT: &str = "in_flight_limit";
+}
+
 /// Key expressions zinferd publishes on, derived from configured prefixes.
 pub mod keys {
     /// Where the result for a request that arrived on `input_key` goes: `<output_prefix>/<input_key>`.

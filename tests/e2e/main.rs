@@ -4,6 +4,7 @@
 //! One test binary with a module per concern; each test gets its own port, telemetry prefix and temp dir, so they
 //! run in parallel.
 
+mod attacks;
 mod bad_input;
 mod batching;
 mod check;

@@ -147,6 +147,11 @@ impl Daemon {
         Client::connect(&self.endpoint).await.expect("client session")
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal("TERM");

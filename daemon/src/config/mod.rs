@@ -109,6 +109,9 @@ pub struct PipelineConfig {
     pub overload: OverloadPolicy,
     /// With `latest`: messages kept per key.
     pub latest_per_key: usize,
+    /// Most outcomes the pipeline may owe at once (messages queued, running, or answered and waiting to be
+    /// published); beyond it new messages are refused at the door, with no outcome, and counted.
+    pub max_in_flight: usize,
     /// zenoh congestion control for results.
     pub result_congestion_control: CongestionPolicy,
     /// zenoh priority for results.
@@ -418,6 +421,10 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
     })
 }
 
+/// Outcomes the default `max_in_flight` allows to wait for publication beyond what the queues hold: enough for a
+/// burst of drop notices at zenoh's delivery rate (a few milliseconds of it), a few MiB at most.
+pub const DEFAULT_PUBLISH_BACKLOG: usize = 8192;
+
 fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<PipelineConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
     let name_ok = !raw.name.is_empty() && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -439,6 +446,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if !(1..=1024).contains(&raw.max_batch) {
         return Err(err("max_batch", format!("{} is not between 1 and 1024", raw.max_batch)));
     }
+    if raw.max_in_flight == Some(0) {
+        return Err(err("max_in_flight", "must be at least 1 (leave it out for the default)".into()));
+    }
     if raw.deadline_ms == Some(0) {
         return Err(err("deadline_ms", "must be at least 1 (leave it out for no deadline)".into()));
     }
@@ -459,6 +469,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         queue_bytes: raw.queue_bytes,
         overload: raw.overload,
         latest_per_key: raw.latest_per_key,
+        max_in_flight: raw.max_in_flight.unwrap_or(2 * raw.queue_capacity + raw.max_batch + DEFAULT_PUBLISH_BACKLOG),
         result_congestion_control: raw.result_congestion_control,
         result_priority: raw.result_priority,
         manifest,

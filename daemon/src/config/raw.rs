@@ -170,6 +170,7 @@ pub struct RawPipeline {
     pub overload: OverloadPolicy,
     #[serde(default = "default_latest_per_key")]
     pub latest_per_key: usize,
+    pub max_in_flight: Option<usize>,
     #[serde(default)]
     pub result_congestion_control: CongestionPolicy,
     #[serde(default)]

@@ -45,13 +45,9 @@ pub fn encode<T: Message + serde::Serialize>(value: &T, encoding: WireEncoding) 
     }
 }
 
-/// Publishes outcomes until every sender (admissions and workers) is gone.
-pub async fn publish(session: zenoh::Session, routes: Arc<Vec<Route>>, mut outcomes: UnboundedReceiver<Outcome>) {
+/// Publishes one pipeline's outcomes until its senders (admission and worker) are gone.
+pub async fn publish(session: zenoh::Session, route: Route, mut outcomes: UnboundedReceiver<Outcome>) {
     while let Some(outcome) = outcomes.recv().await {
-        let Some(route) = routes.get(outcome.pipeline) else {
-            tracing::error!(pipeline = outcome.pipeline, "outcome for an unknown pipeline; this is a bug");
-            continue;
-        };
         let result = outcome.to_result(&route.name, &route.model);
         let (bytes, encoding) = encode(&result, route.encoding);
         let key = keys::result(&route.output_prefix, &outcome.key);

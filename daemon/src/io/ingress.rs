@@ -1,10 +1,14 @@
 //! Ingress: a zenoh subscriber per pipeline that admits samples into the pipeline's bounded queue.
 //!
 //! Admission is where a message becomes the daemon's responsibility: from the moment it is counted as received it
-//! gets exactly one outcome. The zenoh callback never blocks (it runs on zenoh's own threads): when the queue is
+//! gets exactly one outcome, carrying the sender's id (the payload's, found by the decoder's bounded peek, else the
+//! attachment's) even when it is shed undecoded. A message arriving while the pipeline already owes
+//! `max_in_flight` outcomes is refused instead (counted, no outcome): answering it would need memory that grows
+//! with the input rate, because its outcome could not leave any faster than the others. The zenoh callback never blocks (it runs on zenoh's own threads): when the queue is
 //! full the message is answered at once with `dropped: queue_full` (or, under `overload = "latest"`, the oldest
 //! waiting message of its key makes room and is answered `dropped: superseded`) instead of stalling every subscriber.
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -12,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 use zenoh::sample::Sample;
 use zinfer_proto::drop_reason;
-use zinfer_stage_api::RawMessage;
+use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{Outcome, Timings, Verdict};
@@ -47,6 +51,10 @@ pub struct Admission {
     pub pipeline: usize,
     /// Its counters.
     pub metrics: Arc<PipelineMetrics>,
+    /// The pipeline's decoder, to find the sender's id in a message that is answered without being decoded.
+    pub decoder: Arc<dyn Decoder>,
+    /// Larger payloads are answered `payload_too_large` without being copied (the pipeline's `queue_bytes`).
+    pub max_payload: usize,
 }
 
 /// A pipeline's subscription. While it is open, every sample on the input key is admitted to exactly one
@@ -98,21 +106,45 @@ fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
     let Some(admission) = gate.as_ref() else {
         return;
     };
-    admission.metrics.record_received();
+    // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`.
+    if !admission.metrics.try_receive() {
+        return;
+    }
     let attachment_id = sample
         .attachment()
         .and_then(|attachment| String::from_utf8(attachment.to_bytes().into_owned()).ok())
         .filter(|id| !id.is_empty());
     let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
+    let payload = sample.payload();
+    let size = payload.len();
+    // A payload that could never be queued is not copied out of zenoh: only its head, where its id is.
+    let too_large = size > admission.max_payload;
+    let bytes = if too_large {
+        let mut head = Vec::with_capacity(PEEK_BYTES);
+        // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
+        let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
+        head
+    } else {
+        payload.to_bytes().into_owned()
+    };
     let message = RawMessage {
         key: sample.key_expr().as_str().to_owned(),
-        payload: sample.payload().to_bytes().into_owned(),
+        payload: bytes,
         encoding: sample.encoding().to_string(),
         attachment_id,
     };
+    let envelope = Envelope { message, arrived, arrived_wall, fallback_id };
+    if too_large {
+        let detail = format!(
+            "payload of {size} bytes exceeds the pipeline's queue_bytes ({} bytes); it was not read",
+            admission.max_payload
+        );
+        answer(admission, envelope, Verdict::Failed(StageError::new(Reason::PayloadTooLarge, detail)));
+        return;
+    }
     // Count before queueing: the worker may dequeue before push returns.
     admission.metrics.record_enqueued();
-    let (envelope, reason) = match admission.queue.push(Envelope { message, arrived, arrived_wall, fallback_id }) {
+    let (envelope, reason) = match admission.queue.push(envelope) {
         Ok(None) => return,
         // `latest`: the newest got in, the oldest of its key made room.
         Ok(Some(evicted)) => (evicted, drop_reason::SUPERSEDED),
@@ -121,16 +153,21 @@ fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
     };
     admission.metrics.record_dequeued();
     tracing::debug!(pipeline = admission.pipeline, reason, "message dropped at admission");
+    answer(admission, envelope, Verdict::Dropped(reason));
+}
+
+/// Answers an accepted message that will not be decoded, with the id its sender gave it wherever it can be found.
+fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
     let outcome = Outcome {
         pipeline: admission.pipeline,
-        id: envelope.fallback_id,
+        id: envelope.sender_id(admission.decoder.as_ref()),
         key: envelope.message.key,
-        verdict: Verdict::Dropped(reason),
+        verdict,
         timings: Timings::default(),
         arrived: envelope.arrived,
         deadline: None,
     };
     if admission.outcomes.send(outcome).is_err() {
-        tracing::error!(pipeline = admission.pipeline, "the publisher is gone; a dropped message gets no outcome");
+        tracing::error!(pipeline = admission.pipeline, "the publisher is gone; an accepted message gets no outcome");
     }
 }

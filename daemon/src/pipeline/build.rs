@@ -60,7 +60,7 @@ pub fn build(
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
     Ok(Pipeline {
-        decoder,
+        decoder: decoder.into(),
         preprocess,
         model,
         postprocess,

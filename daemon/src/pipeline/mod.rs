@@ -15,6 +15,8 @@ pub mod outcome;
 pub mod queue;
 pub mod worker;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use zinfer_ort::Model;
@@ -36,6 +38,14 @@ pub struct Envelope {
     pub fallback_id: String,
 }
 
+impl Envelope {
+    /// The id an outcome for this message carries when it was not decoded (shed, or undecodable): the payload's own
+    /// id if `decoder` can peek at it, else the attachment's or the generated one. The sender can always match it.
+    pub fn sender_id(&self, decoder: &dyn Decoder) -> String {
+        decoder.peek_id(&self.message).unwrap_or_else(|| self.fallback_id.clone())
+    }
+}
+
 /// The name and version of a pipeline's model, as published in results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelIdentity {
@@ -47,7 +57,7 @@ pub struct ModelIdentity {
 
 /// A built pipeline: decoder, stages and the model, ready to process envelopes on one thread.
 pub struct Pipeline {
-    decoder: Box<dyn Decoder>,
+    decoder: Arc<dyn Decoder>,
     preprocess: Vec<Box<dyn Stage>>,
     model: Model,
     postprocess: Vec<Box<dyn Stage>>,
@@ -113,6 +123,11 @@ impl Pipeline {
         self.memory
     }
 
+    /// The decoder, shared with the ingress, which peeks at the ids of messages it sheds.
+    pub fn decoder(&self) -> Arc<dyn Decoder> {
+        Arc::clone(&self.decoder)
+    }
+
     /// The model, for direct measurements.
     pub fn model_mut(&mut self) -> &mut Model {
         &mut self.model
@@ -131,17 +146,22 @@ impl Pipeline {
         }
     }
 
-    /// Decodes and preprocesses; a failure is already the message's final outcome.
+    /// Decodes and preprocesses; a failure (a panic of a stage or the decoder included) is already the message's
+    /// final outcome.
     pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Box<Processed>> {
         let mut timings = Timings::default();
         let started = Instant::now();
-        let request = self.decoder.decode(&envelope.message);
+        let request = catch_unwind(AssertUnwindSafe(|| self.decoder.decode(&envelope.message)));
         let decoded = Instant::now();
         timings.decode = decoded - started;
         let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                let (id, verdict) = (envelope.fallback_id, Verdict::Failed(error));
+            Ok(Ok(request)) => request,
+            failed => {
+                let verdict = match failed {
+                    Ok(Err(error)) => Verdict::Failed(error),
+                    _ => panicked(),
+                };
+                let id = self.sender_id(&envelope);
                 return Err(Box::new(Processed { id, verdict, timings, deadline: None }));
             }
         };
@@ -154,12 +174,19 @@ impl Pipeline {
         );
         let id = request.id.unwrap_or(envelope.fallback_id);
         let mut item = Item::new(id, envelope.message.key, request.input);
-        let result = run_stages(&mut self.preprocess, &mut item);
+        let result = catch_unwind(AssertUnwindSafe(|| run_stages(&mut self.preprocess, &mut item)));
         timings.preprocess = decoded.elapsed();
-        match result {
-            Ok(()) => Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
-            Err(error) => Err(Box::new(Processed { id: item.id, verdict: Verdict::Failed(error), timings, deadline })),
-        }
+        let verdict = match result {
+            Ok(Ok(())) => return Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
+            Ok(Err(error)) => Verdict::Failed(error),
+            Err(_) => panicked(),
+        };
+        Err(Box::new(Processed { id: item.id, verdict, timings, deadline }))
+    }
+
+    /// The id an outcome carries for `envelope` when it is not decoded: see [`Envelope::sender_id`].
+    pub fn sender_id(&self, envelope: &Envelope) -> String {
+        envelope.sender_id(self.decoder.as_ref())
     }
 
     /// Runs the model and the postprocessing stages on a prepared message.
@@ -259,6 +286,11 @@ impl Pipeline {
         let features = model_inputs(&prepared.item).next().unwrap_or_default();
         features.iter().map(|feature| feature.tensor.shape.clone()).collect()
     }
+}
+
+/// A panicking stage or decoder (a user's plugin, say) costs one message, not the whole pipeline.
+fn panicked() -> Verdict {
+    Verdict::Failed(StageError::new(Reason::Custom("stage_panicked"), "a stage panicked"))
 }
 
 fn run_stages(stages: &mut [Box<dyn Stage>], item: &mut Item) -> Result<(), StageError> {

@@ -2,7 +2,8 @@
 //!
 //! A plain bounded channel can only refuse the newest message when it is full, which is right for `fifo` but the
 //! opposite of what `latest` promises: under a flood of sensor frames, the newest must get in and the oldest go.
-//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress.
+//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress. It bounds both the
+//! count and the payload bytes it holds (`queue_capacity`, `queue_bytes`).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::RecvTimeoutError;
@@ -16,13 +17,23 @@ struct Shared {
     state: Mutex<State>,
     arrived: Condvar,
     capacity: usize,
+    capacity_bytes: usize,
     overload: Overload,
 }
 
 struct State {
     waiting: VecDeque<Envelope>,
+    bytes: usize,
     /// False once the sending side is gone: the worker drains what is left and stops.
     open: bool,
+}
+
+impl State {
+    fn pop(&mut self) -> Option<Envelope> {
+        let envelope = self.waiting.pop_front()?;
+        self.bytes -= envelope.message.payload.len();
+        Some(envelope)
+    }
 }
 
 impl Shared {
@@ -31,12 +42,14 @@ impl Shared {
     }
 }
 
-/// A new queue of `capacity` messages (at least one).
-pub fn bounded(capacity: usize, overload: Overload) -> (Sender, Receiver) {
+/// A new queue of `capacity` messages (at least one) and `capacity_bytes` payload bytes (a larger single payload is
+/// never queued: the ingress answers it before).
+pub fn bounded(capacity: usize, capacity_bytes: usize, overload: Overload) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { waiting: VecDeque::new(), open: true }),
+        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, open: true }),
         arrived: Condvar::new(),
         capacity: capacity.max(1),
+        capacity_bytes,
         overload,
     });
     (Sender(Arc::clone(&shared)), Receiver(shared))
@@ -55,24 +68,37 @@ pub enum Refused {
 pub struct Sender(Arc<Shared>);
 
 impl Sender {
-    /// Queues `envelope`. Under `latest`, a full queue makes room by evicting its oldest message of the same key
-    /// (else its oldest message), which is returned so that the caller answers it `dropped: superseded`.
+    /// Queues `envelope`. Under `latest`, a full queue (by count or bytes) makes room by evicting its oldest message
+    /// of the same key (else its oldest message), which is returned so that the caller answers it
+    /// `dropped: superseded`; when evicting one is not enough, the newest is refused like under `fifo`.
     pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
         let mut state = self.0.lock();
         if !state.open {
             return Err(Refused::Closed(Box::new(envelope)));
         }
+        let bytes = envelope.message.payload.len();
+        let full =
+            |state: &State| state.waiting.len() >= self.0.capacity || state.bytes + bytes > self.0.capacity_bytes;
         let mut evicted = None;
-        if state.waiting.len() >= self.0.capacity {
-            match self.0.overload {
-                Overload::Fifo => return Err(Refused::Full(Box::new(envelope))),
-                Overload::Latest { .. } => {
-                    let key = &envelope.message.key;
-                    let oldest = state.waiting.iter().position(|waiting| &waiting.message.key == key).unwrap_or(0);
-                    evicted = state.waiting.remove(oldest);
+        if full(&state) {
+            if let Overload::Latest { .. } = self.0.overload {
+                let key = &envelope.message.key;
+                let oldest = state.waiting.iter().position(|waiting| &waiting.message.key == key).unwrap_or(0);
+                evicted = state.waiting.remove(oldest);
+                state.bytes -= evicted.as_ref().map_or(0, |evicted| evicted.message.payload.len());
+            }
+            if full(&state) {
+                // Nothing was gained by the eviction: put it back where it was, refuse the newcomer.
+                if let Some(evicted) = evicted {
+                    state.bytes += evicted.message.payload.len();
+                    let end = state.waiting.len();
+                    let position = state.waiting.iter().position(|waiting| waiting.arrived > evicted.arrived);
+                    state.waiting.insert(position.unwrap_or(end), evicted);
                 }
+                return Err(Refused::Full(Box::new(envelope)));
             }
         }
+        state.bytes += bytes;
         state.waiting.push_back(envelope);
         drop(state);
         self.0.arrived.notify_one();
@@ -96,7 +122,7 @@ impl Receiver {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.lock();
         loop {
-            if let Some(envelope) = state.waiting.pop_front() {
+            if let Some(envelope) = state.pop() {
                 return Ok(envelope);
             }
             if !state.open {
@@ -112,7 +138,7 @@ impl Receiver {
 
     /// The oldest message, if one is waiting.
     pub fn try_recv(&self) -> Option<Envelope> {
-        self.0.lock().waiting.pop_front()
+        self.0.lock().pop()
     }
 }
 
@@ -125,8 +151,17 @@ mod tests {
     use super::*;
 
     fn envelope(key: &str, id: &str) -> Envelope {
+        sized(key, id, 0)
+    }
+
+    fn sized(key: &str, id: &str, bytes: usize) -> Envelope {
         Envelope {
-            message: RawMessage { key: key.into(), payload: Vec::new(), encoding: String::new(), attachment_id: None },
+            message: RawMessage {
+                key: key.into(),
+                payload: vec![0; bytes],
+                encoding: String::new(),
+                attachment_id: None,
+            },
             arrived: Instant::now(),
             arrived_wall: SystemTime::now(),
             fallback_id: id.into(),
@@ -139,7 +174,7 @@ mod tests {
 
     #[test]
     fn fifo_refuses_the_newest_when_full() {
-        let (sender, receiver) = bounded(2, Overload::Fifo);
+        let (sender, receiver) = bounded(2, usize::MAX, Overload::Fifo);
         assert!(sender.push(envelope("a", "1")).expect("room").is_none());
         assert!(sender.push(envelope("a", "2")).expect("room").is_none());
         assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Full(refused)) if refused.fallback_id == "3"));
@@ -148,7 +183,7 @@ mod tests {
 
     #[test]
     fn latest_evicts_the_oldest_of_the_same_key_else_the_oldest() {
-        let (sender, receiver) = bounded(3, Overload::Latest { per_key: 1 });
+        let (sender, receiver) = bounded(3, usize::MAX, Overload::Latest { per_key: 1 });
         for (key, id) in [("a", "1"), ("b", "2"), ("a", "3")] {
             assert!(sender.push(envelope(key, id)).expect("room").is_none());
         }
@@ -160,8 +195,28 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_bounded_too() {
+        let (sender, receiver) = bounded(10, 100, Overload::Fifo);
+        assert!(sender.push(sized("a", "1", 60)).expect("room").is_none());
+        assert!(matches!(sender.push(sized("a", "2", 50)), Err(Refused::Full(refused)) if refused.fallback_id == "2"));
+        assert!(sender.push(sized("a", "3", 40)).expect("room").is_none());
+        assert_eq!(ids(&receiver), ["1", "3"]);
+        assert!(sender.push(sized("a", "4", 100)).expect("room once drained").is_none());
+
+        let (sender, receiver) = bounded(10, 100, Overload::Latest { per_key: 1 });
+        for (id, bytes) in [("1", 30), ("2", 30), ("3", 30)] {
+            assert!(sender.push(sized("k", id, bytes)).expect("room").is_none());
+        }
+        let evicted = sender.push(sized("k", "4", 30)).expect("an eviction makes room").expect("evicted");
+        assert_eq!(evicted.fallback_id, "1");
+        // One eviction cannot make room for 95 bytes: the newcomer is refused and the queue is unchanged.
+        assert!(matches!(sender.push(sized("k", "5", 95)), Err(Refused::Full(refused)) if refused.fallback_id == "5"));
+        assert_eq!(ids(&receiver), ["2", "3", "4"]);
+    }
+
+    #[test]
     fn closing_lets_the_worker_drain_then_disconnects() {
-        let (sender, receiver) = bounded(4, Overload::Fifo);
+        let (sender, receiver) = bounded(4, usize::MAX, Overload::Fifo);
         sender.push(envelope("a", "1")).expect("room");
         assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Ok(envelope) if envelope.fallback_id == "1"));
         assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));

@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use zinfer_proto::{drop_reason, expire_reason};
-use zinfer_stage_api::{Reason, StageError};
 
 use super::deadline::CostModel;
 use super::outcome::{Outcome, Timings, Verdict};
 use super::queue::Receiver;
-use super::{Envelope, Pipeline, Prepared, Processed};
+use super::{Envelope, Pipeline, Prepared, Processed, panicked};
 use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
 
@@ -136,18 +135,26 @@ impl Worker {
     }
 
     fn run(mut self, queue: &Receiver) {
+        let mut arrived = Vec::new();
         loop {
             // Every turn of this loop is progress; an idle worker still turns every HEARTBEAT. A worker stuck in a
             // stage or a model run stops beating, and the service watchdog notices.
             self.context.metrics.beat();
             if self.waiting.is_empty() {
                 match queue.recv_timeout(HEARTBEAT) {
-                    Ok(envelope) => self.admit(envelope),
+                    Ok(envelope) => arrived.push(envelope),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while let Some(envelope) = queue.try_recv() {
+            // At most a queue's worth per turn, then the model runs: when messages arrive faster than they can be
+            // prepared, an unbounded drain would prepare forever and never run the model.
+            while arrived.len() < self.context.capacity {
+                let Some(envelope) = queue.try_recv() else { break };
+                arrived.push(envelope);
+            }
+            self.supersede_undecoded(&mut arrived);
+            for envelope in arrived.drain(..) {
                 self.admit(envelope);
             }
             if let Some(head) = self.take_next() {
@@ -160,36 +167,70 @@ impl Worker {
         }
     }
 
+    /// Under `latest`, answers `dropped: superseded` the arrivals that newer arrivals of their key replace, before
+    /// they cost a decode: under a flood of one key only the newest is prepared, not each in turn.
+    fn supersede_undecoded(&mut self, arrived: &mut Vec<Envelope>) {
+        let Overload::Latest { per_key } = self.context.overload else { return };
+        let mut newer = std::collections::HashMap::<&str, usize>::new();
+        let keep: Vec<bool> = arrived
+            .iter()
+            .rev()
+            .map(|envelope| {
+                let count = newer.entry(envelope.message.key.as_str()).or_default();
+                *count += 1;
+                *count <= per_key
+            })
+            .collect();
+        if keep.iter().all(|&keep| keep) {
+            return;
+        }
+        let mut keep = keep.into_iter().rev();
+        let (kept, superseded): (Vec<_>, Vec<_>) =
+            std::mem::take(arrived).into_iter().partition(|_| keep.next().unwrap_or(true));
+        *arrived = kept;
+        for envelope in superseded {
+            self.answer_undecoded(envelope, drop_reason::SUPERSEDED);
+        }
+    }
+
     /// Decodes and preprocesses a newly arrived message and queues it, or answers it at once.
     fn admit(&mut self, envelope: Envelope) {
-        let (key, arrived, fallback_id) =
-            (envelope.message.key.clone(), envelope.arrived, envelope.fallback_id.clone());
         let bytes = envelope.message.payload.len();
-        let early = if self.context.abandon.load(Ordering::Relaxed) {
-            Some(dropped(fallback_id, drop_reason::SHUTDOWN))
+        let shed = if self.context.abandon.load(Ordering::Relaxed) {
+            Some(drop_reason::SHUTDOWN)
         } else if self.context.memory.pressure() == Pressure::Hard {
-            Some(dropped(fallback_id, drop_reason::MEMORY))
-        } else if !self.make_room(&key, bytes) {
+            Some(drop_reason::MEMORY)
+        } else if !self.make_room(&envelope.message.key, bytes) {
             // Refused before decoding: under overload, tokenizing what cannot be queued would only add to it.
-            Some(dropped(fallback_id, drop_reason::QUEUE_FULL))
+            Some(drop_reason::QUEUE_FULL)
         } else {
-            match catch_unwind(AssertUnwindSafe(|| self.pipeline.prepare(envelope))) {
-                Ok(Ok(prepared)) => {
-                    self.context.metrics.record_counters(&prepared.item.counters);
-                    self.sequence += 1;
-                    self.waiting_bytes += bytes;
-                    self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });
-                    None
-                }
-                Ok(Err(processed)) => Some(*processed),
-                Err(_) => Some(panicked(fallback_id)),
-            }
+            None
         };
-        if let Some(processed) = early {
-            self.context.metrics.record_dequeued();
-            let outcome = self.finish(processed, key, arrived);
-            self.send(outcome);
+        if let Some(reason) = shed {
+            return self.answer_undecoded(envelope, reason);
         }
+        let (key, arrived) = (envelope.message.key.clone(), envelope.arrived);
+        match self.pipeline.prepare(envelope) {
+            Ok(prepared) => {
+                self.context.metrics.record_counters(&prepared.item.counters);
+                self.sequence += 1;
+                self.waiting_bytes += bytes;
+                self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });
+            }
+            Err(processed) => {
+                self.context.metrics.record_dequeued();
+                let outcome = self.finish(*processed, key, arrived);
+                self.send(outcome);
+            }
+        }
+    }
+
+    /// Answers a message taken from the admission queue without decoding it, under its sender's id.
+    fn answer_undecoded(&mut self, envelope: Envelope, reason: &'static str) {
+        self.context.metrics.record_dequeued();
+        let processed = dropped(self.pipeline.sender_id(&envelope), reason);
+        let outcome = self.finish(processed, envelope.message.key, envelope.arrived);
+        self.send(outcome);
     }
 
     /// Whether a message of `bytes` on `key` may join the queue, evicting older messages first under `latest`.
@@ -336,7 +377,8 @@ impl Worker {
             }
             Err(_) => {
                 for ((id, key, arrived), deadline) in identities.into_iter().zip(deadlines) {
-                    answered.push(self.finish(Processed { deadline, ..panicked(id) }, key, arrived));
+                    let processed = Processed { id, verdict: panicked(), timings: Timings::default(), deadline };
+                    answered.push(self.finish(processed, key, arrived));
                 }
             }
         }
@@ -372,10 +414,4 @@ impl Worker {
 
 fn dropped(id: String, reason: &'static str) -> Processed {
     Processed { id, verdict: Verdict::Dropped(reason), timings: Timings::default(), deadline: None }
-}
-
-/// A panicking stage (a user's plugin, say) costs one message, not the whole pipeline.
-fn panicked(id: String) -> Processed {
-    let error = StageError::new(Reason::Custom("stage_panicked"), "a stage panicked");
-    Processed { id, verdict: Verdict::Failed(error), timings: Timings::default(), deadline: None }
 }

@@ -2,7 +2,7 @@
 //!
 //! The daemon starts with generation 1; every successful reload starts the next one beside it and retires the
 //! previous: its admissions are handed back (so no new message reaches it), its workers answer what they already
-//! hold, and its egress publishes those outcomes and ends. Nothing is shared between generations but the zenoh
+//! hold, and its egresses publish those outcomes and end. Nothing is shared between generations but the zenoh
 //! session and the memory governor, so an old pipeline can finish in peace while the new one serves.
 
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub struct Generation {
     admissions: Vec<Option<Admission>>,
     metrics: Vec<Arc<PipelineMetrics>>,
     workers: Vec<JoinHandle<()>>,
-    egress: tokio::task::JoinHandle<()>,
+    egresses: Vec<tokio::task::JoinHandle<()>>,
     abandon: Arc<AtomicBool>,
 }
 
@@ -45,7 +45,8 @@ pub struct Entry {
 }
 
 impl Generation {
-    /// Starts a worker per pipeline and the egress that publishes their outcomes.
+    /// Starts a worker per pipeline and an egress per pipeline that publishes its outcomes: a route whose results
+    /// zenoh holds back (a slow subscriber with `block`) stalls only its own pipeline.
     pub fn start(
         number: u64,
         config: Config,
@@ -54,10 +55,7 @@ impl Generation {
         governor: &Arc<Governor>,
     ) -> Result<Self, crate::Error> {
         let abandon = Arc::new(AtomicBool::new(false));
-        // Unbounded on purpose: every entry is an outcome owed for a message already admitted (and so already in
-        // memory); blocking here would block zenoh's callback. Admission (queue capacity) is what bounds it.
-        let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
-        let mut routes = Vec::new();
+        let mut egresses = Vec::new();
         let mut workers = Vec::new();
         let mut admissions = Vec::new();
         let mut all_metrics = Vec::new();
@@ -70,33 +68,41 @@ impl Generation {
                 generation = number, "pipeline ready"
             );
             let memory = pipeline.memory();
-            let metrics = Arc::new(PipelineMetrics::new(PipelineDescription {
-                name: settings.name.clone(),
-                input: settings.input.clone(),
-                model: identity.clone(),
-                providers,
-                memory: zinfer_proto::ModelMemory {
-                    load_bytes: memory.load_bytes,
-                    working_bytes: memory.working_bytes,
-                    warm_up_batch: settings.max_batch as u32,
-                    warm_up_length: settings.manifest.max_length.unwrap_or(512) as u32,
+            let metrics = Arc::new(PipelineMetrics::new(
+                PipelineDescription {
+                    name: settings.name.clone(),
+                    input: settings.input.clone(),
+                    model: identity.clone(),
+                    providers,
+                    memory: zinfer_proto::ModelMemory {
+                        load_bytes: memory.load_bytes,
+                        working_bytes: memory.working_bytes,
+                        warm_up_batch: settings.max_batch as u32,
+                        warm_up_length: settings.manifest.max_length.unwrap_or(512) as u32,
+                    },
+                    session: zinfer_proto::SessionSettings {
+                        intra_threads: pipeline.model().intra_threads() as u32,
+                        spinning: settings.session.spinning,
+                        optimization: format!("{:?}", settings.session.optimization).to_lowercase(),
+                        memory_arena: settings.session.memory_arena,
+                        memory_pattern: settings.session.memory_pattern,
+                    },
+                    generation: number,
                 },
-                session: zinfer_proto::SessionSettings {
-                    intra_threads: pipeline.model().intra_threads() as u32,
-                    spinning: settings.session.spinning,
-                    optimization: format!("{:?}", settings.session.optimization).to_lowercase(),
-                    memory_arena: settings.session.memory_arena,
-                    memory_pattern: settings.session.memory_pattern,
-                },
-                generation: number,
-            }));
+                settings.max_in_flight,
+            ));
             let overload = match settings.overload {
                 config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
                 config::OverloadPolicy::Latest => {
                     pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
                 }
             };
-            let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, overload);
+            // Unbounded on purpose, yet bounded: every entry is an outcome owed for an accepted message, and admission
+            // accepts none beyond `max_in_flight` owed (see `PipelineMetrics::try_receive`). Neither the zenoh
+            // callback nor the worker ever waits for room here.
+            let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
+            let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, settings.queue_bytes, overload);
+            let decoder = pipeline.decoder();
             let context = pipeline::worker::WorkerContext {
                 index,
                 capacity: settings.queue_capacity,
@@ -111,11 +117,13 @@ impl Generation {
             workers.push(pipeline::worker::spawn(&settings.name, pipeline, queue_rx, context)?);
             admissions.push(Some(Admission {
                 queue,
-                outcomes: outcomes.clone(),
+                outcomes,
                 pipeline: index,
                 metrics: Arc::clone(&metrics),
+                decoder,
+                max_payload: settings.queue_bytes,
             }));
-            routes.push(Route {
+            let route = Route {
                 name: settings.name.clone(),
                 output_prefix: settings.output_prefix.clone(),
                 encoding: settings.result_encoding,
@@ -123,13 +131,12 @@ impl Generation {
                 priority: settings.result_priority,
                 model: identity,
                 metrics: Arc::clone(&metrics),
-            });
+            };
+            // Only the admission and the worker hold senders: the egress ends when both are gone.
+            egresses.push(tokio::spawn(crate::io::egress::publish(session.clone(), route, outcomes_rx)));
             all_metrics.push(metrics);
         }
-        // From here on only admissions and workers hold senders: the egress ends when they are all gone.
-        drop(outcomes);
-        let egress = tokio::spawn(crate::io::egress::publish(session.clone(), Arc::new(routes), outcomes_rx));
-        Ok(Self { number, config, admissions, metrics: all_metrics, workers, egress, abandon })
+        Ok(Self { number, config, admissions, metrics: all_metrics, workers, egresses, abandon })
     }
 
     /// Every pipeline's entry point, once: the caller attaches them to subscriptions.
@@ -156,7 +163,7 @@ impl Generation {
     /// or retargeted) and lets the workers finish what they hold.
     pub fn retire(mut self) -> Retiring {
         self.admissions.clear();
-        Retiring { number: self.number, workers: self.workers, egress: self.egress, abandon: self.abandon }
+        Retiring { number: self.number, workers: self.workers, egresses: self.egresses, abandon: self.abandon }
     }
 }
 
@@ -164,14 +171,14 @@ impl Generation {
 pub struct Retiring {
     number: u64,
     workers: Vec<JoinHandle<()>>,
-    egress: tokio::task::JoinHandle<()>,
+    egresses: Vec<tokio::task::JoinHandle<()>>,
     abandon: Arc<AtomicBool>,
 }
 
 impl Retiring {
     /// Whether every outcome it owed has been published.
     pub fn is_finished(&self) -> bool {
-        self.egress.is_finished()
+        self.egresses.iter().all(|egress| egress.is_finished())
     }
 
     /// Waits (until `deadline`) for its outcomes to be published; past the deadline, what is still queued is answered
@@ -179,19 +186,19 @@ impl Retiring {
     /// whether every outcome was published.
     pub async fn finish(mut self, deadline: Instant, grace: Duration) -> bool {
         let mut complete = true;
-        if tokio::time::timeout_at(deadline, &mut self.egress).await.is_err() {
+        if tokio::time::timeout_at(deadline, join_all(&mut self.egresses)).await.is_err() {
             tracing::warn!(
                 generation = self.number,
                 "drain timeout passed; answering the remaining queued messages `dropped: shutdown`"
             );
             self.abandon.store(true, Ordering::Relaxed);
             // A result stuck in zenoh (a blocked peer) must not keep the daemon from exiting forever.
-            if tokio::time::timeout(grace, &mut self.egress).await.is_err() {
+            if tokio::time::timeout(grace, join_all(&mut self.egresses)).await.is_err() {
                 tracing::error!(
                     generation = self.number,
                     "outcomes could not be published within the grace period; exiting without them"
                 );
-                self.egress.abort();
+                self.egresses.iter().for_each(|egress| egress.abort());
                 complete = false;
             }
         }
@@ -207,5 +214,14 @@ impl Retiring {
             }
         }
         complete
+    }
+}
+
+/// Waits for every egress to end (each one's handle may be polled again after a timeout).
+async fn join_all(egresses: &mut [tokio::task::JoinHandle<()>]) {
+    for egress in egresses {
+        if !egress.is_finished() {
+            let _ = egress.await;
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! Counters are updated at two points only: `received` at admission, and the outcome counters by the egress just
 //! before it hands the result to zenoh (so a status reply that follows a result counts it). So
 //! `in_flight = received - completed - failed - expired - dropped` counts the messages whose result is not yet
-//! being published; a put that zenoh then refuses is counted in `publish_failures`.
+//! being published; a put that zenoh then refuses is counted in `publish_failures`. Admission keeps `in_flight` at
+//! most `max_in_flight` ([`PipelineMetrics::try_receive`]): every outcome owed is an accepted message, so this bounds
+//! what the queues and the egress hold together, whatever the input rate and however slowly results leave.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -40,6 +42,8 @@ pub struct PipelineDescription {
 pub struct PipelineMetrics {
     description: PipelineDescription,
     received: AtomicU64,
+    refused: AtomicU64,
+    max_in_flight: u64,
     completed: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
@@ -54,6 +58,7 @@ pub struct PipelineMetrics {
 }
 
 struct Detail {
+    refused_by_reason: BTreeMap<&'static str, u64>,
     failed_by_reason: BTreeMap<&'static str, u64>,
     dropped_by_reason: BTreeMap<&'static str, u64>,
     expired_by_reason: BTreeMap<&'static str, u64>,
@@ -63,13 +68,15 @@ struct Detail {
 }
 
 impl PipelineMetrics {
-    /// Empty counters for a pipeline.
-    pub fn new(description: PipelineDescription) -> Self {
+    /// Empty counters for a pipeline that may owe at most `max_in_flight` outcomes at once.
+    pub fn new(description: PipelineDescription, max_in_flight: usize) -> Self {
         // Three significant digits up to an hour, in microseconds: ~2% of a message's worth of memory each.
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
         Self {
             description,
             received: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            max_in_flight: max_in_flight as u64,
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -80,6 +87,7 @@ impl PipelineMetrics {
             heartbeat_ms: AtomicU64::new(0),
             created: Instant::now(),
             detail: Mutex::new(Detail {
+                refused_by_reason: BTreeMap::new(),
                 failed_by_reason: BTreeMap::new(),
                 dropped_by_reason: BTreeMap::new(),
                 expired_by_reason: BTreeMap::new(),
@@ -90,9 +98,32 @@ impl PipelineMetrics {
         }
     }
 
-    /// A message was admitted.
-    pub fn record_received(&self) {
-        self.received.fetch_add(1, Ordering::SeqCst);
+    /// Accepts a message (counts it received) unless the pipeline already owes `max_in_flight` outcomes; then it is
+    /// counted refused instead and gets no outcome. Returns whether it was accepted.
+    pub fn try_receive(&self) -> bool {
+        // The outcome counters only grow, so reading them first can only overstate in_flight: never over the limit.
+        let answered = self.answered();
+        let accepted = self
+            .received
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |received| {
+                (received.saturating_sub(answered) < self.max_in_flight).then_some(received + 1)
+            })
+            .is_ok();
+        if !accepted {
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *detail.refused_by_reason.entry(proto::refuse_reason::IN_FLIGHT_LIMIT).or_default() += 1;
+            drop(detail);
+            // Logged at 1, 2, 4, 8…: each episode shows up in the log without flooding it; telemetry has the count.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    pipeline = %self.description.name, refused, max_in_flight = self.max_in_flight,
+                    "message refused without an outcome: the pipeline owes max_in_flight outcomes (results are \
+                     published more slowly than messages arrive: a slow result subscriber?)"
+                );
+            }
+        }
+        accepted
     }
 
     /// A message entered the pipeline's queue.
@@ -181,7 +212,7 @@ impl PipelineMetrics {
     pub fn answered(&self) -> u64 {
         [&self.completed, &self.failed, &self.dropped, &self.expired]
             .iter()
-            .map(|counter| counter.load(Ordering::Relaxed))
+            .map(|counter| counter.load(Ordering::SeqCst))
             .sum()
     }
 
@@ -235,6 +266,9 @@ impl PipelineMetrics {
             stage_counters: owned(&detail.stage_counters),
             worker_idle_ms: self.since_beat().as_millis() as u64,
             generation: description.generation,
+            refused: self.refused.load(Ordering::Relaxed),
+            refused_by_reason: owned(&detail.refused_by_reason),
+            max_in_flight: self.max_in_flight,
         }
     }
 }

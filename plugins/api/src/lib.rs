@@ -85,13 +85,30 @@ pub use manifest::{ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
 pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};
 
+/// How much of a payload [`Decoder::peek_id`] may read; the daemon may hand it only this much of a payload it did
+/// not copy (one too large to queue). Requests put their id first in practice (our clients and the protobuf field
+/// order do); a peek that read a large payload to its end for every shed message would make overload dearer.
+pub const PEEK_BYTES: usize = 4096;
+
 /// Turns the bytes of one zenoh sample into a [`Request`].
 ///
 /// A decoder is the first phase of every pipeline: it owns the payload formats (plain text, JSON, protobuf…) and the
 /// payload size limit. It must reject bad input with a [`StageError`], never panic.
-pub trait Decoder: Send {
+///
+/// A decoder is shared between the pipeline's worker (which decodes) and the zenoh ingress (which peeks at the ids of
+/// messages it cannot queue), hence `Sync`.
+pub trait Decoder: Send + Sync {
     /// Decodes one message.
     fn decode(&self, message: &RawMessage) -> Result<Request, StageError>;
+
+    /// The id the payload gives the request, found without decoding it: the daemon answers a message it sheds
+    /// before decoding (queue full, superseded, memory, shutdown) or cannot decode with this id, so that the sender
+    /// can match the notice to its request. It runs on the overload path, so it must cost little whatever the
+    /// payload: read at most the first [`PEEK_BYTES`], allocate only the id. `None` (the default) when the format carries no id;
+    /// the attachment's id, else a generated one, is used then.
+    fn peek_id(&self, _message: &RawMessage) -> Option<String> {
+        None
+    }
 }
 
 /// One synchronous pipeline step that reads and writes an [`Item`].

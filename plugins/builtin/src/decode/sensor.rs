@@ -212,6 +212,14 @@ impl Decoder for SensorDecoder {
             Format::Protobuf => self.protobuf(payload),
         }
     }
+
+    fn peek_id(&self, message: &RawMessage) -> Option<String> {
+        match self.format_of(&message.encoding).ok()? {
+            Format::F32le => None,
+            Format::Json => super::peek_json_id(&message.payload),
+            Format::Protobuf => super::peek_protobuf_id(&message.payload),
+        }
+    }
 }
 
 #[cfg(test)]

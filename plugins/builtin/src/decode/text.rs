@@ -88,19 +88,12 @@ impl TextDecoder {
 #[derive(Deserialize)]
 struct JsonRequest {
     #[serde(default)]
-    id: Option<JsonId>,
+    id: Option<super::JsonId>,
     text: String,
     #[serde(default)]
     deadline_ms: Option<u64>,
     #[serde(default)]
     sent_at_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum JsonId {
-    Text(String),
-    Number(serde_json::Number),
 }
 
 impl Decoder for TextDecoder {
@@ -113,10 +106,7 @@ impl Decoder for TextDecoder {
                 let request: JsonRequest = serde_json::from_slice(payload).map_err(|error| {
                     StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
                 })?;
-                let id = request.id.map(|id| match id {
-                    JsonId::Text(text) => text,
-                    JsonId::Number(number) => number.to_string(),
-                });
+                let id = request.id.map(String::from);
                 (id, request.text, request.deadline_ms, request.sent_at_ms)
             }
             Format::Protobuf => {
@@ -132,6 +122,14 @@ impl Decoder for TextDecoder {
             return Err(StageError::new(Reason::EmptyText, "the request has no text"));
         }
         Ok(Request { id, input: Input::Text(text), deadline_ms, sent_at_ms })
+    }
+
+    fn peek_id(&self, message: &RawMessage) -> Option<String> {
+        match self.format_of(&message.encoding).ok()? {
+            Format::Text => None,
+            Format::Json => super::peek_json_id(&message.payload),
+            Format::Protobuf => super::peek_protobuf_id(&message.payload),
+        }
     }
 }
 
