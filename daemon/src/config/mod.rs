@@ -403,6 +403,8 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
         pipelines.push(validated);
     }
 
+    check_feedback_loops(&pipelines, &telemetry.prefix, &origins)?;
+
     Ok(Config {
         sources: files.to_vec(),
         zenoh,
@@ -480,6 +482,39 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         base_dir: origins.base_dir_of(key),
         key: key.to_owned(),
     })
+}
+
+/// Refuses a pipeline input that overlaps a key space zinferd publishes on (telemetry, status and liveliness under
+/// the telemetry prefix; every pipeline's results under its output prefix): the daemon would take in its own output,
+/// and each result could come back as a new message, without end.
+fn check_feedback_loops(pipelines: &[PipelineConfig], telemetry: &str, origins: &Origins) -> Result<(), ConfigError> {
+    use zinfer_proto::keys;
+    let about_itself = [keys::telemetry(telemetry), keys::status(telemetry), keys::alive(telemetry)];
+    let published: Vec<(String, String)> = about_itself
+        .into_iter()
+        .map(|key| (key, "zinferd publishes about itself (telemetry.prefix)".to_owned()))
+        .chain(pipelines.iter().map(|pipeline| {
+            (format!("{}/**", pipeline.output_prefix), format!("pipeline `{}` publishes its results", pipeline.name))
+        }))
+        .collect();
+    for pipeline in pipelines {
+        let Ok(input) = zenoh::key_expr::KeyExpr::try_from(pipeline.input.as_str()) else { continue };
+        for (space, what) in &published {
+            let Ok(space_expr) = zenoh::key_expr::KeyExpr::try_from(space.as_str()) else { continue };
+            if input.intersects(&space_expr) {
+                return Err(ConfigError::at(
+                    origins,
+                    &format!("{}.input", pipeline.key),
+                    format!(
+                        "`{}` overlaps `{space}`, where {what}: zinferd would take in its own output. Narrow the \
+                         input, or move that prefix out of its way",
+                        pipeline.input
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A prefix zinferd publishes under must be a key expression without wildcards.

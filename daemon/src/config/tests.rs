@@ -192,3 +192,44 @@ fn a_native_zenoh_file_keeps_what_the_toml_does_not_set() {
     let error = load_with_env(&[bad], Some(HashMap::new())).expect_err("bad endpoint");
     assert_eq!(error.key.as_deref(), Some("zenoh.listen"), "{error}");
 }
+
+#[test]
+fn an_input_that_would_ingest_the_daemons_own_output_is_rejected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml").display().to_string();
+    let pipeline = |name: &str, input: &str, output: &str| {
+        format!(
+            "[[pipeline]]\nname = \"{name}\"\ninput = \"{input}\"\noutput_prefix = \"{output}\"\nmodel = \"{manifest}\"\n\
+             [[pipeline.preprocess]]\ntype = \"tokenize\"\n"
+        )
+    };
+    let cases = [
+        // Its own results: zinfer/out/zinfer/in/a is under zinfer/** too.
+        (
+            "own.toml",
+            "[telemetry]\nprefix = \"tm\"\n".to_owned() + &pipeline("a", "zinfer/**", "zinfer/out"),
+            "pipeline[0].input",
+            "zinfer/out/**",
+        ),
+        // Another pipeline's results.
+        (
+            "other.toml",
+            pipeline("a", "in/a/**", "out/a") + &pipeline("b", "out/*/in/**", "out/b"),
+            "pipeline[1].input",
+            "out/a/**",
+        ),
+        // Telemetry, status and liveliness (prefix "zinfer" by default).
+        ("telemetry.toml", pipeline("a", "*/telemetry", "out"), "pipeline[0].input", "zinfer/telemetry"),
+        ("status.toml", pipeline("a", "zinfer/s$*", "out"), "pipeline[0].input", "zinfer/status"),
+    ];
+    for (file, text, key, overlap) in cases {
+        let path = write(dir.path(), file, &text);
+        let error = load_with_env(&[path], Some(HashMap::new())).expect_err(file);
+        assert_eq!(error.key.as_deref(), Some(key), "{file}: {error}");
+        assert!(error.file.as_deref().is_some_and(|path| path.ends_with(file)), "{file}: {error}");
+        assert!(error.reason.contains(overlap) && error.reason.contains("its own"), "{file}: {error}");
+    }
+    let apart =
+        write(dir.path(), "apart.toml", &(pipeline("a", "in/a/**", "out/a") + &pipeline("b", "in/b/*", "out/b")));
+    load_with_env(&[apart], Some(HashMap::new())).expect("inputs apart from every output are fine");
+}
