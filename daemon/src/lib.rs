@@ -101,12 +101,13 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
 /// enforces the budget from here on.
 pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor, Error> {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let budget = memory::budget_bytes(config.memory.budget_mb);
+    let budget = memory::budget(config.memory.budget_mb);
     let governor = Governor::new(budget, config.memory.soft_percent);
-    let Some(budget) = budget else {
+    let (Some(budget), Some(usage)) = (governor.budget(), governor.usage()) else {
         return Ok(governor);
     };
-    let rss = memory::rss_bytes();
+    let measured = "it measures";
+    let (rss, what) = (usage.read(), usage.describe());
     let reserve = config.memory.reserve_mb * 1024 * 1024;
     let models: Vec<String> = config
         .pipelines
@@ -124,11 +125,13 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
             )
         })
         .collect();
-    tracing::info!(budget_mib = mib(budget), rss_mib = mib(rss), models = ?models, "memory probed");
+    tracing::info!(budget_mib = mib(budget), usage_mib = mib(rss), usage = what, models = ?models, "memory probed");
     if rss + reserve > budget {
         let source = if config.memory.budget_mb.is_some() { "daemon.memory_mb" } else { "the cgroup's memory limit" };
         return Err(Error::Memory(format!(
-            "the memory budget of {:.1} MiB ({source}) cannot hold zinferd: it measures {:.1} MiB with its models              loaded and warmed up ({}) and needs {:.1} MiB more at run time (daemon.memory_reserve_mb). Raise the              budget, or lower max_batch or the models' max_length",
+            "the memory budget of {:.1} MiB ({source}) cannot hold zinferd: {measured} {:.1} MiB ({what}) with its \
+             models loaded and warmed up ({}) and needs {:.1} MiB more at run time (daemon.memory_reserve_mb). Raise \
+             the budget, or lower max_batch or the models' max_length",
             mib(budget),
             mib(rss),
             if models.is_empty() { "no models".to_owned() } else { models.join("; ") },

@@ -62,7 +62,7 @@ async fn over_the_budget_new_messages_are_shed_with_an_outcome() {
     let (ok, stderr) = check(&config_with_daemon_keys(port, &prefix, "memory_mb = 4000"));
     assert!(ok, "{stderr}");
     let measured: f64 = stderr
-        .split("rss_mib=")
+        .split("usage_mib=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())

@@ -1,19 +1,23 @@
 //! The memory budget: a hard ceiling on the process's resident memory that zinferd enforces itself, on purpose and
 //! gracefully, so that the kernel's OOM killer never has to.
 //!
-//! - [`budget_bytes`] resolves the ceiling: `daemon.memory_mb`, else the cgroup's limit (systemd's `MemoryMax=`).
+//! - [`budget`] resolves the ceiling and what it is compared with: `daemon.memory_mb` against the process's RSS,
+//!   else the cgroup's limit (systemd's `MemoryMax=`) against the cgroup's working set (its charged memory less the
+//!   inactive page cache the kernel reclaims first), which is what the kernel's OOM killer acts on: the cgroup
+//!   charges page cache and kernel memory that RSS does not show.
 //! - [`probe`] measures at start-up what each model costs: RSS before loading it, after loading it, and after a
 //!   warm-up run at the largest shape it will ever see (`max_batch` × its longest input). If the budget cannot hold
 //!   the process as measured plus `memory_reserve_mb` for the runtime, zinferd refuses to start and says why.
 //! - [`Governor`] turns cheap periodic RSS samples into a [`Pressure`]: above the soft threshold workers shrink
 //!   their batches and queues; above the hard limit they shed new messages (`dropped: memory`) until it is back
-//!   under.
+//!   under. A level is left only [`HYSTERESIS_PERCENT`] of the budget below where it was entered, so usage that
+//!   hovers at a threshold does not flip the pressure (and log) on every sample.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// Where the process stands against its budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Pressure {
     /// Under the soft threshold (or no budget).
     Normal,
@@ -42,15 +46,83 @@ pub fn process_memory(pid: &str) -> Option<(u64, u64)> {
     Some((field("VmRSS:"), field("VmHWM:")))
 }
 
-/// The budget in bytes: the configured one, else the cgroup's memory limit, else none.
-pub fn budget_bytes(configured_mb: Option<u64>) -> Option<u64> {
-    configured_mb
-        .map(|mb| mb * 1024 * 1024)
-        .or_else(|| cgroup_limit(Path::new("/proc/self/cgroup"), Path::new("/sys/fs/cgroup")))
+/// A pressure level is left only this far (in percent of the budget) below the threshold that entered it.
+pub const HYSTERESIS_PERCENT: u64 = 5;
+
+/// The ceiling and what is measured against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// The ceiling in bytes.
+    pub bytes: u64,
+    /// What is compared with it.
+    pub usage: Usage,
 }
 
-/// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`), if it has one.
-pub fn cgroup_limit(proc_cgroup: &Path, root: &Path) -> Option<u64> {
+/// What a budget is compared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// The process's RSS (`daemon.memory_mb`).
+    ProcessRss,
+    /// The cgroup's working set (the budget is its limit).
+    Cgroup(CgroupFiles),
+}
+
+/// Where a cgroup reports its charged memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFiles {
+    /// v2 `memory.current`, v1 `memory.usage_in_bytes`.
+    pub current: PathBuf,
+    /// `memory.stat`.
+    pub stat: PathBuf,
+    /// The inactive page cache's line in `memory.stat`: v2 `inactive_file`, v1 `total_inactive_file`.
+    pub inactive_file: &'static str,
+}
+
+impl Usage {
+    /// The usage now, in bytes (reads /proc or the cgroup's files: microseconds).
+    pub fn read(&self) -> u64 {
+        match self {
+            Self::ProcessRss => rss_bytes(),
+            // A cgroup file that cannot be read (moved, unmounted) falls back to RSS rather than to zero.
+            Self::Cgroup(files) => files.working_set().unwrap_or_else(rss_bytes),
+        }
+    }
+
+    /// How the usage is named in messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::ProcessRss => "RSS",
+            Self::Cgroup(_) => "the cgroup's working set (charged memory less inactive page cache)",
+        }
+    }
+}
+
+impl CgroupFiles {
+    /// Charged memory less the inactive page cache, as container runtimes compute a working set.
+    pub fn working_set(&self) -> Option<u64> {
+        let current: u64 = std::fs::read_to_string(&self.current).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(&self.stat).ok()?;
+        let inactive = stat
+            .lines()
+            .find_map(|line| line.strip_prefix(self.inactive_file)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Some(current.saturating_sub(inactive))
+    }
+}
+
+/// The budget: the configured one against RSS, else the cgroup's memory limit against its working set, else none.
+pub fn budget(configured_mb: Option<u64>) -> Option<Budget> {
+    match configured_mb {
+        Some(mb) => Some(Budget { bytes: mb * 1024 * 1024, usage: Usage::ProcessRss }),
+        None => cgroup_limit(Path::new("/proc/self/cgroup"), Path::new("/sys/fs/cgroup"))
+            .map(|(bytes, files)| Budget { bytes, usage: Usage::Cgroup(files) }),
+    }
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`), if it has one, with
+/// the files that report what the cgroup is charged.
+pub fn cgroup_limit(proc_cgroup: &Path, root: &Path) -> Option<(u64, CgroupFiles)> {
     let membership = std::fs::read_to_string(proc_cgroup).ok()?;
     let mut candidates = Vec::new();
     for line in membership.lines() {
@@ -58,18 +130,30 @@ pub fn cgroup_limit(proc_cgroup: &Path, root: &Path) -> Option<u64> {
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
         let path = path.trim_start_matches('/');
         if controllers.is_empty() {
-            candidates.push(root.join(path).join("memory.max"));
-            candidates.push(root.join("memory.max"));
+            for dir in [root.join(path), root.to_owned()] {
+                candidates.push((
+                    dir.join("memory.max"),
+                    dir.join("memory.current"),
+                    dir.join("memory.stat"),
+                    "inactive_file",
+                ));
+            }
         } else if controllers.split(',').any(|controller| controller == "memory") {
-            candidates.push(root.join("memory").join(path).join("memory.limit_in_bytes"));
-            candidates.push(root.join("memory/memory.limit_in_bytes"));
+            for dir in [root.join("memory").join(path), root.join("memory")] {
+                candidates.push((
+                    dir.join("memory.limit_in_bytes"),
+                    dir.join("memory.usage_in_bytes"),
+                    dir.join("memory.stat"),
+                    "total_inactive_file",
+                ));
+            }
         }
     }
-    candidates.iter().find_map(|file| {
-        let text = std::fs::read_to_string(file).ok()?;
+    candidates.into_iter().find_map(|(limit_file, current, stat, inactive_file)| {
+        let text = std::fs::read_to_string(limit_file).ok()?;
         let limit = text.trim().parse::<u64>().ok()?;
         // cgroup v1 reports "no limit" as a number near 2^63.
-        (limit < 1 << 60).then_some(limit)
+        (limit < 1 << 60).then_some((limit, CgroupFiles { current, stat, inactive_file }))
     })
 }
 
@@ -103,39 +187,54 @@ pub fn probe<T, E>(load: impl FnOnce() -> Result<T, E>, warm_up: impl FnOnce(&mu
     Ok((loaded, memory))
 }
 
-/// Tracks RSS against the budget.
+/// Tracks usage against the budget.
 #[derive(Debug)]
 pub struct Governor {
-    budget: Option<u64>,
+    budget: Option<Budget>,
     soft: Option<u64>,
     rss: AtomicU64,
     pressure: AtomicU8,
 }
 
 impl Governor {
-    /// A governor for `budget` bytes with the soft threshold at `soft_percent` of it.
-    pub fn new(budget: Option<u64>, soft_percent: u8) -> Self {
-        let soft = budget.map(|budget| budget / 100 * u64::from(soft_percent.min(100)));
+    /// A governor for `budget` with the soft threshold at `soft_percent` of it.
+    pub fn new(budget: Option<Budget>, soft_percent: u8) -> Self {
+        let soft = budget.as_ref().map(|budget| budget.bytes / 100 * u64::from(soft_percent.min(100)));
         let governor = Self { budget, soft, rss: AtomicU64::new(0), pressure: AtomicU8::new(0) };
-        governor.observe(rss_bytes());
+        governor.sample();
         governor
     }
 
-    /// Records an RSS sample and returns the pressure it implies.
-    pub fn observe(&self, rss: u64) -> Pressure {
-        self.rss.store(rss, Ordering::Relaxed);
-        let pressure = match (self.budget, self.soft) {
-            (Some(budget), _) if rss > budget => Pressure::Hard,
-            (_, Some(soft)) if rss > soft => Pressure::Soft,
-            _ => Pressure::Normal,
+    /// Records a usage sample and returns the pressure it implies: a level is entered above its threshold and left
+    /// only [`HYSTERESIS_PERCENT`] of the budget below it.
+    pub fn observe(&self, usage: u64) -> Pressure {
+        self.rss.store(usage, Ordering::Relaxed);
+        let Some(budget) = self.budget.as_ref().map(|budget| budget.bytes) else { return Pressure::Normal };
+        let soft = self.soft.unwrap_or(budget);
+        let margin = budget / 100 * HYSTERESIS_PERCENT;
+        let now = self.pressure();
+        let above = |threshold: u64, level: Pressure| {
+            usage > threshold || (now >= level && usage > threshold.saturating_sub(margin))
+        };
+        let pressure = if above(budget, Pressure::Hard) {
+            Pressure::Hard
+        } else if above(soft, Pressure::Soft) {
+            Pressure::Soft
+        } else {
+            Pressure::Normal
         };
         self.pressure.store(pressure as u8, Ordering::Relaxed);
         pressure
     }
 
-    /// Samples the process's RSS now.
+    /// Samples the usage now.
     pub fn sample(&self) -> Pressure {
-        self.observe(rss_bytes())
+        self.observe(self.usage_now())
+    }
+
+    /// Reads the usage the budget is compared with (RSS without a budget).
+    pub fn usage_now(&self) -> u64 {
+        self.budget.as_ref().map_or_else(rss_bytes, |budget| budget.usage.read())
     }
 
     /// The pressure as of the last sample.
@@ -149,7 +248,12 @@ impl Governor {
 
     /// The budget in bytes, if any.
     pub fn budget(&self) -> Option<u64> {
-        self.budget
+        self.budget.as_ref().map(|budget| budget.bytes)
+    }
+
+    /// What the budget is compared with, if there is one.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.budget.as_ref().map(|budget| &budget.usage)
     }
 
     /// The soft threshold in bytes, if any.
@@ -157,7 +261,7 @@ impl Governor {
         self.soft
     }
 
-    /// The last RSS sample.
+    /// The last usage sample (RSS, or the cgroup's working set when the budget is the cgroup's).
     pub fn rss(&self) -> u64 {
         self.rss.load(Ordering::Relaxed)
     }
@@ -173,12 +277,12 @@ pub fn spawn_sampler(governor: std::sync::Arc<Governor>, interval: std::time::Du
             ticker.tick().await;
             let pressure = governor.sample();
             if pressure != last {
-                let rss_mib = governor.rss() / (1024 * 1024);
+                let usage_mib = governor.rss() / (1024 * 1024);
                 match pressure {
                     Pressure::Hard => {
-                        tracing::error!(rss_mib, ?pressure, "over the memory budget: shedding new messages")
+                        tracing::error!(usage_mib, ?pressure, "over the memory budget: shedding new messages")
                     }
-                    _ => tracing::warn!(rss_mib, ?pressure, "memory pressure changed"),
+                    _ => tracing::warn!(usage_mib, ?pressure, "memory pressure changed"),
                 }
                 last = pressure;
             }
@@ -190,9 +294,13 @@ pub fn spawn_sampler(governor: std::sync::Arc<Governor>, interval: std::time::Du
 mod tests {
     use super::*;
 
+    fn governor(budget: u64, soft_percent: u8) -> Governor {
+        Governor::new(Some(Budget { bytes: budget, usage: Usage::ProcessRss }), soft_percent)
+    }
+
     #[test]
     fn pressure_follows_the_thresholds() {
-        let governor = Governor::new(Some(1000), 80);
+        let governor = governor(1000, 80);
         assert_eq!(governor.observe(500), Pressure::Normal);
         assert_eq!(governor.observe(850), Pressure::Soft);
         assert_eq!(governor.pressure(), Pressure::Soft);
@@ -203,16 +311,37 @@ mod tests {
     }
 
     #[test]
+    fn pressure_has_hysteresis() {
+        // Budget 1000, soft 800, margin 50: usage hovering at a threshold keeps the level it reached.
+        let governor = governor(1000, 80);
+        governor.observe(0);
+        let levels: Vec<Pressure> = [790, 810, 790, 760, 751, 749, 790, 1001, 990, 960, 951, 949, 800, 700]
+            .map(|usage| governor.observe(usage))
+            .into();
+        use Pressure::{Hard, Normal, Soft};
+        let expected = [Normal, Soft, Soft, Soft, Soft, Normal, Normal, Hard, Hard, Hard, Hard, Soft, Soft, Normal];
+        assert_eq!(levels, expected);
+    }
+
+    #[test]
     fn cgroup_limits_are_read_for_v1_and_v2() {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
-        std::fs::create_dir_all(root.join("system.slice/zinferd.service")).expect("mkdir");
-        std::fs::write(root.join("system.slice/zinferd.service/memory.max"), "268435456\n").expect("write");
+        let unit = root.join("system.slice/zinferd.service");
+        std::fs::create_dir_all(&unit).expect("mkdir");
+        std::fs::write(unit.join("memory.max"), "268435456\n").expect("write");
         let v2 = root.join("cgroup-v2");
         std::fs::write(&v2, "0::/system.slice/zinferd.service\n").expect("write");
-        assert_eq!(cgroup_limit(&v2, root), Some(268_435_456));
+        let (limit, files) = cgroup_limit(&v2, root).expect("a v2 limit");
+        assert_eq!(limit, 268_435_456);
+        // The working set: charged memory less inactive page cache (a cache-heavy cgroup is not near its limit).
+        std::fs::write(unit.join("memory.current"), "200000000\n").expect("write");
+        std::fs::write(unit.join("memory.stat"), "anon 60000000\nfile 140000000\ninactive_file 120000000\n")
+            .expect("write");
+        assert_eq!(files.working_set(), Some(80_000_000));
+        assert_eq!(Usage::Cgroup(files).read(), 80_000_000);
 
-        std::fs::write(root.join("system.slice/zinferd.service/memory.max"), "max\n").expect("write");
+        std::fs::write(unit.join("memory.max"), "max\n").expect("write");
         assert_eq!(cgroup_limit(&v2, root), None, "`max` means no limit");
 
         std::fs::create_dir_all(root.join("memory/box")).expect("mkdir");
@@ -221,7 +350,10 @@ mod tests {
         std::fs::write(&v1, "4:memory:/box\n0::/\n").expect("write");
         assert_eq!(cgroup_limit(&v1, root), None, "v1's huge number means no limit");
         std::fs::write(root.join("memory/box/memory.limit_in_bytes"), "104857600\n").expect("write");
-        assert_eq!(cgroup_limit(&v1, root), Some(104_857_600));
+        std::fs::write(root.join("memory/box/memory.usage_in_bytes"), "50000000\n").expect("write");
+        std::fs::write(root.join("memory/box/memory.stat"), "cache 1\ntotal_inactive_file 20000000\n").expect("write");
+        let (limit, files) = cgroup_limit(&v1, root).expect("a v1 limit");
+        assert_eq!((limit, files.working_set()), (104_857_600, Some(30_000_000)));
     }
 
     #[test]
