@@ -57,6 +57,8 @@ pub struct LevelReport {
     pub outcomes: BTreeMap<String, usize>,
     /// Messages without any outcome after the drain wait (must be 0).
     pub unaccounted: usize,
+    /// Outcomes whose id matches no published request (must be 0: drop notices carry the request's id too).
+    pub unmatched: usize,
     /// Highest RSS of the daemon sampled during the level, bytes.
     pub peak_rss_bytes: u64,
 }
@@ -78,6 +80,9 @@ pub struct LoadReport {
     pub capacity_batch1_per_s: f64,
     /// The levels.
     pub levels: Vec<LevelReport>,
+    /// What finding a request's id costs on the overload path (the decoder's bounded peek at a JSON request, done for
+    /// every message shed undecoded), nanoseconds per message, measured in this process.
+    pub id_peek_ns: f64,
 }
 
 /// Texts of varied length, so that several sequence buckets are exercised.
@@ -112,6 +117,7 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         levels.push(drive(&batched, &key, &settings.output_prefix, rate, duration, multiple).await?);
     }
     batched.daemon.stop();
+    let id_peek_ns = measure_id_peek(&settings)?;
 
     Ok(LoadReport {
         pipeline: settings.name.clone(),
@@ -121,7 +127,40 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         capacity_per_s: capacity,
         capacity_batch1_per_s: capacity_batch1,
         levels,
+        id_peek_ns,
     })
+}
+
+/// The request the benchmark publishes as its `sent`-th message: JSON with its id, so that the daemon has to find
+/// the id in the payload (not in an attachment) for every message it sheds.
+fn request(sent: usize) -> (String, Vec<u8>) {
+    let id = format!("load-{sent}");
+    let body = serde_json::json!({ "id": id, "text": TEXTS[sent % TEXTS.len()] }).to_string().into_bytes();
+    (id, body)
+}
+
+/// Times the pipeline's decoder's id peek over the benchmark's own requests.
+fn measure_id_peek(settings: &PipelineConfig) -> anyhow::Result<f64> {
+    let context = zinfer_stage_api::BuildContext { manifest: &settings.manifest, base_dir: &settings.base_dir };
+    let decoder = crate::default_registry()
+        .build_decoder(&settings.decode.kind, &settings.decode.options, &context)
+        .map_err(|error| anyhow::anyhow!("building the decoder: {error}"))?;
+    let messages: Vec<_> = (0..TEXTS.len())
+        .map(|sent| zinfer_stage_api::RawMessage {
+            key: "bench".into(),
+            payload: request(sent).1,
+            encoding: zenoh::bytes::Encoding::APPLICATION_JSON.to_string(),
+            attachment_id: None,
+        })
+        .collect();
+    const ROUNDS: usize = 200_000;
+    let started = Instant::now();
+    let found = (0..ROUNDS).filter(|round| decoder.peek_id(&messages[round % messages.len()]).is_some()).count();
+    let elapsed = started.elapsed();
+    if found != ROUNDS {
+        bail!("the decoder found the id in {found} of {ROUNDS} JSON requests");
+    }
+    Ok(elapsed.as_nanos() as f64 / ROUNDS as f64)
 }
 
 /// The report as markdown.
@@ -131,8 +170,8 @@ pub fn markdown(report: &LoadReport) -> String {
         "pipeline `{}`, deadline {} ms, budget {:.0} MiB, max_batch {}\n\n\
          measured capacity: {:.0} ok/s with dynamic batching, {:.0} ok/s at batch size 1 \
          (batching gain {:.2}×, same deadline)\n\n\
-         | load | offered/s | sent | ok/s | p50 ms | p99 ms | deadline met | shed and errors | unaccounted | peak RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | load | offered/s | sent | ok/s | p50 ms | p99 ms | deadline met | shed and errors | unaccounted | unmatched ids | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         report.pipeline,
         report.deadline_ms,
         mib(report.budget_bytes),
@@ -149,7 +188,7 @@ pub fn markdown(report: &LoadReport) -> String {
             .map(|(name, count)| format!("{name} {count}"))
             .collect();
         text += &format!(
-            "| {:.1}× | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.1}% | {} | {} | {:.1} |\n",
+            "| {:.1}× | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.1}% | {} | {} | {} | {:.1} |\n",
             level.multiple,
             level.offered_per_s,
             level.sent,
@@ -159,9 +198,23 @@ pub fn markdown(report: &LoadReport) -> String {
             level.deadline_met_ratio * 100.0,
             if shed.is_empty() { "none".to_owned() } else { shed.join(", ") },
             level.unaccounted,
+            level.unmatched,
             mib(level.peak_rss_bytes),
         );
     }
+    let shed_per_s = |level: &LevelReport| {
+        level.outcomes.iter().filter(|(name, _)| name.starts_with("dropped/")).map(|(_, count)| *count).sum::<usize>()
+            as f64
+            / level.sent.max(1) as f64
+            * level.offered_per_s
+    };
+    let busiest = report.levels.iter().map(shed_per_s).fold(0.0, f64::max);
+    text += &format!(
+        "\nid peek on the overload path (the request's id read from each JSON message shed undecoded): {:.0} ns per \
+         message; at the highest shed rate above ({busiest:.0}/s) {:.2}% of one core\n",
+        report.id_peek_ns,
+        busiest * report.id_peek_ns / 1e7,
+    );
     text
 }
 
@@ -288,11 +341,11 @@ async fn drive(
     while started.elapsed() < duration {
         let due = (started.elapsed().as_secs_f64() * rate) as usize;
         while sent < due && started.elapsed() < duration {
-            let id = format!("load-{sent}");
-            collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sent.insert(id.clone(), Instant::now());
+            let (id, body) = request(sent);
+            collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sent.insert(id, Instant::now());
             session
-                .put(key.to_owned(), TEXTS[sent % TEXTS.len()])
-                .attachment(id.into_bytes())
+                .put(key.to_owned(), body)
+                .encoding(zenoh::bytes::Encoding::APPLICATION_JSON)
                 .congestion_control(CongestionControl::Block)
                 .await
                 .map_err(|error| anyhow::anyhow!("publishing: {error}"))?;
@@ -316,8 +369,10 @@ async fn drive(
     let mut outcomes = BTreeMap::new();
     let mut latencies = Vec::new();
     let mut met = 0usize;
+    let mut unmatched = 0;
     for (id, name, deadline_met, received) in &collected.results {
         *outcomes.entry(name.clone()).or_insert(0) += 1;
+        unmatched += usize::from(!collected.sent.contains_key(id));
         if name == outcome::OK {
             if let Some(sent_at) = collected.sent.get(id) {
                 latencies.push(received.saturating_duration_since(*sent_at));
@@ -335,6 +390,7 @@ async fn drive(
         deadline_met_ratio: if sent == 0 { 0.0 } else { met as f64 / sent as f64 },
         outcomes,
         unaccounted: sent.saturating_sub(collected.results.len()),
+        unmatched,
         peak_rss_bytes: peak.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
