@@ -212,17 +212,31 @@ impl Pipeline {
         let size = inputs.len();
         let model = &mut self.model;
         let rows = max_rows.max(1);
-        let outputs: Result<Vec<_>, StageError> = inputs
-            .chunks(rows)
-            .map(|chunk| {
-                let run = run_rows(model, chunk);
-                between_runs();
-                run
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|runs| runs.into_iter().flatten().collect());
+        // One result per model input. A run that fails is run again one input at a time, so that one bad input (a
+        // token id the model cannot embed, say) costs its own message only, not its batch; a run that timed out
+        // is not, since each retry could take as long again.
+        let mut outputs: Vec<Result<Vec<NamedTensor>, StageError>> = Vec::with_capacity(size);
+        for chunk in inputs.chunks(rows) {
+            let run = run_rows(model, chunk);
+            between_runs();
+            match run {
+                Ok(run) => outputs.extend(run.into_iter().map(Ok)),
+                Err(error) if chunk.len() > 1 && error.reason == Reason::InferenceFailed => {
+                    for row in chunk {
+                        let alone = run_rows(model, std::slice::from_ref(row));
+                        between_runs();
+                        outputs.push(alone.and_then(|outputs| {
+                            outputs.into_iter().next().ok_or_else(|| {
+                                StageError::new(Reason::BadModelOutput, "the model returned no output for the input")
+                            })
+                        }));
+                    }
+                }
+                Err(error) => outputs.extend(chunk.iter().map(|_| Err(error.clone()))),
+            }
+        }
         let inferred = Instant::now();
-        let mut outputs = outputs.map(|outputs| outputs.into_iter());
+        let mut outputs = outputs.into_iter();
         batch
             .into_iter()
             .map(|prepared| {
@@ -232,9 +246,10 @@ impl Pipeline {
                 timings.inference = if size == 0 { Default::default() } else { inferred - started };
                 timings.batch_size = size.min(rows) as u32;
                 let wanted = if item.windowed { item.windows.len() } else { 1 };
-                let verdict = match outputs.as_mut() {
-                    Ok(outputs) => {
-                        let mine: Vec<_> = outputs.by_ref().take(wanted).collect();
+                // Taken whole before looking for an error, so the next item starts at its own outputs.
+                let mine: Vec<_> = outputs.by_ref().take(wanted).collect();
+                let verdict = match mine.into_iter().collect::<Result<Vec<_>, _>>() {
+                    Ok(mine) => {
                         let postprocessing = Instant::now();
                         let verdict = if mine.len() != wanted {
                             Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item"))
@@ -247,7 +262,7 @@ impl Pipeline {
                         timings.postprocess = postprocessing.elapsed();
                         verdict
                     }
-                    Err(error) => Verdict::Failed(error.clone()),
+                    Err(error) => Verdict::Failed(error),
                 };
                 Processed { id: item.id, verdict, timings, deadline }
             })
