@@ -13,7 +13,8 @@ use zinfer_proto::{self as proto, outcome};
 use zinferd::client::{Client, RequestFormat, decode_result};
 
 use crate::support::{
-    Daemon, WAIT, base_config, collect_outcomes, fixture_manifest, free_port, repo_root, status, text_pipeline,
+    Daemon, WAIT, base_config, collect_outcomes, fixture_manifest, free_port, spin_pipeline, stall_pipeline, status,
+    text_pipeline,
 };
 
 /// The service manager's end of the notify protocol: every datagram the daemon sends, in order, with the time it
@@ -149,22 +150,6 @@ async fn readiness_watchdog_pings_status_and_stopping_reach_the_notify_socket() 
     let exit = daemon.wait_exit();
     assert!(exit.success(), "exit {exit}:\n{}", daemon.log());
     client.close().await;
-}
-
-/// A pipeline on the stall model (tests/fixtures/stall), whose run never ends for a real message.
-fn stall_pipeline(name: &str, run_timeout_ms: u64) -> String {
-    spin_pipeline("stall", name, "", run_timeout_ms)
-}
-
-/// A pipeline on one of the models of scripts/fixture/make_stall_model.py that spin ONNX Runtime on purpose.
-fn spin_pipeline(fixture: &str, name: &str, pipeline_keys: &str, run_timeout_ms: u64) -> String {
-    let manifest = repo_root().join(format!("tests/fixtures/{fixture}/manifest.toml"));
-    format!(
-        "[[pipeline]]\nname = \"{name}\"\ninput = \"in/{name}/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
-         {pipeline_keys}\n[pipeline.decode]\ntype = \"text\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n\
-         [[pipeline.postprocess]]\ntype = \"classify\"\n[pipeline.session]\nrun_timeout_ms = {run_timeout_ms}\n\n",
-        manifest.display()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! Test harness: a real `zinferd` process on a free loopback port with a per-test temp dir, and a zenoh client.
+//! Test harness: a real `zinferd` process on a free loopback port (or in client mode behind a zenoh router the
+//! test runs in process) with a per-test temp dir, that a test may kill and restart, and zenoh clients.
 //!
 //! Every wait is bounded; nothing sleeps to synchronise except bounded polling of a condition.
 
@@ -44,10 +45,19 @@ pub fn free_port() -> u16 {
 
 /// The `[zenoh]` and `[telemetry]` part of a test config, plus what the test adds.
 pub fn base_config(port: u16, prefix: &str) -> String {
-    format!(
-        "[zenoh]\nmode = \"peer\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nmulticast_scouting = false\n\n\
-         [telemetry]\nprefix = \"{prefix}\"\ninterval_ms = 100\n\n[daemon]\ndrain_timeout_ms = 20000\n\n"
-    )
+    format!("[zenoh]\nmode = \"peer\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nmulticast_scouting = false\n\n")
+        + &service_tables(prefix)
+}
+
+/// As [`base_config`] for a daemon in client mode behind the router at `router`: it listens on nothing (zinferd's
+/// default listen endpoint would otherwise apply) and reaches everything through that router.
+pub fn base_config_behind(router: &str, prefix: &str) -> String {
+    format!("[zenoh]\nmode = \"client\"\nconnect = [\"{router}\"]\nlisten = []\nmulticast_scouting = false\n\n")
+        + &service_tables(prefix)
+}
+
+fn service_tables(prefix: &str) -> String {
+    format!("[telemetry]\nprefix = \"{prefix}\"\ninterval_ms = 100\n\n[daemon]\ndrain_timeout_ms = 20000\n\n")
 }
 
 /// A text pipeline on the fixture model, with extra keys appended to its table (`extra`) and extra stage options.
@@ -58,6 +68,22 @@ pub fn text_pipeline(name: &str, input: &str, extra: &str, tokenize: &str, decod
          [[pipeline.preprocess]]\ntype = \"tokenize\"\n{tokenize}\n\
          [[pipeline.postprocess]]\ntype = \"classify\"\ntop_k = 2\n\n",
         model = fixture_manifest().display()
+    )
+}
+
+/// A pipeline on the stall model (tests/fixtures/stall), whose run never ends for a real message.
+pub fn stall_pipeline(name: &str, run_timeout_ms: u64) -> String {
+    spin_pipeline("stall", name, "", run_timeout_ms)
+}
+
+/// A pipeline on one of the models of scripts/fixture/make_stall_model.py that spin ONNX Runtime on purpose.
+pub fn spin_pipeline(fixture: &str, name: &str, pipeline_keys: &str, run_timeout_ms: u64) -> String {
+    let manifest = repo_root().join(format!("tests/fixtures/{fixture}/manifest.toml"));
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\ninput = \"in/{name}/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
+         {pipeline_keys}\n[pipeline.decode]\ntype = \"text\"\n[[pipeline.preprocess]]\ntype = \"tokenize\"\n\
+         [[pipeline.postprocess]]\ntype = \"classify\"\n[pipeline.session]\nrun_timeout_ms = {run_timeout_ms}\n\n",
+        manifest.display()
     )
 }
 
@@ -89,10 +115,12 @@ pub struct Daemon {
     child: Option<Child>,
     /// The per-test folder (config, logs), removed when the daemon is dropped.
     dir: tempfile::TempDir,
-    /// The endpoint it listens on.
+    /// The endpoint it listens on, or for a daemon in client mode the router it connects to.
     pub endpoint: String,
     log: PathBuf,
     config: PathBuf,
+    /// The extra environment it was started with, for [`Daemon::restart`].
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -103,33 +131,75 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn start_with_env(config: &str, port: u16, env: &[(&str, String)]) -> Self {
+        let mut daemon = Self::spawn(config, format!("tcp/127.0.0.1:{port}"), env);
+        daemon.wait_listening(port);
+        daemon
+    }
+
+    /// Writes `config` (a daemon in client mode, which listens on nothing) and starts zinferd on it, connecting
+    /// through the router at `router`; returns at once: wait for it with [`Daemon::wait_subscribed`].
+    pub fn start_behind(config: &str, router: &str) -> Self {
+        Self::spawn(config, router.to_owned(), &[])
+    }
+
+    fn spawn(config: &str, endpoint: String, env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("zinferd.toml");
         std::fs::write(&path, config).expect("write config");
         let log = dir.path().join("zinferd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        let env = env.iter().map(|(key, value)| ((*key).to_owned(), value.clone())).collect();
+        let mut daemon = Self { child: None, dir, endpoint, log, config: path, env };
+        daemon.child = Some(daemon.launch());
+        daemon
+    }
+
+    /// Starts the process; its stderr is appended to the log, so a restarted daemon's log holds every run.
+    fn launch(&self) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_zinferd"))
             .arg("--config")
-            .arg(&path)
+            .arg(&self.config)
             .env("ORT_DYLIB_PATH", ort_library())
             .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(log)
             .spawn()
-            .expect("spawn zinferd");
-        let mut daemon = Self { child: Some(child), dir, endpoint: format!("tcp/127.0.0.1:{port}"), log, config: path };
-        daemon.wait_listening(port);
-        daemon
+            .expect("spawn zinferd")
+    }
+
+    /// Starts zinferd again on the same config, folder and environment after it exited (e.g. after
+    /// [`Daemon::kill`]); returns once it accepts TCP on `port` again.
+    pub fn restart(&mut self, port: u16) {
+        assert!(self.child.is_none(), "restart only a daemon that has exited");
+        self.child = Some(self.launch());
+        self.wait_listening(port);
     }
 
     fn wait_listening(&mut self, port: u16) {
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
-                panic!("zinferd exited early with {status}:\n{}", self.log());
-            }
+            self.assert_running();
             assert!(Instant::now() < deadline, "zinferd did not listen within {WAIT:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics, with the log, if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+            panic!("zinferd exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Waits (bounded) until `session` sees a subscriber on `key`, checking all along that the process is alive.
+    pub async fn wait_subscribed(&mut self, session: &zenoh::Session, key: &str) {
+        let publisher = session.declare_publisher(key.to_owned()).await.expect("declare a publisher");
+        let deadline = Instant::now() + WAIT;
+        while !publisher.matching_status().await.is_ok_and(|status| status.matching()) {
+            self.assert_running();
+            assert!(Instant::now() < deadline, "nothing subscribed to {key} within {WAIT:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -150,6 +220,12 @@ impl Daemon {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGKILL and reaps the process: no drain, no goodbye on the network.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal("KILL");
+        self.wait_exit()
     }
 
     /// Sends SIGTERM.
@@ -231,11 +307,40 @@ pub async fn collect_outcomes(results: &Results, count: usize, daemon: &Daemon) 
 
 /// Asks the daemon's status queryable for a telemetry snapshot.
 pub async fn status(client: &Client, prefix: &str) -> proto::Telemetry {
+    try_status(client.session(), prefix).await.expect("a status reply")
+}
+
+/// Asks the status queryable through `session`; `None` when nothing answers (no daemon reachable right now).
+pub async fn try_status(session: &zenoh::Session, prefix: &str) -> Option<proto::Telemetry> {
     let key = proto::keys::status(prefix);
-    let replies = client.session().get(key.clone()).await.expect("status query");
-    let reply = tokio::time::timeout(WAIT, replies.recv_async()).await.expect("status reply in time").expect("a reply");
+    let replies = session.get(key).await.expect("status query");
+    let reply = tokio::time::timeout(WAIT, replies.recv_async()).await.expect("status reply in time").ok()?;
     let sample = reply.result().expect("an ok reply");
-    serde_json::from_slice(&sample.payload().to_bytes()).expect("status is JSON telemetry")
+    Some(serde_json::from_slice(&sample.payload().to_bytes()).expect("status is JSON telemetry"))
+}
+
+/// A zenoh router in this process, in place of `zenohd` (as zenoh's own tests/acl.rs runs one): it listens on
+/// `tcp/127.0.0.1:<port>` only and does not scout.
+pub async fn open_router(port: u16) -> zenoh::Session {
+    open_session("router", &[("listen/endpoints", format!("[\"tcp/127.0.0.1:{port}\"]"))]).await
+}
+
+/// A zenoh session in client mode that reaches everything through the router at `router`.
+pub async fn open_client(router: &str) -> zenoh::Session {
+    open_session("client", &[("connect/endpoints", format!("[\"{router}\"]")), ("listen/endpoints", "[]".into())]).await
+}
+
+async fn open_session(mode: &str, keys: &[(&str, String)]) -> zenoh::Session {
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", &format!("\"{mode}\"")).expect("mode");
+    config.insert_json5("scouting/multicast/enabled", "false").expect("multicast off");
+    for (key, value) in keys {
+        config.insert_json5(key, value).unwrap_or_else(|error| panic!("{key} = {value}: {error}"));
+    }
+    tokio::time::timeout(WAIT, zenoh::open(config))
+        .await
+        .unwrap_or_else(|_| panic!("a {mode} session did not open within {WAIT:?}"))
+        .unwrap_or_else(|error| panic!("open a {mode} session: {error}"))
 }
 
 /// Polls status until `done` holds for the first pipeline (bounded).
