@@ -11,6 +11,7 @@ mod check;
 mod classify;
 mod custom_stage;
 mod deadlines;
+mod faults;
 mod memory;
 mod overload;
 mod providers;
