@@ -5,8 +5,11 @@ use zinferd::client::RequestFormat;
 
 use crate::support::{TextDaemon, WAIT, golden, next_result, next_sample, start_text};
 
-/// Softmax probabilities agree to this much: same model and ORT version, float32 on both sides.
-const TOLERANCE: f64 = 1e-4;
+/// Softmax probabilities agree to this much. Same model and ONNX Runtime version, but the golden file was computed on
+/// another CPU, and the int8 kernels ONNX Runtime picks differ with the instruction set (VNNI or not): on an AVX2-only
+/// AMD EPYC the largest difference seen was 3.8e-3 (1e-4 held on the machine that wrote the file). The label must
+/// match exactly, above.
+const TOLERANCE: f64 = 1e-2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() {
