@@ -147,9 +147,11 @@ impl Worker {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            // At most a queue's worth per turn, then the model runs: when messages arrive faster than they can be
-            // prepared, an unbounded drain would prepare forever and never run the model.
-            while arrived.len() < self.context.capacity {
+            // At most what the worker's queue has room for per turn (at least one), then the model runs: when
+            // messages arrive faster than they can be prepared, an unbounded drain would prepare forever and never
+            // run the model. Taken together with the worker's queue, they never exceed its capacity either.
+            let room = self.context.capacity.saturating_sub(self.waiting.len()).max(1);
+            while arrived.len() < room {
                 let Some(envelope) = queue.try_recv() else { break };
                 arrived.push(envelope);
             }

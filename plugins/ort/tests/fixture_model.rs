@@ -79,23 +79,28 @@ fn runs_match_python_onnxruntime_alone_and_batched() {
         let outputs = model.run(&[features(case).as_slice()]).expect("run");
         let logits = outputs[0][0].tensor.as_f32().expect("float logits");
         for (actual, expected) in logits.iter().zip(&case.logits) {
-            assert!((actual - expected).abs() < 1e-4, "{logits:?} vs {:?}", case.logits);
+            assert!((actual - expected).abs() < logit_tolerance(), "{logits:?} vs {:?}", case.logits);
         }
+        assert_eq!(argmax(logits), argmax(&case.logits), "{logits:?} vs {:?}", case.logits);
     }
     // Items of equal length batched together give the logits each gives alone, up to quantisation: the int8 model
     // quantises activations dynamically with one scale per tensor, i.e. per batch, so batching moves logits by
-    // ~1e-3 (measured: 2e-3). The label must not move.
+    // ~1e-3 (measured: 2e-3 with VNNI, 1.2e-2 on an AVX2-only CPU). The label must not move.
     let first = &golden.cases[0];
     let twin = golden.cases.iter().skip(1).find(|case| case.input_ids.len() == first.input_ids.len()).unwrap_or(first);
     let batch = [features(first), features(twin)];
     let outputs = model.run(&[batch[0].as_slice(), batch[1].as_slice()]).expect("batched run");
     assert_eq!(outputs.len(), 2);
-    for (output, case) in outputs.iter().zip([first, twin]) {
+    for (output, features) in outputs.iter().zip(&batch) {
         assert_eq!(output[0].tensor.shape, [2]);
         let logits = output[0].tensor.as_f32().expect("float logits");
-        for (actual, expected) in logits.iter().zip(&case.logits) {
-            assert!((actual - expected).abs() < 1e-2, "batched {logits:?} vs {:?}", case.logits);
+        // Against the same input run alone on this machine: the golden file's CPU may pick other int8 kernels.
+        let alone = model.run(&[features.as_slice()]).expect("run alone");
+        let alone = alone[0][0].tensor.as_f32().expect("float logits").to_vec();
+        for (actual, expected) in logits.iter().zip(&alone) {
+            assert!((actual - expected).abs() < 2e-2, "batched {logits:?} vs alone {alone:?}");
         }
+        assert_eq!(argmax(logits), argmax(&alone));
     }
 
     let argmax = |values: &[f32]| values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
@@ -142,4 +147,17 @@ fn an_overrunning_run_is_cancelled_the_session_stays_usable_and_a_warm_up_is_not
         "longer than the run timeout: {:?}",
         started.elapsed()
     );
+}
+
+/// How close the int8 fixture's logits come to the golden ones Python's ONNX Runtime computed on another machine.
+/// ONNX Runtime picks its int8 kernels by instruction set: where earlier CI ran (VNNI) they matched to 1e-4; on an
+/// AVX2-only AMD EPYC Python's ONNX Runtime itself gave logits up to 0.29 away (-2.140 for -2.417), as Rust does.
+fn logit_tolerance() -> f32 {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vnni = flags.split_whitespace().any(|flag| matches!(flag, "avx512_vnni" | "avx_vnni"));
+    if vnni || std::env::consts::ARCH != "x86_64" { 1e-4 } else { 0.4 }
+}
+
+fn argmax<T: PartialOrd + Copy>(values: &[T]) -> Option<usize> {
+    (0..values.len()).reduce(|best, index| if values[index] > values[best] { index } else { best })
 }
