@@ -190,6 +190,34 @@ async fn a_wedged_worker_stops_the_watchdog_pings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_still_wedged_after_a_reload_replaced_it_stops_the_watchdog_pings() {
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/oldwedge/{port}");
+    // run_timeout_ms = 0: nothing ever cancels the run, so generation 1's worker stays stuck after the reload.
+    let config = base_config(port, &prefix) + &stall_pipeline("oldwedge", 0);
+    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_secs(3)));
+    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/oldwedge/x", WAIT).await.expect("subscribed");
+    client.session().put("in/oldwedge/x", "this message never comes back").await.expect("publish");
+
+    // The same pipeline on the fixture model: the subscription switches to it, the wedged worker retires.
+    let replaced = base_config(port, &prefix) + &text_pipeline("oldwedge", "in/oldwedge/**", "", "", "");
+    std::fs::write(daemon.config_path(), replaced).expect("rewrite the config");
+    daemon.signal("HUP");
+    notify.wait_for("READY=1 after the reload", WAIT, |message| {
+        message.contains("READY=1") && message.contains("generation 2")
+    });
+    assert_eq!(classify(&client, "in/oldwedge/x", "new").await.outcome, outcome::OK, "generation 2 serves");
+    let stalled = notify.wait_for("a STALLED status", WAIT, |message| message.contains("STALLED"));
+    assert!(stalled.contains("oldwedge (generation 1, retiring)"), "{stalled}");
+    let after = notify.collect(Duration::from_secs(4));
+    assert!(after.iter().all(|message| !is_ping(message)), "pinged while a retiring worker is wedged: {after:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_timeout_unwedges_the_worker_and_the_pings_resume() {
     let notify = NotifySocket::bind();
     let port = free_port();

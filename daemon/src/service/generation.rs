@@ -163,7 +163,13 @@ impl Generation {
     /// or retargeted) and lets the workers finish what they hold.
     pub fn retire(mut self) -> Retiring {
         self.admissions.clear();
-        Retiring { number: self.number, workers: self.workers, egresses: self.egresses, abandon: self.abandon }
+        Retiring {
+            number: self.number,
+            workers: self.workers,
+            metrics: self.metrics,
+            egresses: self.egresses,
+            abandon: self.abandon,
+        }
     }
 }
 
@@ -171,11 +177,26 @@ impl Generation {
 pub struct Retiring {
     number: u64,
     workers: Vec<JoinHandle<()>>,
+    metrics: Vec<Arc<PipelineMetrics>>,
     egresses: Vec<tokio::task::JoinHandle<()>>,
     abandon: Arc<AtomicBool>,
 }
 
 impl Retiring {
+    /// Its workers still running that have shown no progress for longer than `stall_after`, named with their
+    /// generation, and for how long: a worker wedged in a model run stays wedged after a reload replaced it.
+    pub fn stalled(&self, stall_after: Duration) -> Vec<(String, Duration)> {
+        self.workers
+            .iter()
+            .zip(&self.metrics)
+            .filter(|(worker, _)| !worker.is_finished())
+            .map(|(_, metrics)| {
+                (format!("{} (generation {}, retiring)", metrics.name(), self.number), metrics.since_beat())
+            })
+            .filter(|(_, silent)| *silent > stall_after)
+            .collect()
+    }
+
     /// Whether every outcome it owed has been published.
     pub fn is_finished(&self) -> bool {
         self.egresses.iter().all(|egress| egress.is_finished())

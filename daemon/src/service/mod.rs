@@ -270,7 +270,7 @@ impl Service {
     /// Pings the watchdog if every worker made progress lately, and refreshes the status line.
     fn check_health(&mut self, current: &Generation) {
         self.retiring.retain(|generation| !generation.is_finished());
-        let stalled = self.health.stalled(current);
+        let stalled = self.health.stalled(current, &self.retiring);
         let status = self.status_line(current, &stalled);
         self.health.report(&stalled, &status, true, &self.notifier, &self.telemetry);
     }
@@ -280,7 +280,7 @@ impl Service {
     /// systemd restarts a daemon whose service loop would otherwise stay stuck (deaf to SIGTERM) for good.
     fn checking_health<T>(&self, current: &Generation, limit: Duration, work: impl FnOnce() -> T) -> T {
         let (done, finished) = std::sync::mpsc::channel::<()>();
-        let (health, notifier, telemetry) = (self.health, &self.notifier, &self.telemetry);
+        let (health, notifier, telemetry, retiring) = (self.health, &self.notifier, &self.telemetry, &self.retiring);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 let started = Instant::now();
@@ -306,7 +306,7 @@ impl Service {
                     } else {
                         format!("generation {number} serving; reloading: loading models for {seconds:.0} s")
                     };
-                    let stalled = health.stalled(current);
+                    let stalled = health.stalled(current, retiring);
                     for (name, silent) in &stalled {
                         status.push_str(&stalled_note(name, *silent));
                     }
@@ -371,13 +371,15 @@ impl Health {
         }
     }
 
-    /// The pipelines of `current` whose worker has been silent too long, and for how long.
-    fn stalled(&self, current: &Generation) -> Vec<(String, Duration)> {
+    /// The pipelines of `current`, and the workers of `retiring` generations still finishing, that have been silent
+    /// too long, and for how long.
+    fn stalled(&self, current: &Generation, retiring: &[Retiring]) -> Vec<(String, Duration)> {
         current
             .metrics()
             .iter()
             .map(|metrics| (metrics.name().to_owned(), metrics.since_beat()))
             .filter(|(_, silent)| *silent > self.stall_after)
+            .chain(retiring.iter().flat_map(|generation| generation.stalled(self.stall_after)))
             .collect()
     }
 
