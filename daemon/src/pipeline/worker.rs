@@ -1,9 +1,9 @@
 //! The worker: one OS thread per pipeline that owns the pipeline (and so the ONNX Runtime session).
 //!
 //! Decoding, tokenization and inference are CPU work; running them here keeps tokio's reactor and zenoh's own
-//! threads free to move bytes. The worker moves every message that has arrived into a local queue ordered
-//! earliest-deadline-first (arrival order among messages without a deadline, which come after those with one),
-//! then runs the most urgent. A message whose deadline has passed, or can no longer be met given the measured cost
+//! threads free to move bytes. The worker moves the messages that have arrived into a local queue ordered
+//! earliest-deadline-first (a message without a deadline is ordered as if due [`NO_DEADLINE_DUE`] after its
+//! arrival, so deadline traffic cannot starve it), then runs the most urgent. A message whose deadline has passed, or can no longer be met given the measured cost
 //! of the model for inputs of its size, is answered `expired` without running, so it does not take CPU from
 //! messages that can still make it.
 //!
@@ -91,13 +91,26 @@ struct Waiting {
     prepared: Prepared,
     sequence: u64,
     bytes: usize,
+    /// When it is due, for ordering only: its deadline, or for a message without one, [`NO_DEADLINE_DUE`] after its
+    /// arrival (it is never expired for it).
+    due: Instant,
 }
 
+/// How long a message without a deadline yields to messages with one. Ordering it last forever would let a steady
+/// stream of deadline traffic starve it; ordering it as if due this long after arrival bounds its wait behind
+/// urgent work, as a deadline I/O scheduler treats reads, while messages with a deadline inside that window go
+/// first. Among messages without a deadline, arrival order is kept.
+pub const NO_DEADLINE_DUE: Duration = Duration::from_secs(1);
+
 impl Waiting {
-    /// Earliest deadline first; no deadline sorts last; ties in arrival order.
-    fn urgency(&self) -> (bool, Option<Instant>, u64) {
-        let deadline = self.prepared.deadline.map(|deadline| deadline.at);
-        (deadline.is_none(), deadline, self.sequence)
+    fn new(prepared: Prepared, sequence: u64, bytes: usize) -> Self {
+        let due = prepared.deadline.map_or(prepared.arrived + NO_DEADLINE_DUE, |deadline| deadline.at);
+        Self { prepared, sequence, bytes, due }
+    }
+
+    /// Earliest due first; ties in arrival order.
+    fn urgency(&self) -> (Instant, u64) {
+        (self.due, self.sequence)
     }
 }
 
@@ -217,7 +230,7 @@ impl Worker {
                 self.context.metrics.record_counters(&prepared.item.counters);
                 self.sequence += 1;
                 self.waiting_bytes += bytes;
-                self.waiting.push(Waiting { prepared, sequence: self.sequence, bytes });
+                self.waiting.push(Waiting::new(prepared, self.sequence, bytes));
             }
             Err(processed) => {
                 self.context.metrics.record_dequeued();
@@ -416,4 +429,37 @@ impl Worker {
 
 fn dropped(id: String, reason: &'static str) -> Processed {
     Processed { id, verdict: Verdict::Dropped(reason), timings: Timings::default(), deadline: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use zinfer_stage_api::{Input, Item};
+
+    use super::*;
+    use crate::pipeline::deadline::Deadline;
+
+    fn waiting(sequence: u64, arrived: Instant, deadline: Option<Instant>) -> Waiting {
+        let item = Item::new(format!("m{sequence}"), "k".into(), Input::Text("t".into()));
+        let deadline = deadline.map(|at| Deadline { at });
+        let prepared = Prepared { item, timings: Timings::default(), arrived, deadline };
+        Waiting::new(prepared, sequence, 0)
+    }
+
+    #[test]
+    fn a_message_without_a_deadline_waits_behind_urgent_ones_but_not_forever() {
+        let start = Instant::now();
+        let mut heap = BinaryHeap::new();
+        // Arrived first, no deadline: due one NO_DEADLINE_DUE after arrival.
+        heap.push(waiting(1, start, None));
+        // Deadline traffic that keeps arriving: earlier deadlines than that go first, later ones after it.
+        heap.push(waiting(2, start + Duration::from_millis(10), Some(start + Duration::from_millis(100))));
+        heap.push(waiting(
+            3,
+            start + Duration::from_millis(900),
+            Some(start + NO_DEADLINE_DUE + Duration::from_millis(50)),
+        ));
+        heap.push(waiting(4, start + Duration::from_millis(20), None));
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|waiting| waiting.sequence)).collect();
+        assert_eq!(order, [2, 1, 4, 3], "EDF, with messages without a deadline due a second after arrival");
+    }
 }
