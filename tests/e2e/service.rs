@@ -152,21 +152,26 @@ async fn readiness_watchdog_pings_status_and_stopping_reach_the_notify_socket() 
     client.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wedged_worker_stops_the_watchdog_pings() {
+/// A daemon under a 3 s watchdog with a pipeline `tag` on the stall fixture (`run_timeout_ms`) and `more` pipelines,
+/// ready and subscribed: its notify socket, the daemon, a client, its port and its telemetry prefix.
+async fn start_stalling(tag: &str, run_timeout_ms: u64, more: &str) -> (NotifySocket, Daemon, Client, u16, String) {
     let notify = NotifySocket::bind();
     let port = free_port();
-    let prefix = format!("zt/wedge/{port}");
-    // run_timeout_ms = 0: nothing cancels the run, as with a driver call that ignores ONNX Runtime's terminate flag.
-    let config = base_config(port, &prefix)
-        + &stall_pipeline("wedge", 0)
-        + &text_pipeline("healthy", "in/healthy/**", "", "", "");
+    let prefix = format!("zt/{tag}/{port}");
+    let config = base_config(port, &prefix) + &stall_pipeline(tag, run_timeout_ms) + more;
     let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_secs(3)));
     notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
-    notify.wait_for("a first ping", WAIT, is_ping);
-
     let client = daemon.client().await;
-    client.wait_for_subscriber("in/wedge/x", WAIT).await.expect("subscribed");
+    client.wait_for_subscriber(&format!("in/{tag}/x"), WAIT).await.expect("subscribed");
+    (notify, daemon, client, port, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_worker_stops_the_watchdog_pings() {
+    // run_timeout_ms = 0: nothing cancels the run, as with a driver call that ignores ONNX Runtime's terminate flag.
+    let healthy = text_pipeline("healthy", "in/healthy/**", "", "", "");
+    let (notify, daemon, client, _, prefix) = start_stalling("wedge", 0, &healthy).await;
+    notify.wait_for("a first ping", WAIT, is_ping);
     client.session().put("in/wedge/x", "this message never comes back").await.expect("publish");
 
     // Stalled after half the period (1.5 s) without a beat; the status says so and the pings stop for good.
@@ -191,15 +196,8 @@ async fn a_wedged_worker_stops_the_watchdog_pings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_still_wedged_after_a_reload_replaced_it_stops_the_watchdog_pings() {
-    let notify = NotifySocket::bind();
-    let port = free_port();
-    let prefix = format!("zt/oldwedge/{port}");
     // run_timeout_ms = 0: nothing ever cancels the run, so generation 1's worker stays stuck after the reload.
-    let config = base_config(port, &prefix) + &stall_pipeline("oldwedge", 0);
-    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_secs(3)));
-    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/oldwedge/x", WAIT).await.expect("subscribed");
+    let (notify, daemon, client, port, prefix) = start_stalling("oldwedge", 0, "").await;
     client.session().put("in/oldwedge/x", "this message never comes back").await.expect("publish");
 
     // The same pipeline on the fixture model: the subscription switches to it, the wedged worker retires.
@@ -219,15 +217,8 @@ async fn a_worker_still_wedged_after_a_reload_replaced_it_stops_the_watchdog_pin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_timeout_unwedges_the_worker_and_the_pings_resume() {
-    let notify = NotifySocket::bind();
-    let port = free_port();
-    let prefix = format!("zt/unwedge/{port}");
     // The run timeout (4 s) outlasts the stall threshold (1.5 s): the worker is reported stalled, then recovers.
-    let config = base_config(port, &prefix) + &stall_pipeline("unwedge", 4000);
-    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_secs(3)));
-    notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/unwedge/x", WAIT).await.expect("subscribed");
+    let (notify, _daemon, client, _, _) = start_stalling("unwedge", 4000, "").await;
 
     let pending = client.request("in/unwedge/x", "out", "u1", "stuck for a while", RequestFormat::Text).await;
     notify.wait_for("a STALLED status", WAIT, |message| message.contains("STALLED"));
