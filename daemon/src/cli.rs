@@ -42,6 +42,9 @@ enum BenchMode {
     Load,
     /// A sensor pipeline: windows per second and per-window latency, direct vs. over zenoh.
     Sensor,
+    /// Mixed traffic to every pipeline with bursts and a reload every minute: RSS slope, p99 per minute, and
+    /// whether every message got exactly one outcome.
+    Soak,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +76,18 @@ struct BenchArgs {
     /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
     #[arg(long)]
     key: Option<String>,
+    /// soak: how long, in minutes.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// soak: seconds between reloads (SIGHUP to the child).
+    #[arg(long, default_value_t = 60.0)]
+    reload_every_s: f64,
+    /// soak: steady text requests per second, per text pipeline.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// soak: one second in ten, text requests at this multiple of the capacity measured at the start.
+    #[arg(long, default_value_t = 3.0)]
+    burst_multiple: f64,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -204,6 +219,17 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     let report = runtime()?.block_on(zinferd::bench::load::run(&options))?;
                     (zinferd::bench::load::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Soak => {
+                    let options = zinferd::bench::soak::SoakOptions {
+                        config: config_files(&cli),
+                        minutes: args.minutes,
+                        reload_every_s: args.reload_every_s,
+                        rate: args.rate,
+                        burst_multiple: args.burst_multiple,
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::soak::run(&options))?;
+                    (zinferd::bench::soak::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Sensor => {
                     let options = zinferd::bench::sensor::SensorBenchOptions {

@@ -4,12 +4,15 @@
 //! - [`load`] (`zinferd bench load`): open-loop load at multiples of the measured capacity, with deadlines, shedding
 //!   and memory against the budget; and the throughput gain of dynamic batching.
 //! - [`sensor`] (`zinferd bench sensor`): windows per second and per-window latency, direct vs. over zenoh.
+//! - [`soak`] (`zinferd bench soak`): a long run of mixed traffic with reloads: RSS slope, latency per minute, and
+//!   whether every message got exactly one outcome.
 //!
 //! They report; they assert nothing. Compare numbers from one run only: these machines are shared and noisy.
 
 pub mod latency;
 pub mod load;
 pub mod sensor;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,6 +125,21 @@ impl ChildDaemon {
     pub(crate) fn rss(&self) -> anyhow::Result<(u64, u64)> {
         process_rss(self.child.id())
     }
+}
+
+/// The child's telemetry snapshot, from its status queryable.
+pub(crate) async fn status_of(client: &Client, daemon: &ChildDaemon) -> anyhow::Result<zinfer_proto::Telemetry> {
+    let replies = client
+        .session()
+        .get(keys::status(&daemon.prefix))
+        .await
+        .map_err(|error| anyhow::anyhow!("querying the daemon's status: {error}"))?;
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.recv_async())
+        .await
+        .context("no status reply within 10 s")?
+        .map_err(|error| anyhow::anyhow!("status query: {error}"))?;
+    let sample = reply.result().map_err(|error| anyhow::anyhow!("status query answered an error: {error:?}"))?;
+    serde_json::from_slice(&sample.payload().to_bytes()).context("decoding the status reply")
 }
 
 /// (VmRSS, VmHWM) of process `pid` in bytes, from /proc.
