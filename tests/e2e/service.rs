@@ -210,6 +210,11 @@ async fn a_worker_still_wedged_after_a_reload_replaced_it_stops_the_watchdog_pin
     assert_eq!(classify(&client, "in/oldwedge/x", "new").await.outcome, outcome::OK, "generation 2 serves");
     let stalled = notify.wait_for("a STALLED status", WAIT, |message| message.contains("STALLED"));
     assert!(stalled.contains("oldwedge (generation 1, retiring)"), "{stalled}");
+    // Telemetry still shows the retiring generation, which owes the wedged message: every generation's books balance.
+    let snapshot = status(&client, &prefix).await;
+    let generations: Vec<(u64, u64, u64)> =
+        snapshot.pipelines.iter().map(|stats| (stats.generation, stats.received, stats.in_flight)).collect();
+    assert_eq!(generations, [(2, 1, 0), (1, 1, 1)], "(generation, received, in_flight) per entry: {snapshot:?}");
     let after = notify.collect(Duration::from_secs(4));
     assert!(after.iter().all(|message| !is_ping(message)), "pinged while a retiring worker is wedged: {after:?}");
     client.close().await;

@@ -197,6 +197,11 @@ impl Retiring {
             .collect()
     }
 
+    /// Its pipelines' counters.
+    pub fn metrics(&self) -> &[Arc<PipelineMetrics>] {
+        &self.metrics
+    }
+
     /// Whether every outcome it owed has been published.
     pub fn is_finished(&self) -> bool {
         self.egresses.iter().all(|egress| egress.is_finished())

@@ -174,6 +174,7 @@ impl Service {
                 tracing::info!(generation = next.number, "reload complete: the new pipelines serve");
                 self.retiring.push(current.retire());
                 self.telemetry.set_generation(next.number, next.metrics(), &next.config.sources);
+                self.report_retiring();
                 (next, None)
             }
             Err(reason) => {
@@ -269,10 +270,20 @@ impl Service {
 
     /// Pings the watchdog if every worker made progress lately, and refreshes the status line.
     fn check_health(&mut self, current: &Generation) {
+        let finishing = self.retiring.len();
         self.retiring.retain(|generation| !generation.is_finished());
+        if self.retiring.len() != finishing {
+            self.report_retiring();
+        }
         let stalled = self.health.stalled(current, &self.retiring);
         let status = self.status_line(current, &stalled);
         self.health.report(&stalled, &status, true, &self.notifier, &self.telemetry);
+    }
+
+    /// Tells telemetry which retired generations still owe outcomes.
+    fn report_retiring(&self) {
+        let metrics = self.retiring.iter().flat_map(|generation| generation.metrics().iter().cloned()).collect();
+        self.telemetry.set_retiring(metrics);
     }
 
     /// Runs `work` on this thread while a second one goes on checking `current`'s health every tick, with a

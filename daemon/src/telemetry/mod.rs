@@ -36,6 +36,10 @@ pub struct Telemetry {
     sampler: Mutex<SystemSampler>,
     /// The current generation's pipelines: a reload swaps them.
     pipelines: RwLock<Vec<Arc<PipelineMetrics>>>,
+    /// The pipelines of generations a reload retired that still owe outcomes: until they have published the last one
+    /// they are reported too (each with its `generation`), so the outcomes they publish after the swap are counted
+    /// somewhere a client can see, and every generation's books balance.
+    retiring: RwLock<Vec<Arc<PipelineMetrics>>>,
     service: Mutex<proto::ServiceState>,
     memory: Arc<Governor>,
 }
@@ -48,6 +52,7 @@ impl Telemetry {
             zid,
             sampler: Mutex::new(SystemSampler::new()),
             pipelines: RwLock::new(Vec::new()),
+            retiring: RwLock::new(Vec::new()),
             service: Mutex::new(proto::ServiceState::default()),
             memory,
         }
@@ -59,6 +64,11 @@ impl Telemetry {
         let mut service = self.service();
         service.generation = number;
         service.config_files = sources.iter().map(|path| path.display().to_string()).collect();
+    }
+
+    /// The pipelines of the retired generations that are still finishing.
+    pub fn set_retiring(&self, pipelines: Vec<Arc<PipelineMetrics>>) {
+        *self.retiring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pipelines;
     }
 
     /// The outcome of a reload: `None` when it succeeded, else why it failed.
@@ -101,6 +111,7 @@ impl Telemetry {
     pub fn snapshot(&self) -> proto::Telemetry {
         let (process, system) = self.sampler.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sample();
         let pipelines = self.pipelines.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let retiring = self.retiring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         proto::Telemetry {
             timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -108,7 +119,7 @@ impl Telemetry {
             zid: self.zid.clone(),
             process: Some(process),
             system: Some(system),
-            pipelines: pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
+            pipelines: pipelines.iter().chain(retiring.iter()).map(|pipeline| pipeline.snapshot()).collect(),
             memory: Some(proto::MemoryStats {
                 budget_bytes: self.memory.budget().unwrap_or(0),
                 soft_threshold_bytes: self.memory.soft_threshold().unwrap_or(0),
