@@ -15,6 +15,9 @@ pub mod outcome;
 pub mod queue;
 pub mod worker;
 
+#[cfg(test)]
+mod accounting_tests;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
