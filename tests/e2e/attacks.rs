@@ -215,3 +215,22 @@ async fn a_flood_dearer_to_prepare_than_to_receive_still_runs_the_model() {
     );
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_too_far_to_represent_is_no_deadline_and_the_worker_lives_on() {
+    // u64::MAX milliseconds is 584 million years: computing the deadline must not take the worker thread down (it
+    // did not before either: Instant holds it; this guards the arithmetic the worker does with deadlines).
+    let TextDaemon { daemon, client, prefix } = start_text("farout", "", "", "").await;
+    let results = client.session().declare_subscriber("out/in/farout/**").await.expect("subscribe");
+    for (id, deadline) in [("far", u64::MAX), ("far-too", u64::MAX / 2), ("near", 60_000)] {
+        let body = serde_json::json!({ "id": id, "text": "a fine film", "deadline_ms": deadline });
+        put(&client, "in/farout/x", body.to_string().into_bytes(), Encoding::APPLICATION_JSON).await;
+    }
+    let outcomes = collect_outcomes(&results, 3, &daemon).await;
+    for (id, result) in &outcomes {
+        assert_eq!((result.outcome.as_str(), result.reason.as_str()), (outcome::OK, ""), "{id}: {result:?}");
+    }
+    let snapshot = wait_for_stats(&client, &prefix, "all answered", |stats| stats.in_flight == 0).await;
+    assert_eq!(snapshot.pipelines[0].completed, 3);
+    client.close().await;
+}

@@ -150,6 +150,10 @@ fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
         Ok(Some(evicted)) => (evicted, drop_reason::SUPERSEDED),
         Err(Refused::Full(envelope)) => (*envelope, drop_reason::QUEUE_FULL),
         Err(Refused::Closed(envelope)) => (*envelope, drop_reason::SHUTDOWN),
+        Err(Refused::Failed(envelope)) => {
+            admission.metrics.record_dequeued();
+            return answer(admission, *envelope, crate::pipeline::worker::failed_verdict());
+        }
     };
     admission.metrics.record_dequeued();
     tracing::debug!(pipeline = admission.pipeline, reason, "message dropped at admission");

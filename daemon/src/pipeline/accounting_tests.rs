@@ -157,6 +157,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
                     Ok(Some(evicted)) => (evicted, "superseded"),
                     Err(Refused::Full(refused)) => (*refused, "queue_full"),
                     Err(Refused::Closed(refused)) => (*refused, "shutdown"),
+                    Err(Refused::Failed(_)) => panic!("seed {seed}, move {step}: the worker failed"),
                 };
                 metrics.record_dequeued();
                 let outcome = Outcome {

@@ -24,6 +24,8 @@ struct Shared {
 struct State {
     waiting: VecDeque<Envelope>,
     bytes: usize,
+    /// True once the worker failed: nothing will take messages from here again.
+    failed: bool,
     /// False once the sending side is gone: the worker drains what is left and stops.
     open: bool,
 }
@@ -46,7 +48,7 @@ impl Shared {
 /// never queued: the ingress answers it before).
 pub fn bounded(capacity: usize, capacity_bytes: usize, overload: Overload) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, open: true }),
+        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, failed: false, open: true }),
         arrived: Condvar::new(),
         capacity: capacity.max(1),
         capacity_bytes,
@@ -62,6 +64,8 @@ pub enum Refused {
     Full(Box<Envelope>),
     /// The worker is gone (shutdown).
     Closed(Box<Envelope>),
+    /// The worker failed (a bug): no message of this pipeline can be processed until zinferd restarts.
+    Failed(Box<Envelope>),
 }
 
 /// The ingress's end. Dropping it closes the queue.
@@ -73,6 +77,9 @@ impl Sender {
     /// `dropped: superseded`; when evicting one is not enough, the newest is refused like under `fifo`.
     pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
         let mut state = self.0.lock();
+        if state.failed {
+            return Err(Refused::Failed(Box::new(envelope)));
+        }
         if !state.open {
             return Err(Refused::Closed(Box::new(envelope)));
         }
@@ -139,6 +146,15 @@ impl Receiver {
     /// The oldest message, if one is waiting.
     pub fn try_recv(&self) -> Option<Envelope> {
         self.0.lock().pop()
+    }
+
+    /// The worker failed: from now on every push is refused as [`Refused::Failed`]; returns what was waiting, so
+    /// that each gets its outcome.
+    pub fn fail(&self) -> Vec<Envelope> {
+        let mut state = self.0.lock();
+        state.failed = true;
+        state.bytes = 0;
+        state.waiting.drain(..).collect()
     }
 }
 
@@ -212,6 +228,16 @@ mod tests {
         // One eviction cannot make room for 95 bytes: the newcomer is refused and the queue is unchanged.
         assert!(matches!(sender.push(sized("k", "5", 95)), Err(Refused::Full(refused)) if refused.fallback_id == "5"));
         assert_eq!(ids(&receiver), ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_failed_worker_hands_back_what_waits_and_refuses_the_rest() {
+        let (sender, receiver) = bounded(4, usize::MAX, Overload::Fifo);
+        sender.push(envelope("a", "1")).expect("room");
+        sender.push(envelope("a", "2")).expect("room");
+        let left: Vec<String> = receiver.fail().into_iter().map(|envelope| envelope.fallback_id).collect();
+        assert_eq!(left, ["1", "2"]);
+        assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Failed(refused)) if refused.fallback_id == "3"));
     }
 
     #[test]

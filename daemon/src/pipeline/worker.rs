@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use zinfer_proto::{drop_reason, expire_reason};
+use zinfer_stage_api::{Reason, StageError};
 
 use super::deadline::CostModel;
 use super::outcome::{Outcome, Timings, Verdict};
@@ -74,7 +75,45 @@ pub fn spawn(
     queue: Receiver,
     context: WorkerContext,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || Worker::new(pipeline, context).run(&queue))
+    let name = name.to_owned();
+    std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
+        let mut worker = Worker::new(pipeline, context);
+        // Stages, decoders and model runs are already guarded per message; a panic that reaches here is zinferd's
+        // own bug. The thread then ends (its heartbeat stops, so the watchdog has the service restarted), but no
+        // message is left without an outcome: what it held and what waits are answered, and so is every later one.
+        if catch_unwind(AssertUnwindSafe(|| worker.run(&queue))).is_err() {
+            tracing::error!(
+                pipeline = %name,
+                "the pipeline's worker panicked (a bug in zinferd): its messages are answered error/worker_failed \
+                 until zinferd is restarted"
+            );
+            let held: Vec<Waiting> = std::mem::take(&mut worker.waiting).into_vec();
+            for waiting in held {
+                worker.context.metrics.record_dequeued();
+                let outcome = worker.outcome(waiting.prepared, failed_verdict());
+                worker.send(outcome);
+            }
+            for envelope in queue.fail() {
+                worker.context.metrics.record_dequeued();
+                let processed = Processed {
+                    id: worker.pipeline.sender_id(&envelope),
+                    verdict: failed_verdict(),
+                    timings: Timings::default(),
+                    deadline: None,
+                };
+                let outcome = worker.finish(processed, envelope.message.key, envelope.arrived);
+                worker.send(outcome);
+            }
+        }
+    })
+}
+
+/// The outcome of a message its pipeline's failed worker could not process.
+pub fn failed_verdict() -> Verdict {
+    Verdict::Failed(StageError::new(
+        Reason::WorkerFailed,
+        "the pipeline's worker failed (a bug in zinferd); restart zinferd, and please report the log",
+    ))
 }
 
 struct Worker {
@@ -147,7 +186,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self, queue: &Receiver) {
+    fn run(&mut self, queue: &Receiver) {
         let mut arrived = Vec::new();
         loop {
             // Every turn of this loop is progress; an idle worker still turns every HEARTBEAT. A worker stuck in a

@@ -42,6 +42,8 @@ pub enum Reason {
     NonMonotonicTimestamps,
     /// A sensor frame carries more samples than the pipeline allows.
     FrameTooLarge,
+    /// The pipeline's worker thread failed (a bug in zinferd): the message could not be processed.
+    WorkerFailed,
     /// A reason defined by a user's own stage; keep these few and static, they become metric labels.
     Custom(&'static str),
 }
@@ -67,6 +69,7 @@ impl Reason {
             Self::NonFiniteValue => "non_finite_value",
             Self::NonMonotonicTimestamps => "non_monotonic_timestamps",
             Self::FrameTooLarge => "frame_too_large",
+            Self::WorkerFailed => "worker_failed",
             Self::Custom(reason) => reason,
         }
     }
