@@ -233,3 +233,20 @@ fn an_input_that_would_ingest_the_daemons_own_output_is_rejected() {
         write(dir.path(), "apart.toml", &(pipeline("a", "in/a/**", "out/a") + &pipeline("b", "in/b/*", "out/b")));
     load_with_env(&[apart], Some(HashMap::new())).expect("inputs apart from every output are fine");
 }
+
+#[test]
+fn a_client_does_not_listen_unless_told_to() {
+    // A client-mode zinferd beside a local zenohd on 7447 must not try to listen there too.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo().join("models/fixture/manifest.toml").display().to_string();
+    let client = write(
+        dir.path(),
+        "client.toml",
+        &format!("[zenoh]\nmode = \"client\"\nconnect = [\"tcp/127.0.0.1:7998\"]\n{}", pipeline_toml(&manifest)),
+    );
+    let config = load_with_env(&[client], Some(HashMap::new())).expect("valid");
+    let native = format!("{}", crate::io::session::zenoh_config(&config.zenoh).expect("zenoh config"));
+    // zenoh's own defaults name no endpoint for a client (only for peers and routers, which this is not).
+    assert!(!native.contains("tcp/127.0.0.1:7447"), "a client must not listen on zinferd's default: {native}");
+    assert!(native.contains("tcp/127.0.0.1:7998"), "{native}");
+}

@@ -15,7 +15,10 @@ pub fn zenoh_config(config: &ZenohConfig) -> Result<zenoh::Config, (String, Stri
     if let Some(mode) = mode {
         native.insert_json5("mode", &json(&mode.as_str())).map_err(fail("mode"))?;
     }
-    let listen = config.listen.clone().or(defaults.then(|| vec![DEFAULT_LISTEN.to_owned()]));
+    // The default listen endpoint is a peer's: a client reaches its router and listens on nothing unless told to, so
+    // that it can run beside a local zenohd that holds the default port.
+    let peer = mode != Some(ZenohMode::Client);
+    let listen = config.listen.clone().or((defaults && peer).then(|| vec![DEFAULT_LISTEN.to_owned()]));
     if let Some(listen) = listen {
         native.insert_json5("listen/endpoints", &json(&listen)).map_err(fail("listen"))?;
     }
