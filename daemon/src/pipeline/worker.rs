@@ -3,9 +3,9 @@
 //! Decoding, tokenization and inference are CPU work; running them here keeps tokio's reactor and zenoh's own
 //! threads free to move bytes. The worker moves the messages that have arrived into a local queue ordered
 //! earliest-deadline-first (a message without a deadline is ordered as if due [`NO_DEADLINE_DUE`] after its
-//! arrival, so deadline traffic cannot starve it), then runs the most urgent. A message whose deadline has passed, or can no longer be met given the measured cost
-//! of the model for inputs of its size, is answered `expired` without running, so it does not take CPU from
-//! messages that can still make it.
+//! arrival, so deadline traffic cannot starve it), then runs the most urgent. A message whose deadline has passed,
+//! or can no longer be met given the measured cost of the model for inputs of its size, is answered `expired`
+//! without running, so it does not take CPU from messages that can still make it.
 //!
 //! It ends when the admission queue's senders are gone and everything queued is answered, which is how shutdown
 //! drains: stop admitting, let the worker finish, then stop publishing.
