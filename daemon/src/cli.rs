@@ -165,12 +165,12 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         None | Some(Command::Run) => {
             let files = config_files(&cli);
             let config = zinferd::config::load(&files)?;
-            let registry = zinferd::default_registry();
+            let registry = std::sync::Arc::new(zinferd::default_registry());
             // SIGHUP reads the same files (and directories) again.
             let loader: zinferd::service::Loader = Box::new(move || zinferd::config::load(&files));
             let notifier = zinferd::service::systemd::Notifier::from_env();
             runtime()?.block_on(async {
-                zinferd::service::serve(config, &registry, loader, notifier, zinferd::signals::controls()).await
+                zinferd::service::serve(config, registry, loader, notifier, zinferd::signals::controls()).await
             })?;
             Ok(())
         }

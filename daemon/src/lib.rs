@@ -37,6 +37,7 @@ pub mod telemetry;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use zinfer_ort::OrtEnvironment;
@@ -145,7 +146,7 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
 /// outcomes are published (within `daemon.drain_timeout_ms`; the rest are answered `dropped: shutdown`).
 ///
 /// This is the embedding entry point without reloads or a service manager; [`service::serve`] has both.
-pub async fn run(config: Config, registry: &Registry, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(config: Config, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let (control, commands) = mpsc::channel(1);
     let forward = async move {
         shutdown.await;

@@ -1,5 +1,5 @@
 //! The plugin API from a user's side: a stage of their own, registered next to the built-ins, running inside an
-//! in-process daemon started with `zinferd::run(config, &registry, shutdown)`.
+//! in-process daemon started with `zinferd::run(config, Arc::new(registry), shutdown)`.
 
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     registry.register_stage("rename_labels", Box::new(build));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(async move {
-        zinferd::run(config, &registry, async {
+        zinferd::run(config, std::sync::Arc::new(registry), async {
             let _ = stopped.await;
         })
         .await

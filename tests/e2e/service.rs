@@ -260,6 +260,37 @@ async fn reload_into_a_slow_model(
     (daemon, notify, client, prefix, reloading)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_reload_loads_its_models_is_acted_on_at_once() {
+    // The slow fixture's warm-up takes seconds (10 s and more on this machine): the stop must not wait for it, or
+    // the unit's TimeoutStopSec would SIGKILL a daemon with messages in flight.
+    let (mut daemon, notify, client, _, _) = reload_into_a_slow_model("stopreload", Duration::from_secs(3), "").await;
+    let served = classify(&client, "in/serving/x", "before-the-stop").await;
+    assert_eq!(served.outcome, outcome::OK, "{served:?}");
+    let signalled = Instant::now();
+    daemon.terminate();
+    let (stopping, _) = notify.wait_for_stamped("STOPPING=1", WAIT, |_, message| message.contains("STOPPING=1"));
+    assert!(stopping - signalled < Duration::from_secs(2), "STOPPING=1 came {:?} after SIGTERM", stopping - signalled);
+    // The drain ends at once; the process then waits for the abandoned load (ONNX Runtime must not be torn down
+    // under it), which the stop timeout covers: no message is in flight any more.
+    let drained = Instant::now() + WAIT;
+    while !daemon.log().contains("drained; waiting for the abandoned reload") {
+        assert!(Instant::now() < drained, "no drain line:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drain_took = signalled.elapsed();
+    assert!(drain_took < Duration::from_secs(4), "drained {drain_took:?} after SIGTERM:\n{}", daemon.log());
+    let exit = daemon.wait_exit();
+    assert!(exit.success(), "exit {exit}:\n{}", daemon.log());
+    assert!(daemon.log().contains("the reload is abandoned"), "{}", daemon.log());
+    eprintln!(
+        "SIGTERM during a reload: STOPPING=1 after {:?}, drained after {drain_took:?}, exit after {:?}",
+        stopping - signalled,
+        signalled.elapsed()
+    );
+    client.close().await;
+}
+
 /// How long a slow reload may take on a loaded machine.
 const SLOW_RELOAD: Duration = Duration::from_secs(180);
 

@@ -58,13 +58,13 @@ const STALL_WITHOUT_WATCHDOG: Duration = Duration::from_secs(10);
 /// Runs the daemon until `control` says [`Control::Shutdown`] (or closes), then drains.
 pub async fn serve(
     config: Config,
-    registry: &Registry,
+    registry: Arc<Registry>,
     loader: Loader,
     notifier: Notifier,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), Error> {
     // Models load before the session opens: a bad model must not leave a half-started daemon on the network.
-    let pipelines = build_pipelines(&config, registry)?;
+    let pipelines = build_pipelines(&config, &registry)?;
     let governor = Arc::new(check_memory(&config, &pipelines)?);
     let session = io::session::open(&config.zenoh).await?;
     let zid = session.zid().to_string();
@@ -92,6 +92,7 @@ pub async fn serve(
         subscriptions,
         retiring: Vec::new(),
         progress: Progress::default(),
+        abandoned_load: None,
     };
     tracing::info!(zid = %zid, pipelines = current.config.pipelines.len(), "zinferd ready");
     let status = service.status_line(&current, &[]);
@@ -102,7 +103,13 @@ pub async fn serve(
     loop {
         tokio::select! {
             command = control.recv() => match command {
-                Some(Control::Reload) => current = service.reload(current, registry, &loader).await,
+                Some(Control::Reload) => {
+                    let (next, stop) = service.reload(current, &registry, &loader, &mut control).await;
+                    current = next;
+                    if stop {
+                        break;
+                    }
+                }
                 Some(Control::Shutdown) | None => break,
             },
             _ = ticker.tick() => service.check_health(&current),
@@ -128,6 +135,14 @@ pub async fn serve(
     reporter.stop().await;
     if let Err(error) = service.session.close().await {
         tracing::warn!(%error, "closing the zenoh session failed");
+    }
+    if let Some(load) = service.abandoned_load.take() {
+        tracing::info!(
+            complete,
+            "drained; waiting for the abandoned reload's model load to finish before exiting (ONNX Runtime cannot be \
+             torn down under it)"
+        );
+        let _ = tokio::task::spawn_blocking(move || load.join()).await;
     }
     if !complete {
         return Err(Error::Drain);
@@ -162,14 +177,25 @@ struct Service {
     subscriptions: Vec<Subscription>,
     retiring: Vec<Retiring>,
     progress: Progress,
+    /// A model load that a shutdown abandoned: waited for before the process exits, because ONNX Runtime's own
+    /// teardown at exit crashes under a thread that is still inside it (seen: SIGSEGV).
+    abandoned_load: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Service {
-    /// Tries to swap in the configuration `loader` reads now; on any failure keeps `current` serving.
-    async fn reload(&mut self, current: Generation, registry: &Registry, loader: &Loader) -> Generation {
+    /// Tries to swap in the configuration `loader` reads now; on any failure keeps `current` serving. Returns the
+    /// generation serving afterwards, and whether a shutdown was asked for meanwhile (the caller stops then).
+    async fn reload(
+        &mut self,
+        current: Generation,
+        registry: &Arc<Registry>,
+        loader: &Loader,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> (Generation, bool) {
         tracing::info!(generation = current.number, "reloading the configuration");
         self.notifier.reloading();
-        let (next, error) = match self.start_next(&current, registry, loader).await {
+        let mut stop = false;
+        let (next, error) = match self.start_next(&current, registry, loader, control, &mut stop).await {
             Ok(next) => {
                 tracing::info!(generation = next.number, "reload complete: the new pipelines serve");
                 self.retiring.push(current.retire());
@@ -183,26 +209,27 @@ impl Service {
             }
         };
         self.telemetry.record_reload(error.as_deref(), unix_ms());
-        let status = self.status_line(&next, &[]);
-        self.notifier.ready(&status);
-        next
+        if !stop {
+            let status = self.status_line(&next, &[]);
+            self.notifier.ready(&status);
+        }
+        (next, stop)
     }
 
     /// Builds the next generation and attaches it to the subscriptions. Nothing changes unless it returns `Ok`.
     async fn start_next(
         &mut self,
         current: &Generation,
-        registry: &Registry,
+        registry: &Arc<Registry>,
         loader: &Loader,
+        control: &mut mpsc::Receiver<Control>,
+        stop: &mut bool,
     ) -> Result<Generation, String> {
         let config = loader().map_err(|error| error.to_string())?;
         for key in restart_only_changes(&current.config, &config) {
             tracing::warn!(key, "this setting changed but takes effect only at a restart; the old value stays");
         }
-        // Loading models is seconds of CPU: keep it off the reactor threads that publish results meanwhile.
-        let limit = config.reload_timeout;
-        let pipelines = blocking(|| self.checking_health(current, limit, || build_pipelines(&config, registry)))
-            .map_err(|error| error.to_string())?;
+        let pipelines = self.load(current, &config, registry, control, stop).await?;
         // Measured with both generations loaded: that is what the process holds until the old one finishes.
         check_memory(&config, &pipelines).map_err(|error| {
             format!("{error} (during a reload both configurations' models are loaded; restart instead)")
@@ -286,24 +313,53 @@ impl Service {
         self.telemetry.set_retiring(metrics);
     }
 
-    /// Runs `work` on this thread while a second one goes on checking `current`'s health every tick, with a
-    /// status line that says a reload is loading. After `limit` the load counts as hung: the pings stop, so that
-    /// systemd restarts a daemon whose service loop would otherwise stay stuck (deaf to SIGTERM) for good.
-    fn checking_health<T>(&self, current: &Generation, limit: Duration, work: impl FnOnce() -> T) -> T {
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        let (health, notifier, telemetry, retiring) = (self.health, &self.notifier, &self.telemetry, &self.retiring);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let started = Instant::now();
-                let mut said_hung = false;
-                while finished.recv_timeout(health.tick) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+    /// Loads and warms up `config`'s models on a thread of their own (seconds of CPU, minutes for a TensorRT
+    /// engine build), while this task goes on checking `current`'s health every tick with a status line that says a
+    /// reload is loading, and listens for commands: a shutdown abandons the load (its models are dropped when it
+    /// ends; the process waits for it only after the drain) so that the drain starts at once. After `daemon.reload_timeout_ms` the
+    /// load counts as hung and the watchdog pings stop, so that systemd restarts the daemon.
+    async fn load(
+        &mut self,
+        current: &Generation,
+        config: &Config,
+        registry: &Arc<Registry>,
+        control: &mut mpsc::Receiver<Control>,
+        stop: &mut bool,
+    ) -> Result<Vec<crate::pipeline::Pipeline>, String> {
+        let (done, mut built) = tokio::sync::oneshot::channel();
+        let (config_for_load, registry) = (config.clone(), Arc::clone(registry));
+        let loading = std::thread::Builder::new()
+            .name("zinfer-reload".into())
+            .spawn(move || {
+                let _ = done.send(build_pipelines(&config_for_load, &registry));
+            })
+            .map_err(|error| format!("cannot start the thread that loads the models: {error}"))?;
+        let (limit, started) = (config.reload_timeout, Instant::now());
+        let mut said_hung = false;
+        let mut ticker = tokio::time::interval(self.health.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut built => {
+                    let pipelines = result.map_err(|_| "the thread that loaded the models died".to_owned())?;
+                    return pipelines.map_err(|error| error.to_string());
+                }
+                command = control.recv() => match command {
+                    Some(Control::Reload) => tracing::info!("already reloading; the new request is folded into it"),
+                    Some(Control::Shutdown) | None => {
+                        tracing::info!("shutdown asked for while a reload loads its models: the reload is abandoned");
+                        self.abandoned_load = Some(loading);
+                        *stop = true;
+                        return Err("abandoned: zinferd is shutting down".to_owned());
+                    }
+                },
+                _ = ticker.tick() => {
                     let loading = started.elapsed();
                     let hung = loading > limit;
                     if hung && !said_hung {
                         tracing::error!(
                             ?loading,
-                            "the reload is still loading its models after daemon.reload_timeout_ms; watchdog pings \
-                             stop"
+                            "the reload is still loading its models after daemon.reload_timeout_ms; watchdog pings stop"
                         );
                         said_hung = true;
                     }
@@ -317,17 +373,15 @@ impl Service {
                     } else {
                         format!("generation {number} serving; reloading: loading models for {seconds:.0} s")
                     };
-                    let stalled = health.stalled(current, retiring);
+                    self.retiring.retain(|generation| !generation.is_finished());
+                    let stalled = self.health.stalled(current, &self.retiring);
                     for (name, silent) in &stalled {
                         status.push_str(&stalled_note(name, *silent));
                     }
-                    health.report(&stalled, &status, !hung, notifier, telemetry);
+                    self.health.report(&stalled, &status, !hung, &self.notifier, &self.telemetry);
                 }
-            });
-            let result = work();
-            drop(done);
-            result
-        })
+            }
+        }
     }
 
     /// One line for `systemctl status`: throughput, queues, memory, and anything wrong.
@@ -436,16 +490,6 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<&'static str> {
         changed.push("ort_library");
     }
     changed
-}
-
-/// Runs blocking work without stalling the other tasks of a multi-threaded runtime.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
 }
 
 fn unix_ms() -> u64 {

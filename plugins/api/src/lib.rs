@@ -19,7 +19,7 @@
 //!
 //! Implement [`Stage`], give it a typed options struct that rejects unknown keys, and register a factory under
 //! the name that TOML's `type = "..."` will use. Then start the daemon with that registry
-//! (`zinferd::run(config, &registry, shutdown)`); `tests/e2e/custom_stage.rs` does exactly that.
+//! (`zinferd::run(config, Arc::new(registry), shutdown)`); `tests/e2e/custom_stage.rs` does exactly that.
 //!
 //! ```
 //! use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Reason, Registry, Stage, StageError, parse_options};
