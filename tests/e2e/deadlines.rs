@@ -68,7 +68,9 @@ async fn an_urgent_message_overtakes_a_backlog_without_deadlines() {
             .await
             .expect("put");
     }
-    let urgent = serde_json::json!({"id": "urgent", "text": "a fine film", "deadline_ms": 20_000});
+    // Messages without a deadline are ordered as if due a second after they arrived (so that deadline traffic
+    // cannot starve them): to overtake the backlog, the urgent message's deadline must come before that.
+    let urgent = serde_json::json!({"id": "urgent", "text": "a fine film", "deadline_ms": 800});
     client
         .session()
         .put("in/edf/x", urgent.to_string())

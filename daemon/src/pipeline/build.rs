@@ -56,6 +56,23 @@ pub fn build(
             format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
         ));
     }
+    // What a run costs here, alone and at max_batch, timed now so that deadlines and batching are judged by
+    // measurements from the first message (the cost model's docs say why). A new shape allocates on its first run:
+    // batch 1 runs once untimed; max_batch has just warmed up.
+    let mut model = model;
+    let mut calibration = Vec::new();
+    let timed = |model: &mut Model, batch: usize| {
+        model.time_run(batch, longest).map_err(|error| {
+            config.error_at(&format!("{key}.model"), format!("the timing run at {batch} × {longest} failed: {error}"))
+        })
+    };
+    let (elements, took) = timed(&mut model, pipeline.max_batch)?;
+    calibration.push((elements, pipeline.max_batch, took));
+    if pipeline.max_batch > 1 {
+        timed(&mut model, 1)?;
+        let (elements, took) = timed(&mut model, 1)?;
+        calibration.push((elements, 1, took));
+    }
     let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
@@ -67,6 +84,7 @@ pub fn build(
         deadline_ms: pipeline.deadline_ms,
         memory,
         max_rows: pipeline.max_batch,
+        calibration,
     })
 }
 

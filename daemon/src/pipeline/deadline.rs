@@ -44,8 +44,13 @@ pub fn deadline_for(
 ///
 /// Buckets are powers of two of the longest input dimension, so a 20-token and a 30-token text share one.
 /// Estimates are exponentially weighted (new = 0.8·old + 0.2·sample), so they follow thermal throttling and load.
-/// An unmeasured batch size is extrapolated linearly from the same bucket's single-message cost (pessimistic:
-/// batching is cheaper per message than that).
+/// The worker seeds it with runs timed at start-up (batch 1 and `max_batch` at the longest input), so that batching
+/// is judged by measurements from the first message: extrapolating a batch of k as k single runs overstates it
+/// (a run has a fixed part that a batch shares), and under a tight deadline a batch judged that way would never be
+/// tried, so never measured. An unmeasured batch size costs what the measured ones say: its cost relative to a
+/// single run comes from the length bucket nearest to its own that measured batches, interpolated linearly in the
+/// batch size between measured sizes (a run costs a fixed part plus a part per row); only with no batch measured
+/// at all is it k single runs.
 #[derive(Debug, Default)]
 pub struct CostModel {
     micros: BTreeMap<usize, f64>,
@@ -71,10 +76,37 @@ impl CostModel {
 
     /// The expected cost of one run of `batch` messages of `length`.
     pub fn estimate_batch(&self, length: usize, batch: usize) -> Duration {
-        match self.batched.get(&(Self::bucket(length), batch)) {
-            Some(&micros) if batch > 1 => Duration::from_secs_f64(micros / 1e6),
-            _ => self.estimate(length) * batch.max(1) as u32,
+        let bucket = Self::bucket(length);
+        if batch <= 1 {
+            return self.estimate(length);
         }
+        if let Some(&micros) = self.batched.get(&(bucket, batch)) {
+            return Duration::from_secs_f64(micros / 1e6);
+        }
+        match self.batch_ratio(bucket, batch) {
+            Some(ratio) => self.estimate(length).mul_f64(ratio),
+            None => self.estimate(length) * batch as u32,
+        }
+    }
+
+    /// A run of `batch` over a single run, from the bucket nearest `bucket` that measured both.
+    fn batch_ratio(&self, bucket: usize, batch: usize) -> Option<f64> {
+        let distance = |other: usize| other.max(bucket) / other.min(bucket);
+        let nearest = self
+            .micros
+            .keys()
+            .copied()
+            .filter(|&known| self.batched.keys().any(|&(measured, _)| measured == known))
+            .min_by_key(|&known| distance(known))?;
+        let single = self.micros[&nearest];
+        let sizes = self.batched.range((nearest, 2)..=(nearest, usize::MAX)).map(|(&(_, size), &cost)| (size, cost));
+        let points: Vec<(usize, f64)> = std::iter::once((1, single)).chain(sizes).collect();
+        // The two measured sizes around `batch` (the last two when it is beyond them all).
+        let above = points.iter().position(|&(size, _)| size > batch).unwrap_or(points.len() - 1).max(1);
+        let ((low, low_cost), (high, high_cost)) = (points[above - 1], points[above]);
+        let per_row = (high_cost - low_cost) / (high - low) as f64;
+        let cost = (low_cost + per_row * (batch as f64 - low as f64)).max(low_cost.min(high_cost));
+        (single > 0.0).then(|| cost / single)
     }
 
     /// The expected cost for `length`: its bucket's estimate, else the nearest measured bucket's scaled linearly
@@ -130,5 +162,24 @@ mod tests {
         assert_eq!(model.estimate_batch(17, 4), Duration::from_micros(4800));
         model.observe(17, 4, Duration::from_micros(2000));
         assert_eq!(model.estimate_batch(17, 4), Duration::from_micros(2000));
+    }
+
+    #[test]
+    fn unmeasured_batches_follow_the_measured_ones_not_k_single_runs() {
+        let mut model = CostModel::default();
+        // Only single runs measured: k single runs, the one pessimistic guess left.
+        model.observe(20, 1, Duration::from_micros(300));
+        assert_eq!(model.estimate_batch(20, 4), Duration::from_micros(1200));
+        // Seeded at start-up at the longest input: one run 1000 µs, a run of 8 2400 µs (a fixed part shared).
+        model.observe(128, 1, Duration::from_micros(1000));
+        model.observe(128, 8, Duration::from_micros(2400));
+        // A batch of 8 at 20 tokens costs what 8 cost relative to 1 at 128: 2.4 x 300 µs, not 8 x 300 µs.
+        let near = |estimate: Duration, micros: f64| (estimate.as_secs_f64() * 1e6 - micros).abs() < 1.0;
+        assert!(near(model.estimate_batch(20, 8), 720.0), "{:?}", model.estimate_batch(20, 8));
+        // A batch of 4 lies on the line between 1 (1000) and 8 (2400): 1600, so 1.6 x 300 µs.
+        assert!(near(model.estimate_batch(20, 4), 480.0), "{:?}", model.estimate_batch(20, 4));
+        // Beyond the largest measured size, the same line goes on: 16 rows cost 1000 + 15 x 200 = 4000.
+        assert!(near(model.estimate_batch(128, 16), 4000.0), "{:?}", model.estimate_batch(128, 16));
+        assert!(model.estimate_batch(20, 8) < model.estimate(20) * 8);
     }
 }

@@ -69,6 +69,8 @@ pub struct Pipeline {
     /// The most rows one model run takes by default: `max_batch`, the shape the warm-up ran and the memory probe
     /// measured.
     max_rows: usize,
+    /// Runs timed at start-up: (elements of an item's largest input, batch size, duration).
+    calibration: Vec<(usize, usize, std::time::Duration)>,
 }
 
 /// What processing one envelope yields.
@@ -124,6 +126,12 @@ impl Pipeline {
     /// What the model cost in RSS at start-up (load, and warm-up at the largest shape).
     pub fn memory(&self) -> crate::memory::ModelMemory {
         self.memory
+    }
+
+    /// Runs timed at start-up, to seed the worker's cost model: (elements of an item's largest input, batch size,
+    /// duration).
+    pub fn calibration(&self) -> &[(usize, usize, std::time::Duration)] {
+        &self.calibration
     }
 
     /// The decoder, shared with the ingress, which peeks at the ids of messages it sheds.

@@ -176,14 +176,11 @@ impl Ord for Waiting {
 
 impl Worker {
     fn new(pipeline: Pipeline, context: WorkerContext) -> Self {
-        Self {
-            pipeline,
-            context,
-            waiting: BinaryHeap::new(),
-            waiting_bytes: 0,
-            sequence: 0,
-            costs: CostModel::default(),
+        let mut costs = CostModel::default();
+        for &(elements, batch, took) in pipeline.calibration() {
+            costs.observe(elements, batch, took);
         }
+        Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs }
     }
 
     fn run(&mut self, queue: &Receiver) {

@@ -130,7 +130,27 @@ impl Model {
     /// engines for dynamic shapes then, for minutes). The caller bounds it: systemd's start timeout at start-up,
     /// `daemon.reload_timeout_ms` during a reload.
     pub fn warm_up(&mut self, batch: usize, length: usize) -> Result<(), OrtError> {
-        let items: Vec<Vec<NamedTensor>> = (0..batch.max(1))
+        let items = self.dummy_items(batch, length);
+        let views: Vec<&[NamedTensor]> = items.iter().map(Vec::as_slice).collect();
+        self.run_batch(&views, false).map(drop)
+    }
+
+    /// Times one run like [`Model::warm_up`]'s (run it after the warm-up, so that allocation is not timed). Returns
+    /// the elements of an item's largest input and the run's duration: what the daemon's cost model starts from.
+    pub fn time_run(&mut self, batch: usize, length: usize) -> Result<(usize, std::time::Duration), OrtError> {
+        let items = self.dummy_items(batch, length);
+        let elements = items
+            .first()
+            .map_or(0, |item| item.iter().map(|input| input.tensor.shape.iter().product()).max().unwrap_or(0));
+        let views: Vec<&[NamedTensor]> = items.iter().map(Vec::as_slice).collect();
+        let started = std::time::Instant::now();
+        self.run_batch(&views, false)?;
+        Ok((elements, started.elapsed()))
+    }
+
+    /// `batch` items of neutral inputs, every dynamic dimension `length`.
+    fn dummy_items(&self, batch: usize, length: usize) -> Vec<Vec<NamedTensor>> {
+        (0..batch.max(1))
             .map(|_| {
                 self.signature
                     .inputs
@@ -146,9 +166,7 @@ impl Model {
                     })
                     .collect()
             })
-            .collect();
-        let views: Vec<&[NamedTensor]> = items.iter().map(Vec::as_slice).collect();
-        self.run_batch(&views, false).map(drop)
+            .collect()
     }
 
     /// Runs one batch. Every item must carry each model input with the same shape; the result holds, per item,
