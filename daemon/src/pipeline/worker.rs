@@ -79,8 +79,9 @@ pub fn spawn(
     std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
         let mut worker = Worker::new(pipeline, context);
         // Stages, decoders and model runs are already guarded per message; a panic that reaches here is zinferd's
-        // own bug. The thread then ends (its heartbeat stops, so the watchdog has the service restarted), but no
-        // message is left without an outcome: what it held and what waits are answered, and so is every later one.
+        // own bug. The thread then ends (its heartbeat stops, so the watchdog has the service restarted); what it
+        // held and what waits are answered, and so is every later one. The few messages of the turn in progress
+        // (taken from the queue, not yet filed, or in the batch being run) are lost with the turn.
         if catch_unwind(AssertUnwindSafe(|| worker.run(&queue))).is_err() {
             tracing::error!(
                 pipeline = %name,
