@@ -6,7 +6,9 @@
 //! | problem                                               | reason                     |
 //! |-------------------------------------------------------|----------------------------|
 //! | channel count or names differ from the manifest's     | `wrong_channel_count`      |
-//! | a NaN or ±inf reading                                 | `non_finite_value`         |
+//! | a NaN or ±inf reading, or one that normalisation      | `non_finite_value`         |
+//! | (`(x - mean) / std`, as `window` feeds the model)     |                            |
+//! | takes beyond the range of f32                         |                            |
 //! | timestamps not strictly increasing, or not one each   | `non_monotonic_timestamps` |
 //! | more samples than `max_samples`                       | `frame_too_large`          |
 //! | no sample at all                                      | `empty_payload`            |
@@ -14,7 +16,7 @@
 //! Options: `max_samples` (default 1024).
 
 use serde::Deserialize;
-use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Reason, Stage, StageError, parse_options};
+use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Reason, SensorSpec, Stage, StageError, parse_options};
 
 /// The registry name.
 pub const TYPE: &str = "validate";
@@ -38,21 +40,23 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
     if config.max_samples == 0 {
         return Err(BuildError::option("max_samples", "must be at least 1"));
     }
-    let channels = super::spec(context, TYPE)?.channels.clone();
-    Ok(Box::new(Validate { channels, max_samples: config.max_samples }))
+    Ok(Box::new(Validate::new(super::spec(context, TYPE)?, config.max_samples)))
 }
 
 /// The stage itself.
 #[derive(Debug)]
 pub struct Validate {
     channels: Vec<String>,
+    /// The manifest's per-channel normalisation, to refuse readings the window stage could not normalise.
+    mean: Vec<f32>,
+    std: Vec<f32>,
     max_samples: usize,
 }
 
 impl Validate {
-    /// A validator for frames of these channels.
-    pub fn new(channels: Vec<String>, max_samples: usize) -> Self {
-        Self { channels, max_samples }
+    /// A validator for frames of the model described by `spec`.
+    pub fn new(spec: &SensorSpec, max_samples: usize) -> Self {
+        Self { channels: spec.channels.clone(), mean: spec.mean.clone(), std: spec.std.clone(), max_samples }
     }
 }
 
@@ -108,16 +112,21 @@ impl Stage for Validate {
                 ),
             ));
         }
-        if let Some(position) = samples.values.iter().position(|value| !value.is_finite()) {
-            return Err(StageError::new(
-                Reason::NonFiniteValue,
-                format!(
-                    "sample {}, channel `{}` is {}",
-                    position / expected,
-                    self.channels[position % expected],
-                    samples.values[position]
-                ),
-            ));
+        // A finite reading can still overflow `(x - mean) / std` (f32::MAX with a std below 1): the window stage
+        // would then feed the model ±inf, so such a reading is refused here, before it reaches any stream.
+        let normalised = |index: usize, value: f32| {
+            let channel = index % expected;
+            (value - self.mean[channel]) / self.std[channel]
+        };
+        let bad = samples.values.iter().enumerate().find(|&(index, &value)| !normalised(index, value).is_finite());
+        if let Some((position, &value)) = bad {
+            let (sample, channel) = (position / expected, &self.channels[position % expected]);
+            let detail = if value.is_finite() {
+                format!("sample {sample}, channel `{channel}` is {value}, beyond what the model's normalisation takes")
+            } else {
+                format!("sample {sample}, channel `{channel}` is {value}")
+            };
+            return Err(StageError::new(Reason::NonFiniteValue, detail));
         }
         if let Some(times) = &samples.timestamps_us {
             if times.len() != count {
@@ -157,7 +166,16 @@ mod tests {
 
     #[test]
     fn every_bad_frame_class_gets_its_reason_and_good_frames_pass() {
-        let mut stage = Validate::new(vec!["x".into(), "y".into()], 3);
+        let spec = SensorSpec {
+            input: "frames".into(),
+            channels: vec!["x".into(), "y".into()],
+            sample_rate_hz: 100.0,
+            window: 4,
+            hop: 2,
+            mean: vec![0.0, 1.0],
+            std: vec![1.0, 0.5],
+        };
+        let mut stage = Validate::new(&spec, 3);
         let mut named = frame(2, vec![1.0, 2.0], None);
         named.channels = Some(vec!["y".into(), "x".into()]);
         let cases = [
@@ -168,6 +186,9 @@ mod tests {
             (frame(2, vec![0.0; 8], None), Some(Reason::FrameTooLarge)),
             (frame(2, vec![1.0, f32::NAN], None), Some(Reason::NonFiniteValue)),
             (frame(2, vec![1.0, f32::INFINITY], None), Some(Reason::NonFiniteValue)),
+            // Finite, but (f32::MAX - 1) / 0.5 is not: found by the window fuzz target.
+            (frame(2, vec![1.0, f32::MAX], None), Some(Reason::NonFiniteValue)),
+            (frame(2, vec![f32::MAX, 2.0], None), None),
             (frame(2, vec![1.0, 2.0, 3.0, 4.0], Some(vec![10, 10])), Some(Reason::NonMonotonicTimestamps)),
             (frame(2, vec![1.0, 2.0, 3.0, 4.0], Some(vec![10])), Some(Reason::NonMonotonicTimestamps)),
             (frame(2, vec![1.0, 2.0, 3.0, 4.0], Some(vec![10, 20])), None),
