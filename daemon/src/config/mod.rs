@@ -206,7 +206,10 @@ pub fn load_with_env(files: &[PathBuf], env: Option<HashMap<String, String>>) ->
             .source(env),
     );
     let merged = builder.build().map_err(|error| match error {
-        config::ConfigError::FileParse { uri, cause } => ConfigError::whole(uri, format!("not valid TOML: {cause}")),
+        // The config crate names the file relative to the working directory; name it as the user did.
+        config::ConfigError::FileParse { uri, cause } => {
+            ConfigError::whole(uri.map(|uri| as_given(files, &uri)), format!("not valid TOML: {cause}"))
+        }
         other => ConfigError::whole(None, other.to_string()),
     })?;
     let origins = Origins { merged: merged.clone(), files: files.to_vec() };
@@ -289,21 +292,11 @@ impl Origins {
         let mut key = key.to_owned();
         loop {
             if let Some(origin) = lookup(&self.merged.cache, &key).and_then(config::Value::origin) {
-                return Some(self.as_given(origin));
+                return Some(as_given(&self.files, origin));
             }
             let cut = key.rfind(['.', '['])?;
             key.truncate(cut);
         }
-    }
-
-    /// The path of the given file that `origin` denotes, else `origin` itself (e.g. `environment`).
-    fn as_given(&self, origin: &str) -> String {
-        let canonical = |path: &Path| std::fs::canonicalize(path).ok();
-        let target = canonical(Path::new(origin));
-        self.files
-            .iter()
-            .find(|file| target.is_some() && canonical(file) == target)
-            .map_or_else(|| origin.to_owned(), |file| file.display().to_string())
     }
 
     /// The folder relative paths in `key` are resolved against: its file's folder, else the working directory.
@@ -318,6 +311,17 @@ impl Origins {
     fn resolve(&self, key: &str, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_owned() } else { self.base_dir_of(key).join(path) }
     }
+}
+
+/// The path, as the user gave it among `files`, of the file that `origin` denotes, else `origin` itself (e.g.
+/// `environment`).
+fn as_given(files: &[PathBuf], origin: &str) -> String {
+    let canonical = |path: &Path| std::fs::canonicalize(path).ok();
+    let target = canonical(Path::new(origin));
+    files
+        .iter()
+        .find(|file| target.is_some() && canonical(file) == target)
+        .map_or_else(|| origin.to_owned(), |file| file.display().to_string())
 }
 
 /// Walks a key path like `pipeline[0].decode.max_bytes` through the merged value tree. (`config::Config::get`
