@@ -152,6 +152,17 @@ impl WindowStage {
             streams: Streams { by_source: HashMap::new(), max: config.max_sources, clock: 0 },
         })
     }
+
+    /// Streams held now; never more than `max_sources`.
+    pub fn stream_count(&self) -> usize {
+        self.streams.by_source.len()
+    }
+
+    /// Raw readings buffered across all streams; never more than `max_sources × window × channels`, the memory
+    /// bound the module docs promise (the fuzz targets check it after every frame).
+    pub fn buffered_readings(&self) -> usize {
+        self.streams.by_source.values().map(|stream| stream.recent.len()).sum()
+    }
 }
 
 impl Streams {
