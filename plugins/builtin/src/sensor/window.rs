@@ -295,8 +295,11 @@ impl Stage for WindowStage {
                     events.out_of_order += 1;
                     continue;
                 }
-                if time - last > tolerance {
-                    let missing = (((time - last) as f64 / period).round() as u64).saturating_sub(1);
+                // Saturating: the timestamps are the publisher's (any i64), and a jump from near i64::MIN to near
+                // i64::MAX overflows; saturated, it is simply a gap longer than any window.
+                let step = time.saturating_sub(last);
+                if step > tolerance {
+                    let missing = ((step as f64 / period).round() as u64).saturating_sub(1);
                     let held: Vec<f32> = stream.recent.iter().rev().take(channels).rev().copied().collect();
                     if on_gap == GapPolicy::Pad && missing < spec.window as u64 && held.len() == channels {
                         for step in 1..=missing {
@@ -452,6 +455,20 @@ mod tests {
         let TensorData::F32(values) = &window.features[0].tensor.data else { panic!("f32") };
         // raw `a` of samples 0, 1, 2 and 2 again (held), normalised: (n - 1) / 2
         assert_eq!(values.iter().step_by(2).copied().collect::<Vec<_>>(), [-0.5, 0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_jump_across_the_whole_i64_range_is_a_gap() {
+        // Found by the window fuzz target: `time - last` overflowed (a panic in debug builds).
+        let mut stage = stage(GapPolicy::Pad, 8);
+        let at = |time: i64| {
+            let samples =
+                Samples { width: 2, timestamps_us: Some(vec![time]), values: vec![1.0, 2.0], ..Samples::default() };
+            Item::new("id".into(), "k".into(), Input::Samples(samples))
+        };
+        run(&mut stage, at(i64::MIN));
+        let after = run(&mut stage, at(i64::MAX));
+        assert!(after.counters.contains(&("gaps_reset", 1)), "{:?}", after.counters);
     }
 
     #[test]
