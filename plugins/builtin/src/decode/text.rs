@@ -103,7 +103,9 @@ impl Decoder for TextDecoder {
         let (id, text, deadline_ms, sent_at_ms) = match self.format_of(&message.encoding)? {
             Format::Text => (None, utf8(payload)?.to_owned(), None, None),
             Format::Json => {
-                let request: JsonRequest = serde_json::from_slice(payload).map_err(|error| {
+                // JSON is UTF-8, and serde_json does not check the strings it skips (an unknown field's value), so
+                // check first: a payload with invalid UTF-8 anywhere is not JSON (found by the text_json fuzz target).
+                let request: JsonRequest = serde_json::from_str(utf8(payload)?).map_err(|error| {
                     StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
                 })?;
                 let id = request.id.map(String::from);
@@ -187,6 +189,8 @@ mod tests {
         assert_eq!(reason(d.decode(&message(&[0xff, 0xfe], "text/plain"))), Reason::InvalidUtf8);
         assert_eq!(reason(d.decode(&message(b"{\"text\":", "application/json"))), Reason::MalformedJson);
         assert_eq!(reason(d.decode(&message(b"{\"id\":1}", "application/json"))), Reason::MalformedJson);
+        let skipped_field = b"{\"text\": \"hi\", \"note\": \"\xff\"}";
+        assert_eq!(reason(d.decode(&message(skipped_field, "application/json"))), Reason::InvalidUtf8);
         assert_eq!(reason(d.decode(&message(&[0x0a, 0xff], "application/protobuf"))), Reason::MalformedProtobuf);
         assert_eq!(reason(d.decode(&message(b"x", "image/png"))), Reason::UnsupportedEncoding);
         assert_eq!(reason(d.decode(&message(br#"{"text": ""}"#, "application/json"))), Reason::EmptyText);
