@@ -243,6 +243,7 @@ impl SensorDecoders {
         assert!(request.id.as_deref() != Some(""), "an empty id is no id");
         assert!(request.deadline_ms.is_none_or(|ms| ms > 0) && request.sent_at_ms.is_none_or(|ms| ms > 0));
         let Input::Samples(samples) = request.input else { panic!("the sensor decoder gave {:?}", request.input) };
+        assert!(samples.source.as_deref() != Some(""), "an empty source is no source");
         let mut item = Item::new("id".into(), "fuzz/in".into(), Input::Samples(samples.clone()));
         let verdict = self.validate.borrow_mut().process(&mut item);
         check_validated(&verdict, &samples, &self.spec);

@@ -53,7 +53,8 @@ pub fn peek_json_id(payload: &[u8]) -> Option<String> {
     let mut deserializer = serde_json::Deserializer::from_slice(&payload[..payload.len().min(PEEK_BYTES)]);
     // The error is expected whenever the peek stops early or the prefix ends mid-document: only `found` matters.
     let _ = serde::Deserializer::deserialize_any(&mut deserializer, IdVisitor { found: &mut found, in_list: false });
-    found.map(String::from)
+    // An empty id is none, as the decoders take it.
+    found.map(String::from).filter(|id| !id.is_empty())
 }
 
 /// Looks for `"id"` among an object's keys; in a top-level list, in its first element.

@@ -163,8 +163,11 @@ impl SensorDecoder {
             None => return Err(StageError::new(Reason::MalformedJson, "some samples have a `t` and some do not")),
         };
         let values = samples.into_iter().flat_map(|sample| sample.values).collect();
+        // An empty id or source is none, as in the protobuf form (where the two cannot be told apart): an empty id
+        // would otherwise replace the attachment's or the generated one (found by the sensor_json fuzz target).
+        let source = source.filter(|source| !source.is_empty());
         let input = Samples { source, channels: None, width, timestamps_us: timestamps, values };
-        Ok(Request { id, ..Request::new(Input::Samples(input)) })
+        Ok(Request { id: id.filter(|id| !id.is_empty()), ..Request::new(Input::Samples(input)) })
     }
 
     fn protobuf(&self, payload: &[u8]) -> Result<Request, StageError> {
@@ -256,6 +259,10 @@ mod tests {
         let from_json = samples(decoder().decode(&message(json, "application/json")).expect("json"));
         assert_eq!(from_json.values, values);
         assert_eq!(from_json.timestamps_us, Some(vec![1_000_000, 1_020_000]));
+        let unnamed = br#"{"t": 1.0, "values": [1.0, -2.5], "id": "", "source": ""}"#.to_vec();
+        let unnamed = decoder().decode(&message(unnamed, "application/json")).expect("json");
+        assert_eq!(unnamed.id, None, "an empty id is none");
+        assert_eq!(samples(unnamed).source, None, "an empty source is none");
 
         let frame = zinfer_proto::SensorFrame {
             id: "f1".into(),

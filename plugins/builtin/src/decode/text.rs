@@ -108,7 +108,9 @@ impl Decoder for TextDecoder {
                 let request: JsonRequest = serde_json::from_str(utf8(payload)?).map_err(|error| {
                     StageError::new(Reason::MalformedJson, format!("expected {{\"id\": ..., \"text\": ...}}: {error}"))
                 })?;
-                let id = request.id.map(String::from);
+                // An empty id is none, as in the protobuf form: it must not replace the attachment's or the generated
+                // one.
+                let id = request.id.map(String::from).filter(|id| !id.is_empty());
                 (id, request.text, request.deadline_ms, request.sent_at_ms)
             }
             Format::Protobuf => {
@@ -179,6 +181,9 @@ mod tests {
 
         let default = decoder(Format::Json).decode(&message(br#"{"text": "d"}"#, "zenoh/bytes")).expect("default");
         assert_eq!(default.input, Input::Text("d".into()));
+
+        let no_id = decoder(Format::Json).decode(&message(br#"{"id": "", "text": "e"}"#, "application/json"));
+        assert_eq!(no_id.expect("json").id, None, "an empty id is none");
     }
 
     #[test]
