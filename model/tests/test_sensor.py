@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import random
 
 import numpy as np
@@ -161,7 +162,22 @@ def test_onnx_export_matches_torch(small_views, tmp_path):
         got = sess.run(["logits"], {"frames": val.x[i:i + 1].numpy()})[0]
         assert got.shape == (1, 7) and np.abs(got - ref[i:i + 1]).max() <= 1e-4
     q = quantize_int8(path, tmp_path / "m.int8.onnx")
-    assert agreement(ref, onnx_logits(session(q), val))["argmax_agreement"] >= 0.9
+    assert agreement(ref, onnx_logits(session(q), val))["argmax_agreement"] >= int8_agreement_floor()
+
+
+def int8_agreement_floor() -> float:
+    """How often the int8 model must keep the float model's label here. ONNX Runtime picks its int8 kernels by
+    instruction set: x86 CPUs without VNNI sum u8 x s8 pairs in 16 bits and saturate (ONNX Runtime's documented reason
+    for reduce_range). Where earlier CI ran (VNNI) 0.9 held; on an AVX2-only AMD EPYC this tiny model kept 0.859
+    (the Rust tests' int8_tolerance says the same of the shipped models)."""
+    if platform.machine() != "x86_64":
+        return 0.9
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = set(cpuinfo.read().split())
+    except OSError:
+        return 0.9
+    return 0.9 if flags & {"avx512_vnni", "avx_vnni"} else 0.8
 
 
 def test_fixture_json_and_manifest(watch, small_views, tmp_path):
