@@ -287,11 +287,11 @@ struct Origins {
 }
 
 impl Origins {
-    /// The file that set `key`, or the closest enclosing key that has an origin.
+    /// The file that set `key` (or a value inside it), or the closest enclosing key that has an origin.
     fn file_of(&self, key: &str) -> Option<String> {
         let mut key = key.to_owned();
         loop {
-            if let Some(origin) = lookup(&self.merged.cache, &key).and_then(config::Value::origin) {
+            if let Some(origin) = lookup(&self.merged.cache, &key).and_then(origin_within) {
                 return Some(as_given(&self.files, origin));
             }
             let cut = key.rfind(['.', '['])?;
@@ -311,6 +311,17 @@ impl Origins {
     fn resolve(&self, key: &str, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_owned() } else { self.base_dir_of(key).join(path) }
     }
+}
+
+/// The origin of `value`, else of the first value inside it that has one. A table that a dotted header creates
+/// implicitly (`[[pipeline.preprocess]]` without a `[[pipeline]]` before it) has no origin of its own, only its
+/// contents do (found by the config fuzz target).
+fn origin_within(value: &config::Value) -> Option<&str> {
+    value.origin().or_else(|| match &value.kind {
+        config::ValueKind::Table(table) => table.values().find_map(origin_within),
+        config::ValueKind::Array(array) => array.iter().find_map(origin_within),
+        _ => None,
+    })
 }
 
 /// The path, as the user gave it among `files`, of the file that `origin` denotes, else `origin` itself (e.g.

@@ -151,6 +151,12 @@ fn errors_name_the_file_and_key() {
     // Named as given, not relative to the working directory as the config crate reports it (found by fuzzing).
     assert_eq!(error.file, Some(broken.display().to_string()), "{error}");
 
+    // A stage table without its [[pipeline]]: `pipeline` is then an implicit table with no origin of its own.
+    let headless = write(dir.path(), "headless.toml", "[[pipeline.preprocess]]\ntype = \"tokenize\"\n");
+    let error = load_with_env(std::slice::from_ref(&headless), Some(HashMap::new())).expect_err("not a list");
+    assert_eq!(error.key.as_deref(), Some("pipeline"), "{error}");
+    assert_eq!(error.file, Some(headless.display().to_string()), "{error}");
+
     let env = HashMap::from([("ZINFER_DAEMON__DRAIN_TIMEOUT_MS".to_owned(), "soon".to_owned())]);
     let error = load_with_env(std::slice::from_ref(&good), Some(env)).expect_err("not a number");
     assert_eq!(error.key.as_deref(), Some("daemon.drain_timeout_ms"), "{error}");
