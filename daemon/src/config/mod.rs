@@ -289,14 +289,28 @@ struct Origins {
 impl Origins {
     /// The file that set `key` (or a value inside it), or the closest enclosing key that has an origin.
     fn file_of(&self, key: &str) -> Option<String> {
-        let mut key = key.to_owned();
+        let mut walked = key.to_owned();
         loop {
-            if let Some(origin) = lookup(&self.merged.cache, &key).and_then(origin_within) {
+            if let Some(origin) = lookup(&self.merged.cache, &walked).and_then(origin_within) {
                 return Some(as_given(&self.files, origin));
             }
-            let cut = key.rfind(['.', '['])?;
-            key.truncate(cut);
+            match walked.rfind(['.', '[']) {
+                Some(cut) => walked.truncate(cut),
+                None => return self.file_declaring(key),
+            }
         }
+    }
+
+    /// The last of the files whose TOML has `key`'s top-level table. The config crate keeps an empty table with no
+    /// origin at all (`[telemetyr]` holding only comments: found by the config fuzz target), so this reads the
+    /// files again; it only runs for such keys.
+    fn file_declaring(&self, key: &str) -> Option<String> {
+        let top = key.split(['.', '[']).next()?;
+        let declares = |file: &&PathBuf| {
+            let text = std::fs::read_to_string(file).ok();
+            text.and_then(|text| toml::from_str::<toml::Table>(&text).ok()).is_some_and(|table| table.contains_key(top))
+        };
+        self.files.iter().rev().find(declares).map(|file| file.display().to_string())
     }
 
     /// The folder relative paths in `key` are resolved against: its file's folder, else the working directory.

@@ -157,6 +157,12 @@ fn errors_name_the_file_and_key() {
     assert_eq!(error.key.as_deref(), Some("pipeline"), "{error}");
     assert_eq!(error.file, Some(headless.display().to_string()), "{error}");
 
+    // A misspelt table holding only comments: an empty table, which has no origin in the config crate.
+    let commented = write(dir.path(), "commented.toml", "[telemetyr]\n# prefix = \"x\"\n");
+    let error = load_with_env(&[good.clone(), commented.clone()], Some(HashMap::new())).expect_err("unknown table");
+    assert_eq!(error.key.as_deref(), Some("telemetyr"), "{error}");
+    assert_eq!(error.file, Some(commented.display().to_string()), "{error}");
+
     let env = HashMap::from([("ZINFER_DAEMON__DRAIN_TIMEOUT_MS".to_owned(), "soon".to_owned())]);
     let error = load_with_env(std::slice::from_ref(&good), Some(env)).expect_err("not a number");
     assert_eq!(error.key.as_deref(), Some("daemon.drain_timeout_ms"), "{error}");
