@@ -223,7 +223,8 @@ fn push(
         (Hop::Time { us, .. }, Some(time)) => {
             let due = stream.next_due_us.is_none_or(|next| time >= next);
             if due {
-                stream.next_due_us = Some(time + us);
+                // Saturating, as the gap check: a publisher's timestamp may sit at the very end of i64.
+                stream.next_due_us = Some(time.saturating_add(us));
             }
             due
         }
@@ -469,6 +470,22 @@ mod tests {
         run(&mut stage, at(i64::MIN));
         let after = run(&mut stage, at(i64::MAX));
         assert!(after.counters.contains(&("gaps_reset", 1)), "{:?}", after.counters);
+    }
+
+    #[test]
+    fn hop_ms_near_the_end_of_i64_does_not_overflow() {
+        let config = WindowConfig {
+            hop: None,
+            hop_ms: Some(35.0),
+            gap_tolerance_ms: None,
+            on_gap: GapPolicy::Reset,
+            max_sources: 8,
+        };
+        let mut stage = WindowStage::new(spec(), &config).expect("valid");
+        let times: Vec<i64> = (0..4).map(|n| i64::MAX - 40_000 + n * 10_000).collect();
+        let samples = Samples { width: 2, timestamps_us: Some(times), values: vec![0.0; 8], ..Samples::default() };
+        let item = run(&mut stage, Item::new("id".into(), "k".into(), Input::Samples(samples)));
+        assert_eq!(starts(&item), [0], "the first window is cut; the next is due at i64::MAX");
     }
 
     #[test]
