@@ -303,11 +303,11 @@ impl Origins {
 
     /// The last of the files whose TOML has `key`'s top-level table. The config crate keeps an empty table with no
     /// origin at all (`[telemetyr]` holding only comments: found by the config fuzz target), so this reads the
-    /// files again; it only runs for such keys.
+    /// files again, as leniently as the config crate does (invalid UTF-8 replaced); it only runs for such keys.
     fn file_declaring(&self, key: &str) -> Option<String> {
         let top = key.split(['.', '[']).next()?;
         let declares = |file: &&PathBuf| {
-            let text = std::fs::read_to_string(file).ok();
+            let text = std::fs::read(file).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
             text.and_then(|text| toml::from_str::<toml::Table>(&text).ok()).is_some_and(|table| table.contains_key(top))
         };
         self.files.iter().rev().find(declares).map(|file| file.display().to_string())
