@@ -472,16 +472,14 @@ mod tests {
         assert!(after.counters.contains(&("gaps_reset", 1)), "{:?}", after.counters);
     }
 
+    /// A window at most every 35 ms of the stream's timestamps.
+    fn hop_ms_35() -> WindowConfig {
+        WindowConfig { hop: None, hop_ms: Some(35.0), gap_tolerance_ms: None, on_gap: GapPolicy::Reset, max_sources: 8 }
+    }
+
     #[test]
     fn hop_ms_near_the_end_of_i64_does_not_overflow() {
-        let config = WindowConfig {
-            hop: None,
-            hop_ms: Some(35.0),
-            gap_tolerance_ms: None,
-            on_gap: GapPolicy::Reset,
-            max_sources: 8,
-        };
-        let mut stage = WindowStage::new(spec(), &config).expect("valid");
+        let mut stage = WindowStage::new(spec(), &hop_ms_35()).expect("valid");
         let times: Vec<i64> = (0..4).map(|n| i64::MAX - 40_000 + n * 10_000).collect();
         let samples = Samples { width: 2, timestamps_us: Some(times), values: vec![0.0; 8], ..Samples::default() };
         let item = run(&mut stage, Item::new("id".into(), "k".into(), Input::Samples(samples)));
@@ -491,19 +489,12 @@ mod tests {
     #[test]
     fn hop_ms_cuts_windows_by_time() {
         // 10 ms samples, windows of 4, a window at most every 35 ms: ends at samples 3, 7 (70 ms ≥ 30 + 35), 11…
-        let config = WindowConfig {
-            hop: None,
-            hop_ms: Some(35.0),
-            gap_tolerance_ms: None,
-            on_gap: GapPolicy::Reset,
-            max_sources: 8,
-        };
-        let mut stage = WindowStage::new(spec(), &config).expect("valid");
+        let mut stage = WindowStage::new(spec(), &hop_ms_35()).expect("valid");
         let item = run(&mut stage, frame("k", None, 0..12, true));
         assert_eq!(starts(&item), [0, 4, 8]);
         // Without timestamps the sample hop (the manifest's, 2) applies.
         assert_eq!(starts(&run(&mut stage, frame("untimed", None, 0..6, false))), [0, 2]);
-        let both = WindowConfig { hop: Some(2), ..config };
+        let both = WindowConfig { hop: Some(2), ..hop_ms_35() };
         assert!(WindowStage::new(spec(), &both).is_err(), "hop and hop_ms exclude each other");
     }
 
