@@ -12,6 +12,10 @@
 //!   their batches and queues; above the hard limit they shed new messages (`dropped: memory`) until it is back
 //!   under. A level is left only [`HYSTERESIS_PERCENT`] of the budget below where it was entered, so usage that
 //!   hovers at a threshold does not flip the pressure (and log) on every sample.
+//! - [`allocator`] keeps reloads from ratcheting RSS up: glibc's malloc tuned so that a retired generation's
+//!   models go back to the kernel.
+
+pub mod allocator;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

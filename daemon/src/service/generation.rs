@@ -202,9 +202,10 @@ impl Retiring {
         &self.metrics
     }
 
-    /// Whether every outcome it owed has been published.
+    /// Whether every outcome it owed has been published and its workers have exited (so its models are dropped).
     pub fn is_finished(&self) -> bool {
         self.egresses.iter().all(|egress| egress.is_finished())
+            && self.workers.iter().all(|worker| worker.is_finished())
     }
 
     /// Waits (until `deadline`) for its outcomes to be published; past the deadline, what is still queued is answered

@@ -63,6 +63,8 @@ pub async fn serve(
     notifier: Notifier,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), Error> {
+    // Before any model loads, so that its weights already live in blocks a retiring generation can give back.
+    memory::allocator::tune_for_reloads();
     // Models load before the session opens: a bad model must not leave a half-started daemon on the network.
     let pipelines = build_pipelines(&config, &registry)?;
     let governor = Arc::new(check_memory(&config, &pipelines)?);
@@ -301,6 +303,7 @@ impl Service {
         self.retiring.retain(|generation| !generation.is_finished());
         if self.retiring.len() != finishing {
             self.report_retiring();
+            memory::allocator::release_free_memory();
         }
         let stalled = self.health.stalled(current, &self.retiring);
         let status = self.status_line(current, &stalled);
