@@ -56,7 +56,7 @@ impl Ledger {
     }
 }
 
-fn pipeline(max_batch: usize) -> super::Pipeline {
+pub(super) fn pipeline(max_batch: usize) -> super::Pipeline {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixture/manifest.toml");
     let path = dir.path().join("p.toml");

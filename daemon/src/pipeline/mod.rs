@@ -17,6 +17,8 @@ pub mod worker;
 
 #[cfg(test)]
 mod accounting_tests;
+#[cfg(test)]
+mod batching_tests;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -214,11 +216,12 @@ impl Pipeline {
     /// (the worker's heartbeat: each run is progress).
     pub fn run_batch(
         &mut self,
-        batch: Vec<Prepared>,
+        mut batch: Vec<Prepared>,
         max_rows: usize,
         between_runs: &mut dyn FnMut(),
     ) -> Vec<Processed> {
         let started = Instant::now();
+        pad_to_common_length(&mut batch);
         let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
         let size = inputs.len();
         let model = &mut self.model;
@@ -307,10 +310,47 @@ impl Pipeline {
     }
 
     /// The shape of each model input: messages with equal signatures can share a model run (a windowed message's
-    /// windows all have one shape; one that completed no window matches only others without).
+    /// windows all have one shape; one that completed no window matches only others without). A message that may
+    /// be padded counts with its padding group as its first dimension, so that messages of one group match.
     pub fn signature(prepared: &Prepared) -> Vec<Vec<usize>> {
-        let features = model_inputs(&prepared.item).next().unwrap_or_default();
-        features.iter().map(|feature| feature.tensor.shape.clone()).collect()
+        let item = &prepared.item;
+        let padding = item.padding.as_ref().filter(|_| !item.windowed);
+        let features = model_inputs(item).next().unwrap_or_default();
+        features
+            .iter()
+            .map(|feature| {
+                let mut shape = feature.tensor.shape.clone();
+                if let (Some(padding), Some(first)) = (padding, shape.first_mut()) {
+                    *first = padding.group;
+                }
+                shape
+            })
+            .collect()
+    }
+}
+
+/// Pads the features of a batch's paddable messages to the longest of them, so that they stack into one run. A
+/// message alone is left at its own length.
+fn pad_to_common_length(batch: &mut [Prepared]) {
+    if batch.len() < 2 {
+        return;
+    }
+    let paddable = |prepared: &&mut Prepared| prepared.item.padding.is_some() && !prepared.item.windowed;
+    let mut longest = std::collections::HashMap::<String, usize>::new();
+    for prepared in batch.iter_mut().filter(paddable) {
+        for feature in &prepared.item.features {
+            let rows = feature.tensor.shape.first().copied().unwrap_or(0);
+            let entry = longest.entry(feature.name.clone()).or_default();
+            *entry = (*entry).max(rows);
+        }
+    }
+    for prepared in batch.iter_mut().filter(paddable) {
+        let Item { features, padding: Some(padding), .. } = &mut prepared.item else { continue };
+        for feature in features {
+            if let Some(&length) = longest.get(&feature.name) {
+                feature.tensor.pad_first_axis(length, padding.value(&feature.name));
+            }
+        }
     }
 }
 

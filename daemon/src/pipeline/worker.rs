@@ -377,7 +377,6 @@ impl Worker {
             return answered;
         }
         let signature = Pipeline::signature(&head.prepared);
-        let length = head.prepared.length();
         let mut batch = vec![head];
         let mut aside = Vec::new();
         let max_batch = self.max_batch();
@@ -407,6 +406,8 @@ impl Worker {
         self.waiting.extend(aside);
 
         let size = batch.len();
+        // The run is as long as its longest member: the others are padded to it.
+        let length = batch.iter().map(|waiting| waiting.prepared.length()).max().unwrap_or(0);
         let identities: Vec<(String, String, Instant)> = batch
             .iter()
             .map(|waiting| {

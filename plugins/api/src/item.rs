@@ -136,6 +136,30 @@ pub struct Item {
     /// Events a stage counted while processing this item (e.g. `samples_out_of_order`), summed per pipeline in
     /// telemetry.
     pub counters: Vec<(&'static str, u64)>,
+    /// Set by a stage whose features may be padded so that the item can share a model run with items of other
+    /// lengths (see [`Padding`]); `None`: it batches only with items of exactly its shapes.
+    pub padding: Option<Padding>,
+}
+
+/// How an item's features may be lengthened along their first axis to share a model run.
+///
+/// A stage leaves its features at their own length and says how to pad them; the pipeline pads only when the item
+/// actually joins a batch, to the longest member of that batch. A message that runs alone costs what its own length
+/// costs: padding spends FLOPs, and pays only when it lets a batch form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Padding {
+    /// Items may share a run only with items of the same group, e.g. the tokenizer's length bucket: it bounds how
+    /// much padding a batch can add (a 5-token text is not padded to 120 tokens to join a long one).
+    pub group: usize,
+    /// The pad value of each feature that is not padded with zeros (e.g. `input_ids` with the pad token's id).
+    pub values: Vec<(String, i64)>,
+}
+
+impl Padding {
+    /// The value `feature` is padded with.
+    pub fn value(&self, feature: &str) -> i64 {
+        self.values.iter().find(|(name, _)| name == feature).map_or(0, |&(_, value)| value)
+    }
 }
 
 impl Item {
@@ -151,6 +175,7 @@ impl Item {
             windowed: false,
             windows: Vec::new(),
             counters: Vec::new(),
+            padding: None,
         }
     }
 

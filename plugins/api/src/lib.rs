@@ -80,7 +80,7 @@ mod registry;
 mod tensor;
 
 pub use error::{BuildError, Reason, StageError};
-pub use item::{ClassScore, Input, Item, Prediction, RawMessage, Request, Samples, Window};
+pub use item::{ClassScore, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Window};
 pub use manifest::{ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
 pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};

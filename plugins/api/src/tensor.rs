@@ -58,6 +58,21 @@ impl Tensor {
         }
     }
 
+    /// Lengthens the first axis to `length` rows with `value` (cast to floats for a float tensor); a tensor already
+    /// that long, or a scalar, is left as it is.
+    pub fn pad_first_axis(&mut self, length: usize, value: i64) {
+        let Some(&rows) = self.shape.first() else { return };
+        if rows >= length {
+            return;
+        }
+        let row: usize = self.shape[1..].iter().product();
+        match &mut self.data {
+            TensorData::I64(values) => values.resize(length * row, value),
+            TensorData::F32(values) => values.resize(length * row, value as f32),
+        }
+        self.shape[0] = length;
+    }
+
     /// The float elements, if this is a float32 tensor.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
@@ -99,5 +114,24 @@ impl TensorSpec {
     /// A spec with the given name, type and per-item dimensions.
     pub fn new(name: impl Into<String>, element_type: ElementType, dims: Vec<Option<usize>>) -> Self {
         Self { name: name.into(), element_type, dims }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_the_first_axis_appends_whole_rows() {
+        let mut matrix = Tensor { shape: vec![2, 3], data: TensorData::F32(vec![1.0; 6]) };
+        matrix.pad_first_axis(4, 7);
+        assert_eq!(matrix.shape, vec![4, 3]);
+        assert_eq!(matrix.as_f32().map(<[f32]>::len), Some(12));
+        assert_eq!(matrix.as_f32().map(|values| values[6]), Some(7.0));
+        let mut ids = Tensor::i64_vector(vec![101, 5, 102]);
+        ids.pad_first_axis(2, 0);
+        assert_eq!(ids.as_i64(), Some(&[101, 5, 102][..]), "never shortened");
+        ids.pad_first_axis(5, 9);
+        assert_eq!(ids.as_i64(), Some(&[101, 5, 102, 9, 9][..]));
     }
 }

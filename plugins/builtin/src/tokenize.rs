@@ -7,9 +7,10 @@
 //!   may not exceed the manifest's).
 //! - `overflow` = `"truncate"` (default; keeps the final special token) | `"reject"` (error outcome
 //!   `too_many_tokens`).
-//! - `buckets`: sequence lengths to pad to, e.g. `[16, 32, 64, 128]` (default: none, no padding). A text is padded
-//!   (pad token, attention mask 0) to the smallest bucket that holds it. Texts in one bucket have one shape, so the
-//!   worker can batch them, and ONNX Runtime sees a few shapes only instead of one per length.
+//! - `buckets`: length classes for batching, e.g. `[16, 32, 64, 128]` (default: none: only texts of equal length
+//!   share a run). Texts in the same bucket (the smallest that holds them) may share a model run: the pipeline then
+//!   pads them (pad token, attention mask 0) to the longest of that run. A text that runs alone is not padded:
+//!   padding spends FLOPs, and pays only when it lets a batch form.
 //! - `pad_token`: the token padding uses (default `[PAD]`).
 //!
 //! The tokenizer file's own padding and truncation settings are ignored: the pipeline decides both, so a file
@@ -115,15 +116,15 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
             key: "pad_token".into(),
             reason: format!("`{}` is not in the tokenizer's vocabulary", config.pad_token),
         })?;
-        stage.padding = Some(Padding { buckets, pad_id: i64::from(pad_id) });
+        stage.buckets = Some(Buckets { lengths: buckets, pad_id: i64::from(pad_id) });
     }
     Ok(Box::new(stage))
 }
 
-/// Padding to bucket lengths.
+/// Length classes for batching, and the token padding uses.
 #[derive(Debug, Clone)]
-struct Padding {
-    buckets: Vec<usize>,
+struct Buckets {
+    lengths: Vec<usize>,
     pad_id: i64,
 }
 
@@ -132,7 +133,7 @@ pub struct Tokenize {
     tokenizer: Tokenizer,
     max_length: usize,
     overflow: Overflow,
-    padding: Option<Padding>,
+    buckets: Option<Buckets>,
 }
 
 impl Tokenize {
@@ -150,7 +151,7 @@ impl Tokenize {
             Overflow::Reject => None,
         };
         tokenizer.with_truncation(truncation).map_err(|error| file_error(error.to_string()))?;
-        Ok(Self { tokenizer, max_length, overflow, padding: None })
+        Ok(Self { tokenizer, max_length, overflow, buckets: None })
     }
 }
 
@@ -174,26 +175,21 @@ impl Stage for Tokenize {
                 format!("the text is {length} tokens long; this pipeline accepts at most {}", self.max_length),
             ));
         }
-        // Pad to the smallest bucket that holds the text; longer texts (up to max_length) stay as they are.
-        let target = self
-            .padding
-            .as_ref()
-            .and_then(|padding| padding.buckets.iter().copied().find(|&bucket| bucket >= length))
-            .unwrap_or(length);
-        let pad_id = self.padding.as_ref().map_or(0, |padding| padding.pad_id);
-        let widen = |values: &[u32], pad: i64| {
-            let mut widened: Vec<i64> = values.iter().map(|&value| i64::from(value)).collect();
-            widened.resize(target, pad);
-            widened
-        };
+        let widen = |values: &[u32]| values.iter().map(|&value| i64::from(value)).collect::<Vec<i64>>();
         item.features = vec![
-            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids(), pad_id)) },
+            NamedTensor { name: INPUT_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_ids())) },
             NamedTensor {
                 name: ATTENTION_MASK.into(),
-                tensor: Tensor::i64_vector(widen(encoding.get_attention_mask(), 0)),
+                tensor: Tensor::i64_vector(widen(encoding.get_attention_mask())),
             },
-            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids(), 0)) },
+            NamedTensor { name: TOKEN_TYPE_IDS.into(), tensor: Tensor::i64_vector(widen(encoding.get_type_ids())) },
         ];
+        // Texts of one bucket may share a run, padded then to the longest of them; longer texts (up to max_length)
+        // batch only with texts of their exact length.
+        item.padding = self.buckets.as_ref().and_then(|buckets| {
+            let bucket = buckets.lengths.iter().copied().find(|&bucket| bucket >= length)?;
+            Some(zinfer_stage_api::Padding { group: bucket, values: vec![(INPUT_IDS.into(), buckets.pad_id)] })
+        });
         Ok(())
     }
 

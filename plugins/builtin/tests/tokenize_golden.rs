@@ -54,22 +54,29 @@ fn reject_mode_refuses_long_texts() {
 }
 
 #[test]
-fn buckets_pad_to_the_smallest_fitting_length() {
+fn buckets_group_texts_for_batching_without_padding_them() {
     let dir = fixture("manifest.toml");
     let manifest = zinfer_stage_api::ModelManifest::load(&dir).expect("manifest");
     let base = dir.parent().expect("folder").to_owned();
     let context = zinfer_stage_api::BuildContext { manifest: &manifest, base_dir: &base };
     let options: toml::Table = toml::from_str("buckets = [64, 16, 32]").expect("toml");
     let mut stage = zinfer_plugins::tokenize::build(&options, &context).expect("stage");
-    // 3, 22 and 102 tokens: the last is longer than the largest bucket and stays unpadded.
-    for (text, bucket) in [("fine", 16), (&*"word ".repeat(20), 32), (&*"word ".repeat(100), 102)] {
+    // 3, 22 and 102 tokens: the last is longer than the largest bucket and has no group.
+    for (text, length, group) in
+        [("fine", 3, Some(16)), (&*"word ".repeat(20), 22, Some(32)), (&*"word ".repeat(100), 102, None)]
+    {
         let mut item = Item::new("id".into(), "key".into(), Input::Text(text.to_owned()));
         stage.process(&mut item).expect("tokenize");
         let ids = item.feature(INPUT_IDS).and_then(|f| f.tensor.as_i64()).expect("ids").to_vec();
         let mask = item.feature(ATTENTION_MASK).and_then(|f| f.tensor.as_i64()).expect("mask").to_vec();
-        assert_eq!(ids.len(), bucket, "{text:?}");
-        let real = mask.iter().filter(|&&m| m == 1).count();
-        assert!(mask[real..].iter().all(|&m| m == 0) && ids[real..].iter().all(|&id| id == 0), "padding is [PAD]/0");
+        assert_eq!(ids.len(), length, "{text:?} stays at its own length");
+        assert!(mask.iter().all(|&m| m == 1), "no padding yet");
+        let padding = item.padding.as_ref();
+        assert_eq!(padding.map(|padding| padding.group), group, "{text:?}");
+        if let Some(padding) = padding {
+            assert_eq!(padding.value(INPUT_IDS), 0, "[PAD] is id 0 in this vocabulary");
+            assert_eq!(padding.value(ATTENTION_MASK), 0, "masked out when padded");
+        }
     }
     let too_big: toml::Table = toml::from_str("buckets = [16, 4096]").expect("toml");
     assert!(zinfer_plugins::tokenize::build(&too_big, &context).is_err(), "a bucket beyond max_length is refused");
