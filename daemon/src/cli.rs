@@ -243,7 +243,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     (zinferd::bench::sensor::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
             };
-            print!("{markdown}");
+            print!("{}\n\n{markdown}", zinferd::bench::cpu_line());
             if let Some(path) = &args.json {
                 std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -1,7 +1,10 @@
 //! `zinferd bench` (latency): what the daemon costs on top of the model, measured in one run on one machine.
 //!
 //! For one pipeline of the given configuration it measures, in this order:
-//! 1. the model run alone (`Model::run` on pre-tokenised input), in this process;
+//! 1. the model run alone (`Model::run` on pre-tokenised input), in this process, four ways: at the text's own
+//!    length and padded to its bucket, each with one intra-op thread and with the configured threads. The first,
+//!    own length on one thread, is the floor: what the model itself needs for this message, against which the
+//!    daemon's overhead is reported;
 //! 2. the whole pipeline in this process (decode → tokenize → model → classify), no zenoh;
 //! 3. the same message round-tripped through zenoh and a real `zinferd` child process on loopback;
 //! 4. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded.
@@ -47,8 +50,17 @@ pub struct BenchReport {
     pub tokens: usize,
     /// Intra-op threads of the model.
     pub intra_threads: usize,
-    /// `Model::run` alone.
+    /// `Model::run` alone, as the pipeline runs a lone message (own length, configured threads).
     pub inference_direct: Summary,
+    /// `Model::run` alone at the text's own length on one intra-op thread: the floor.
+    pub floor: Summary,
+    /// `Model::run` alone padded to the text's bucket, one thread (what a lone message cost before it ran at its
+    /// own length); `None` without buckets.
+    pub padded_one_thread: Option<Summary>,
+    /// `Model::run` alone padded to the text's bucket, configured threads; `None` without buckets.
+    pub padded: Option<Summary>,
+    /// The CPU the figures come from.
+    pub cpu: String,
     /// The whole pipeline in-process.
     pub pipeline_direct: Summary,
     /// Round trip through zenoh and the daemon.
@@ -75,14 +87,34 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut pipeline = pipelines.swap_remove(index);
     let iterations = options.iterations.max(1);
 
-    // 1. The model alone, on the features the preprocessing stages produce for the text.
+    // 1. The model alone, on the features the preprocessing stages produce for the text, and on them padded to
+    // the text's bucket; with the configured threads and with one (a second build of the pipeline).
     let mut item = Item::new("bench".into(), "bench".into(), Input::Text(options.text.clone()));
     pipeline.preprocess_only(&mut item)?;
     let tokens = item.features.first().map_or(0, |feature| feature.tensor.shape.iter().product());
     let features = item.features.clone();
-    let inference_direct = Summary::time(options.warmup, iterations, || {
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run").map(drop)
-    })?;
+    let padded_features = item.padding.as_ref().map(|padding| {
+        let mut padded = features.clone();
+        for feature in &mut padded {
+            feature.tensor.pad_first_axis(padding.group, padding.value(&feature.name));
+        }
+        padded
+    });
+    let mut one_thread_config = config.clone();
+    one_thread_config.pipelines[index].session.intra_threads = Some(1);
+    let mut one_thread = crate::build_pipelines(&one_thread_config, &registry)?.swap_remove(index);
+    let time_model = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
+        Summary::time(options.warmup, iterations, || {
+            pipeline.model_mut().run(&[features]).context("model run").map(drop)
+        })
+    };
+    let floor = time_model(&mut one_thread, &features)?;
+    let inference_direct = time_model(&mut pipeline, &features)?;
+    let (padded_one_thread, padded) = match &padded_features {
+        Some(padded) => (Some(time_model(&mut one_thread, padded)?), Some(time_model(&mut pipeline, padded)?)),
+        None => (None, None),
+    };
+    drop(one_thread);
 
     // 2. The whole pipeline, in process.
     let mut samples = Vec::with_capacity(iterations);
@@ -150,6 +182,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         tokens,
         intra_threads,
         inference_direct,
+        floor,
+        padded_one_thread,
+        padded,
+        cpu: super::cpu_line(),
         pipeline_direct,
         round_trip: Summary::of(round_trips),
         daemon_total: Summary::of(daemon_totals),
@@ -174,15 +210,25 @@ pub fn markdown(report: &BenchReport) -> String {
          | measurement | n | median µs | p99 µs | mean µs |\n|---|---|---|---|---|\n",
         report.pipeline, report.model, report.tokens, report.intra_threads
     );
-    text += &row("model run only (in process)", &report.inference_direct);
+    text += &row("model alone, own length, 1 thread (the floor)", &report.floor);
+    text += &row(&format!("model alone, own length, {} thread(s)", report.intra_threads), &report.inference_direct);
+    if let Some(summary) = &report.padded_one_thread {
+        text += &row("model alone, padded to its bucket, 1 thread", summary);
+    }
+    if let Some(summary) = &report.padded {
+        text += &row(&format!("model alone, padded to its bucket, {} thread(s)", report.intra_threads), summary);
+    }
     text += &row("whole pipeline (in process)", &report.pipeline_direct);
     text += &row("round trip via zenoh + zinferd", &report.round_trip);
     text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    let floor = report.floor.p50_us.max(1.0);
     text += &format!(
-        "\nround trip / model run (median): {:.2}×; round trip − in-process pipeline (median): {:.0} µs\n\n\
+        "\ndaemon's total / floor (median): {:.2}×; round trip − floor (median): {:.0} µs; \
+         round trip − in-process pipeline (median): {:.0} µs\n\n\
          | zinferd RSS | MiB |\n|---|---|\n| idle, no pipeline | {:.1} |\n| idle, model loaded | {:.1} |\n\
          | after the round trips | {:.1} |\n| peak (VmHWM) after the round trips | {:.1} |\n",
-        report.round_trip.p50_us / report.inference_direct.p50_us.max(1.0),
+        report.daemon_total.p50_us / floor,
+        report.round_trip.p50_us - report.floor.p50_us,
         report.round_trip.p50_us - report.pipeline_direct.p50_us,
         mib(report.idle_rss_without_model),
         mib(report.idle_rss_with_model),

@@ -24,6 +24,40 @@ use zinfer_proto::keys;
 use crate::client::Client;
 use crate::config::Config;
 
+/// The CPU the figures come from: its model name and the flags that decide ONNX Runtime's kernels (int8 dot
+/// products above all), so that figures from different sessions are never compared blind.
+pub fn cpu_line() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.split(':').next().is_some_and(|key| key.trim() == name))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, value)| value.trim().to_owned())
+    };
+    let model = field("model name").or_else(|| field("CPU part")).unwrap_or_else(|| "unknown CPU".into());
+    let flags = field("flags").or_else(|| field("Features")).unwrap_or_default();
+    const TELLING: [&str; 12] = [
+        "fma",
+        "avx",
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "amx_bf16",
+        "asimd",
+        "asimddp",
+        "i8mm",
+        "sve",
+    ];
+    let telling: Vec<&str> = flags.split_whitespace().filter(|flag| TELLING.contains(flag)).collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "CPU: {model}, {cores} core(s), flags {}",
+        if telling.is_empty() { "none of note".into() } else { telling.join(" ") }
+    )
+}
+
 /// Latency summary in microseconds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Summary {
