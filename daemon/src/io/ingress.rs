@@ -8,13 +8,16 @@
 //! full the message is answered at once with `dropped: queue_full` (or, under `overload = "latest"`, the oldest
 //! waiting message of its key makes room and is answered `dropped: superseded`) instead of stalling every subscriber.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
+use zenoh::key_expr::OwnedKeyExpr;
 use zenoh::sample::Sample;
+use zenoh::time::Timestamp;
 use zinfer_proto::drop_reason;
 use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
@@ -60,9 +63,77 @@ pub struct Admission {
 /// A pipeline's subscription. While it is open, every sample on the input key is admitted to exactly one
 /// [`Admission`]: the current one. A reload swaps the admission under the same subscriber ([`Ingress::retarget`]),
 /// so a message published during a reload reaches either the old pipeline or the new one, never both or neither.
+/// A reload that changes the input needs a new subscriber, opened before the old one closes; while both exist they
+/// share an [`Overlap`], so that a message both receive is admitted by one of them only.
 pub struct Ingress {
-    gate: Arc<Mutex<Option<Admission>>>,
+    gate: Arc<Mutex<Gate>>,
     subscriber: zenoh::pubsub::Subscriber<()>,
+}
+
+/// What the subscriber's callback admits into.
+struct Gate {
+    /// `None` once closed.
+    admission: Option<Admission>,
+    /// Set while a reload replaces this subscription by one with an overlapping input, or the other way round.
+    overlap: Option<Arc<Overlap>>,
+}
+
+/// The subscriptions of one pipeline while a reload replaces its input: the old one still open, the new one already
+/// declared. A sample on a key that several of them match reaches each of their callbacks; the first admits it,
+/// the others recognise it by its timestamp and let it be.
+///
+/// The timestamp is the sample's identity: zenoh gives each sample one timestamp (the publisher's, or the one its
+/// first timestamping hop adds; zinferd's session timestamps what arrives without one), so the deliveries of one
+/// sample carry the same one, and two samples never do. Without a timestamp (a native zenoh config that turns
+/// timestamping off), a sample in the overlap may be admitted twice, as before. The record holds only samples
+/// still awaiting another delivery and is dropped with the overlap, within the reload.
+#[derive(Debug)]
+pub struct Overlap {
+    inputs: Vec<OwnedKeyExpr>,
+    awaited: Mutex<HashMap<Timestamp, usize>>,
+}
+
+impl Overlap {
+    /// The overlap of subscriptions on `inputs`; `None` if the inputs are not valid key expressions (they were
+    /// checked when the configuration loaded) or fewer than two.
+    pub fn new(inputs: &[&str]) -> Option<Arc<Self>> {
+        let inputs: Vec<OwnedKeyExpr> = inputs.iter().filter_map(|input| key_expr(input)).collect();
+        (inputs.len() >= 2).then(|| Arc::new(Self { inputs, awaited: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Whether another subscription of the overlap already admitted `sample`; if not, this one takes it.
+    fn taken_elsewhere(&self, sample: &Sample) -> bool {
+        let key = sample.key_expr();
+        let deliveries = self.inputs.iter().filter(|input| input.includes(key)).count();
+        let Some(timestamp) = sample.timestamp().filter(|_| deliveries >= 2) else { return false };
+        let mut awaited = lock(&self.awaited);
+        match awaited.get_mut(timestamp) {
+            Some(left) => {
+                *left -= 1;
+                if *left == 0 {
+                    awaited.remove(timestamp);
+                }
+                true
+            }
+            None => {
+                awaited.insert(*timestamp, deliveries - 1);
+                false
+            }
+        }
+    }
+}
+
+/// Whether some key matches both inputs.
+pub fn inputs_intersect(first: &str, second: &str) -> bool {
+    key_expr(first).zip(key_expr(second)).is_some_and(|(first, second)| first.intersects(&second))
+}
+
+fn key_expr(input: &str) -> Option<OwnedKeyExpr> {
+    OwnedKeyExpr::autocanonize::<String, zenoh::Error>(input.to_owned()).ok()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Ingress {
@@ -71,9 +142,10 @@ impl Ingress {
         session: &zenoh::Session,
         input: &str,
         admission: Admission,
+        overlap: Option<Arc<Overlap>>,
         ids: Arc<IdGenerator>,
     ) -> Result<Self, crate::Error> {
-        let gate = Arc::new(Mutex::new(Some(admission)));
+        let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), overlap }));
         let callback_gate = Arc::clone(&gate);
         let subscriber = session
             .declare_subscriber(input.to_owned())
@@ -86,26 +158,35 @@ impl Ingress {
     /// From the next message on, admits into `admission`. Dropping the previous admission (returned) releases the
     /// previous pipeline's queue, so its worker drains what it holds and finishes.
     pub fn retarget(&self, admission: Admission) -> Option<Admission> {
-        self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(admission)
+        lock(&self.gate).admission.replace(admission)
+    }
+
+    /// Joins (`Some`) or leaves (`None`) the overlap of a reload that replaces a subscription.
+    pub fn set_overlap(&self, overlap: Option<Arc<Overlap>>) {
+        lock(&self.gate).overlap = overlap;
     }
 
     /// Stops admitting: releases the queue (so the worker can drain and finish) and undeclares the subscriber.
     pub async fn close(self) {
-        drop(self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
+        drop(lock(&self.gate).admission.take());
         if let Err(error) = self.subscriber.undeclare().await {
             tracing::warn!(%error, "undeclaring a subscriber failed");
         }
     }
 }
 
-fn admit(gate: &Mutex<Option<Admission>>, ids: &IdGenerator, sample: Sample) {
+fn admit(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
     let arrived = Instant::now();
     let arrived_wall = SystemTime::now();
-    let gate = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // Closed: the daemon is shutting down and no longer accepts messages.
-    let Some(admission) = gate.as_ref() else {
+    let gate = lock(gate);
+    // Closed: the daemon is shutting down, or a reload replaced this subscription, and it no longer accepts messages.
+    let Some(admission) = gate.admission.as_ref() else {
         return;
     };
+    // The other subscription of a reload's overlap admitted this very sample already.
+    if gate.overlap.as_ref().is_some_and(|overlap| overlap.taken_elsewhere(&sample)) {
+        return;
+    }
     // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`.
     if !admission.metrics.try_receive() {
         return;

@@ -28,6 +28,9 @@ pub fn zenoh_config(config: &ZenohConfig) -> Result<zenoh::Config, (String, Stri
     if let Some(enabled) = config.multicast_scouting.or(defaults.then_some(false)) {
         native.insert_json5("scouting/multicast/enabled", &json(&enabled)).map_err(fail("multicast_scouting"))?;
     }
+    // Every sample then carries a timestamp (its publisher's, else one added on arrival): a reload that replaces a
+    // subscription tells two deliveries of one sample apart from two samples by it (see `ingress::Overlap`).
+    native.insert_json5("timestamping/enabled", "true").map_err(fail("config_file"))?;
     Ok(native)
 }
 

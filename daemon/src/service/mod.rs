@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use zinfer_stage_api::Registry;
 
 use crate::config::{Config, ConfigError};
-use crate::io::ingress::{IdGenerator, Ingress};
+use crate::io::ingress::{IdGenerator, Ingress, Overlap, inputs_intersect};
 use crate::memory::Governor;
 use crate::telemetry::{Reporter, Telemetry};
 use crate::{Error, build_pipelines, check_memory, io, memory};
@@ -78,7 +78,7 @@ pub async fn serve(
     let mut reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
     let mut subscriptions = Vec::new();
     for entry in current.take_entries() {
-        let ingress = Ingress::open(&session, &entry.input, entry.admission, Arc::clone(&ids)).await?;
+        let ingress = Ingress::open(&session, &entry.input, entry.admission, None, Arc::clone(&ids)).await?;
         subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
     }
     reporter.announce(&session, &current.config.telemetry).await?;
@@ -260,17 +260,34 @@ impl Service {
             }
             entries = unmatched;
         }
-        // New inputs are subscribed first: if one cannot be declared, nothing has been switched yet. Until the old
-        // subscriptions below are closed (well under a millisecond), a message on a key that an old and a new input
-        // both match reaches both; the alternative, opening the new input only after closing the old one, loses
-        // the messages in between instead (measured: dozens in a dense stream), which is worse.
+        // New inputs are subscribed first: if one cannot be declared, nothing has been switched yet; opening the new
+        // input only after closing the old one would lose the messages in between (measured: dozens in a dense
+        // stream). Until the old subscription closes below (well under a millisecond), a message on a key both
+        // inputs match reaches both: each new subscription shares an overlap with the one it replaces (same name,
+        // else any closing one whose input intersects), which admits such a message once.
         let mut opened = Vec::new();
+        let mut overlapping = Vec::new();
         for entry in entries {
-            match Ingress::open(&self.session, &entry.input, entry.admission, Arc::clone(&self.ids)).await {
+            let mut replaced: Vec<usize> = self.unclaimed(&claimed, |subscription| subscription.name == entry.name);
+            if replaced.is_empty() {
+                replaced = self.unclaimed(&claimed, |subscription| inputs_intersect(&subscription.input, &entry.input));
+            }
+            let inputs: Vec<&str> = std::iter::once(entry.input.as_str())
+                .chain(replaced.iter().map(|&index| self.subscriptions[index].input.as_str()))
+                .collect();
+            let overlap = Overlap::new(&inputs);
+            for &index in &replaced {
+                self.subscriptions[index].ingress.set_overlap(overlap.clone());
+                overlapping.push(index);
+            }
+            match Ingress::open(&self.session, &entry.input, entry.admission, overlap, Arc::clone(&self.ids)).await {
                 Ok(ingress) => opened.push(Subscription { name: entry.name, input: entry.input, ingress }),
                 Err(error) => {
                     for subscription in opened {
                         subscription.ingress.close().await;
+                    }
+                    for index in overlapping {
+                        self.subscriptions[index].ingress.set_overlap(None);
                     }
                     drop(switch);
                     // Its workers hold no message yet: they end as soon as their admissions are gone.
@@ -293,8 +310,17 @@ impl Service {
                 subscription.ingress.close().await;
             }
         }
+        // The subscriptions they replaced are closed: a message now reaches one subscription only.
+        for subscription in &opened {
+            subscription.ingress.set_overlap(None);
+        }
         self.subscriptions.extend(opened);
         Ok(next)
+    }
+
+    /// The subscriptions a reload is about to close (not `claimed` by a new pipeline) that `pick` selects.
+    fn unclaimed(&self, claimed: &[bool], pick: impl Fn(&Subscription) -> bool) -> Vec<usize> {
+        (0..self.subscriptions.len()).filter(|&index| !claimed[index] && pick(&self.subscriptions[index])).collect()
     }
 
     /// Pings the watchdog if every worker made progress lately, and refreshes the status line.
