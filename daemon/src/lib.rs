@@ -91,10 +91,22 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
         return Ok(Vec::new());
     }
     let ort = load_onnxruntime(config)?;
-    let threads = telemetry::system::physical_cores();
+    let threads = default_intra_threads(telemetry::system::physical_cores());
     (0..config.pipelines.len())
         .map(|index| pipeline::build::build(config, index, registry, &ort, threads).map_err(Error::from))
         .collect()
+}
+
+/// ONNX Runtime threads per operator when a pipeline's `session.intra_threads` is unset: half the physical cores,
+/// at least one.
+///
+/// Measured on 2 cores (`zinferd bench latency` and `bench load`, shipped sentiment model, back to back): one thread
+/// answers a lone message in 1.78-1.88 ms where two take 2.12-2.18 ms (a second thread has to be woken for a run of
+/// about a millisecond), and both give the same throughput under overload (721-800 vs 737-820 ok/s): the other
+/// core is busy anyway with zenoh, tokenization and publishing. Half the cores keeps that share free on larger
+/// boards too; more cores were not measured, so set `intra_threads` from `bench load` there.
+pub fn default_intra_threads(physical_cores: usize) -> usize {
+    (physical_cores / 2).max(1)
 }
 
 /// Checks the memory budget (`daemon.memory_mb`, else the cgroup's limit) against what the process measures now,
