@@ -1,0 +1,171 @@
+//! Attacks that load the whole machine for half a minute: a test binary of their own, because Cargo runs test
+//! binaries one after another, so nothing runs beside them (beside the e2e suite, the 30-second stall starved a
+//! parallel test's status queries). The real `zinferd` binary, real zenoh on loopback, the real fixture model.
+
+// The shared helpers of the e2e suite; this binary uses a few of them.
+#[allow(dead_code)]
+#[path = "../e2e/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use zenoh::bytes::Encoding;
+use zenoh::qos::CongestionControl;
+
+use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
+
+/// Publishes `payload` on `key` with blocking congestion control, so zenoh delivers all of the burst to the daemon.
+async fn put(client: &zinferd::client::Client, key: &str, payload: Vec<u8>, encoding: Encoding) {
+    client
+        .session()
+        .put(key, payload)
+        .encoding(encoding)
+        .congestion_control(CongestionControl::Block)
+        .await
+        .expect("put");
+}
+
+/// The daemon's resident set size, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// Publishes one request with id `id` and blocking congestion control.
+async fn request(client: &zinferd::client::Client, key: &str, id: &str) {
+    let body = serde_json::json!({ "id": id, "text": "patient readers are rewarded" });
+    put(client, key, body.to_string().into_bytes(), Encoding::APPLICATION_JSON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_subscriber_stalled_for_30_s_is_cut_off_by_zenoh_and_the_daemon_serves_on() {
+    const STALL: Duration = Duration::from_secs(30);
+    let TextDaemon { daemon, client, prefix } =
+        start_text("stall30", "result_congestion_control = \"block\"", "", "").await;
+    let key = "in/stall30/x";
+
+    // A client whose result callback holds its session's receiving thread for 30 s on the first result it sees.
+    let stalled = daemon.client().await;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stall_over = Arc::new(AtomicBool::new(false));
+    let _stalled_subscriber = stalled
+        .session()
+        .declare_subscriber("out/in/stall30/**")
+        .callback({
+            let (seen, stall_over) = (Arc::clone(&seen), Arc::clone(&stall_over));
+            move |_| {
+                if seen.fetch_add(1, Ordering::Relaxed) == 0 {
+                    std::thread::sleep(STALL);
+                    stall_over.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .await
+        .expect("stalled subscriber");
+    // A well-behaved client: one request every 100 ms, results read at once, latency per id.
+    let results = client.session().declare_subscriber("out/in/stall30/**").await.expect("subscribe");
+    let healthy = daemon.client().await;
+    healthy.wait_for_subscriber(key, WAIT).await.expect("the daemon subscribes");
+    let flood = daemon.client().await;
+    let rss_before = rss_bytes(daemon.pid());
+
+    // Junk, answered `error` without a model run, fast enough that the stalled client's TCP buffers fill and the
+    // daemon's blocking puts to it wait: what makes zenoh close that transport.
+    let flooding = tokio::spawn(async move {
+        let mut sent = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < STALL {
+            for _ in 0..100 {
+                put(&flood, "in/stall30/x", b"\xff\xfe junk".to_vec(), Encoding::TEXT_PLAIN).await;
+            }
+            sent += 100;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        flood.close().await;
+        sent
+    });
+    let collected = Arc::new(AtomicBool::new(false));
+    let collecting = tokio::spawn({
+        let collected = Arc::clone(&collected);
+        async move {
+            let mut answered = BTreeMap::<String, (usize, Instant)>::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), results.recv_async()).await {
+                    Ok(Ok(sample)) => {
+                        let result = zinferd::client::decode_result(&sample).expect("decode");
+                        if result.id.starts_with("h-") {
+                            answered.entry(result.id).or_insert((0, Instant::now())).0 += 1;
+                        }
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) if collected.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            answered
+        }
+    });
+    let mut sent_at = BTreeMap::new();
+    let started = Instant::now();
+    let mut index = 0;
+    while !stall_over.load(Ordering::Relaxed) && started.elapsed() < STALL + WAIT {
+        let id = format!("h-{index}");
+        sent_at.insert(id.clone(), Instant::now());
+        request(&healthy, key, &id).await;
+        index += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let junk = flooding.await.expect("flood");
+    let rss_during = rss_bytes(daemon.pid());
+    let seen_during = seen.load(Ordering::Relaxed);
+
+    // After the stall: zenoh reconnects the cut-off client, which receives results again.
+    let deadline = Instant::now() + WAIT;
+    let mut after = 0;
+    while seen.load(Ordering::Relaxed) == seen_during {
+        assert!(Instant::now() < deadline, "the stalled client never received a result again:\n{}", daemon.log());
+        request(&healthy, key, &format!("after-{after}")).await;
+        after += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total = junk + index as u64 + after;
+    let everything =
+        |stats: &zinfer_proto::PipelineStats| stats.received + stats.refused == total && stats.in_flight == 0;
+    let snapshot = wait_for_stats(&client, &prefix, "every message accounted for", everything).await;
+    let stats = &snapshot.pipelines[0];
+    collected.store(true, Ordering::Relaxed);
+    let answered = collecting.await.expect("collector");
+    let latencies: Vec<Duration> = answered
+        .iter()
+        .filter_map(|(id, (_, at))| sent_at.get(id).map(|sent| at.saturating_duration_since(*sent)))
+        .collect();
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "stall 30 s: {junk} junk + {index} requests; received {}, refused {}; the stalled client saw {seen_during} results \
+         during the stall, of {} published; healthy requests answered {} of {index}, slowest {slowest:?}; RSS {:.1} -> \
+         {:.1} MiB",
+        stats.received,
+        stats.refused,
+        stats.received,
+        answered.len(),
+        rss_before as f64 / 1048576.0,
+        rss_during as f64 / 1048576.0,
+    );
+    // zenoh cut the stalled client off (what it had queued for it is lost: see README, Guarantees) ...
+    assert!((seen_during as u64) < stats.received, "the stall was not long enough to fill the connection");
+    // ... and the daemon served on: memory bounded, the books exact, no answer twice, every request it accepted
+    // answered to the healthy client (those refused at the door while the egress waited are counted, not answered).
+    assert!(rss_during.saturating_sub(rss_before) < 32 * 1024 * 1024, "RSS {rss_before} -> {rss_during}");
+    assert_eq!(stats.received, stats.completed + stats.failed + stats.expired + stats.dropped);
+    assert!(answered.values().all(|&(count, _)| count == 1), "a request answered twice");
+    let unanswered = index - answered.len();
+    assert!(unanswered as u64 <= stats.refused, "{unanswered} requests unanswered, {} refused", stats.refused);
+    stalled.close().await;
+    healthy.close().await;
+    client.close().await;
+}
