@@ -6,6 +6,11 @@
 //! being published; a put that zenoh then refuses is counted in `publish_failures`. Admission keeps `in_flight` at
 //! most `max_in_flight` ([`PipelineMetrics::try_receive`]): every outcome owed is an accepted message, so this bounds
 //! what the queues and the egress hold together, whatever the input rate and however slowly results leave.
+//!
+//! The egress records each outcome's latencies under a lock that a snapshot (a status query, a telemetry tick)
+//! takes only to swap the recorded histograms for empty ones: the merge into the running totals and the quantiles,
+//! which walk every bucket (tens of thousands per histogram), happen under a lock of their own, off the path of
+//! the outcomes.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -55,6 +60,13 @@ pub struct PipelineMetrics {
     heartbeat_ms: AtomicU64,
     created: Instant,
     detail: Mutex<Detail>,
+    latency: Mutex<Latency>,
+}
+
+/// Latency histograms as of the last snapshot, and empty ones to swap for those the egress filled since.
+struct Latency {
+    totals: Vec<Histogram<u64>>,
+    spare: Vec<Histogram<u64>>,
 }
 
 struct Detail {
@@ -64,6 +76,7 @@ struct Detail {
     expired_by_reason: BTreeMap<&'static str, u64>,
     by_batch_size: BTreeMap<u32, u64>,
     stage_counters: BTreeMap<&'static str, u64>,
+    /// Recorded since the last snapshot.
     latency: Vec<Histogram<u64>>,
 }
 
@@ -72,6 +85,7 @@ impl PipelineMetrics {
     pub fn new(description: PipelineDescription, max_in_flight: usize) -> Self {
         // Three significant digits up to an hour, in microseconds: ~2% of a message's worth of memory each.
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
+        let histograms = || STAGES.iter().map(|_| histogram()).collect::<Vec<_>>();
         Self {
             description,
             received: AtomicU64::new(0),
@@ -93,8 +107,9 @@ impl PipelineMetrics {
                 expired_by_reason: BTreeMap::new(),
                 by_batch_size: BTreeMap::new(),
                 stage_counters: BTreeMap::new(),
-                latency: STAGES.iter().map(|_| histogram()).collect(),
+                latency: histograms(),
             }),
+            latency: Mutex::new(Latency { totals: histograms(), spare: histograms() }),
         }
     }
 
@@ -224,10 +239,21 @@ impl PipelineMetrics {
         let dropped = self.dropped.load(Ordering::SeqCst);
         let expired = self.expired.load(Ordering::SeqCst);
         let received = self.received.load(Ordering::SeqCst);
-        let detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut latency = self.latency.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let detail = {
+            let mut detail = self.detail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::swap(&mut detail.latency, &mut latency.spare);
+            Counts::of(&detail)
+        };
+        let Latency { totals, spare } = &mut *latency;
+        for (total, recent) in totals.iter_mut().zip(spare.iter_mut()) {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = total.add(&*recent);
+            recent.reset();
+        }
         let latency = STAGES
             .iter()
-            .zip(&detail.latency)
+            .zip(totals.iter())
             .map(|(stage, histogram)| proto::LatencyStats {
                 stage: (*stage).to_owned(),
                 count: histogram.len(),
@@ -237,7 +263,6 @@ impl PipelineMetrics {
                 max_us: histogram.max(),
             })
             .collect();
-        let owned = |map: &BTreeMap<&'static str, u64>| map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         let description = &self.description;
         proto::PipelineStats {
             name: description.name.clone(),
@@ -251,8 +276,8 @@ impl PipelineMetrics {
             failed,
             dropped,
             in_flight: received.saturating_sub(completed + failed + dropped + expired),
-            failed_by_reason: owned(&detail.failed_by_reason),
-            dropped_by_reason: owned(&detail.dropped_by_reason),
+            failed_by_reason: detail.failed_by_reason,
+            dropped_by_reason: detail.dropped_by_reason,
             latency,
             execution_providers: description.providers.clone(),
             model_memory: Some(description.memory),
@@ -261,14 +286,94 @@ impl PipelineMetrics {
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
             expired,
             deadline_missed: self.deadline_missed.load(Ordering::Relaxed),
-            expired_by_reason: owned(&detail.expired_by_reason),
-            messages_by_batch_size: detail.by_batch_size.clone(),
-            stage_counters: owned(&detail.stage_counters),
+            expired_by_reason: detail.expired_by_reason,
+            messages_by_batch_size: detail.by_batch_size,
+            stage_counters: detail.stage_counters,
             worker_idle_ms: self.since_beat().as_millis() as u64,
             generation: description.generation,
             refused: self.refused.load(Ordering::Relaxed),
-            refused_by_reason: owned(&detail.refused_by_reason),
+            refused_by_reason: detail.refused_by_reason,
             max_in_flight: self.max_in_flight,
         }
+    }
+}
+
+/// The counters of [`Detail`] in their wire form, copied out under its lock.
+struct Counts {
+    refused_by_reason: BTreeMap<String, u64>,
+    failed_by_reason: BTreeMap<String, u64>,
+    dropped_by_reason: BTreeMap<String, u64>,
+    expired_by_reason: BTreeMap<String, u64>,
+    stage_counters: BTreeMap<String, u64>,
+    by_batch_size: BTreeMap<u32, u64>,
+}
+
+impl Counts {
+    fn of(detail: &Detail) -> Self {
+        let owned = |map: &BTreeMap<&'static str, u64>| map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        Self {
+            refused_by_reason: owned(&detail.refused_by_reason),
+            failed_by_reason: owned(&detail.failed_by_reason),
+            dropped_by_reason: owned(&detail.dropped_by_reason),
+            expired_by_reason: owned(&detail.expired_by_reason),
+            stage_counters: owned(&detail.stage_counters),
+            by_batch_size: detail.by_batch_size.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use zinfer_stage_api::Prediction;
+
+    use super::{PipelineDescription, PipelineMetrics};
+    use crate::pipeline::ModelIdentity;
+    use crate::pipeline::outcome::{Outcome, Timings, Verdict};
+
+    fn answer(metrics: &PipelineMetrics, inference_ms: u64) {
+        let identity = ModelIdentity { name: "m".into(), version: "1".into() };
+        let prediction = Prediction { label: None, score: 0.0, scores: Vec::new(), top_k: Vec::new() };
+        let timings = Timings { inference: Duration::from_millis(inference_ms), batch_size: 1, ..Timings::default() };
+        let outcome = Outcome {
+            pipeline: 0,
+            id: "id".into(),
+            key: "k".into(),
+            verdict: Verdict::Classified(prediction),
+            timings,
+            arrived: Instant::now(),
+            deadline: None,
+        };
+        assert!(metrics.try_receive());
+        metrics.record_outcome(&outcome, &outcome.to_result("p", &identity));
+    }
+
+    #[test]
+    fn latency_keeps_counting_across_snapshots() {
+        let description = PipelineDescription {
+            name: "p".into(),
+            input: "in/**".into(),
+            model: ModelIdentity { name: "m".into(), version: "1".into() },
+            providers: Vec::new(),
+            memory: Default::default(),
+            session: Default::default(),
+            generation: 1,
+        };
+        let metrics = PipelineMetrics::new(description, 100);
+        let inference = |metrics: &PipelineMetrics| {
+            let snapshot = metrics.snapshot();
+            let stats = snapshot.latency.iter().find(|stats| stats.stage == "inference").cloned();
+            stats.map(|stats| (stats.count, stats.max_us / 1000))
+        };
+        for _ in 0..3 {
+            answer(&metrics, 2);
+        }
+        assert_eq!(inference(&metrics), Some((3, 2)));
+        answer(&metrics, 40);
+        answer(&metrics, 2);
+        assert_eq!(inference(&metrics), Some((5, 40)), "the totals keep what earlier snapshots took in");
+        assert_eq!(inference(&metrics), Some((5, 40)), "a snapshot with nothing new changes nothing");
+        assert_eq!(metrics.snapshot().completed, 5);
     }
 }
