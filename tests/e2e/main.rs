@@ -7,6 +7,7 @@
 mod attacks;
 mod bad_input;
 mod batching;
+mod bench;
 mod check;
 mod classify;
 mod custom_stage;

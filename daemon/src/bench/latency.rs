@@ -67,6 +67,9 @@ pub struct BenchReport {
     pub round_trip: Summary,
     /// The daemon's own view of the round trips: arrival to publish.
     pub daemon_total: Summary,
+    /// The daemon's own timings of the round trips by stage (`queue`, `decode`, `preprocess`, `inference`,
+    /// `postprocess`) and `other`: the total less the stages (handing the outcome to the egress, encoding, the put).
+    pub daemon_stages: Vec<(String, Summary)>,
     /// Idle RSS of zinferd with no pipeline, bytes.
     pub idle_rss_without_model: u64,
     /// Idle RSS of zinferd with the model loaded (before any request), bytes.
@@ -157,6 +160,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
     let mut round_trips = Vec::with_capacity(iterations);
     let mut daemon_totals = Vec::with_capacity(iterations);
+    let mut stages: [Vec<Duration>; 6] = Default::default();
     for round in 0..options.warmup + iterations {
         let id = format!("bench-{round}");
         let started = Instant::now();
@@ -168,8 +172,19 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
         if round >= options.warmup {
             round_trips.push(elapsed);
-            let total = result.timings.map_or(0, |timings| timings.total_us);
-            daemon_totals.push(Duration::from_micros(total));
+            let timings = result.timings.unwrap_or_default();
+            daemon_totals.push(Duration::from_micros(timings.total_us));
+            let parts = [
+                timings.queue_us,
+                timings.decode_us,
+                timings.preprocess_us,
+                timings.inference_us,
+                timings.postprocess_us,
+            ];
+            let other = timings.total_us.saturating_sub(parts.iter().sum());
+            for (samples, micros) in stages.iter_mut().zip(parts.into_iter().chain([other])) {
+                samples.push(Duration::from_micros(micros));
+            }
         }
     }
     client.close().await;
@@ -189,6 +204,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         pipeline_direct,
         round_trip: Summary::of(round_trips),
         daemon_total: Summary::of(daemon_totals),
+        daemon_stages: ["queue", "decode", "preprocess", "inference", "postprocess", "other"]
+            .into_iter()
+            .zip(stages)
+            .map(|(stage, samples)| (stage.to_owned(), Summary::of(samples)))
+            .collect(),
         idle_rss_without_model,
         idle_rss_with_model,
         rss_after_requests,
@@ -221,6 +241,9 @@ pub fn markdown(report: &BenchReport) -> String {
     text += &row("whole pipeline (in process)", &report.pipeline_direct);
     text += &row("round trip via zenoh + zinferd", &report.round_trip);
     text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    for (stage, summary) in &report.daemon_stages {
+        text += &row(&format!("… of which {stage}"), summary);
+    }
     let floor = report.floor.p50_us.max(1.0);
     text += &format!(
         "\ndaemon's total / floor (median): {:.2}×; round trip − floor (median): {:.0} µs; \

@@ -1,0 +1,43 @@
+//! `zinferd bench latency` runs end to end on the fixture model and reports what it promises: the floor, the model
+//! four ways, the daemon's own timings by stage, and the CPU the figures come from. A smoke test of the benchmark's
+//! plumbing; it asserts nothing about speed.
+
+use std::process::Command;
+
+use crate::support::{base_config, free_port, ort_library, text_pipeline};
+
+#[test]
+fn bench_latency_reports_the_floor_and_the_daemons_stages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("zinferd.toml");
+    let text =
+        base_config(free_port(), "zt/bench") + &text_pipeline("bench", "in/bench/**", "", "buckets = [16, 32]", "");
+    std::fs::write(&config, text).expect("write config");
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        .current_dir(dir.path())
+        .env("ORT_DYLIB_PATH", ort_library())
+        .args(["--config", &config.to_string_lossy(), "bench", "latency", "--iterations", "20", "--warmup", "2"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run zinferd bench latency");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("CPU: "), "the CPU line first:\n{stdout}");
+    assert!(stdout.contains("(the floor)") && stdout.contains("daemon's total / floor"), "{stdout}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    assert_eq!(report["floor"]["count"], 20, "{report}");
+    assert_eq!(report["round_trip"]["count"], 20, "{report}");
+    assert!(report["padded"]["count"] == 20, "the text has a bucket, so the padded runs are timed: {report}");
+    let stages = report["daemon_stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|stage| stage[0].as_str()).collect();
+    assert_eq!(names, ["queue", "decode", "preprocess", "inference", "postprocess", "other"]);
+    let inference = stages[3][1]["p50_us"].as_f64().expect("inference p50");
+    assert!(inference > 0.0, "the daemon timed its model runs: {report}");
+    assert!(
+        report["tokens"].as_u64().is_some_and(|tokens| tokens < 32),
+        "a lone text is not padded to its bucket, 32: {report}"
+    );
+}
