@@ -149,6 +149,10 @@ impl ModelManifest {
             if sensor.std.iter().any(|std| !(std.is_finite() && *std > 0.0)) {
                 return Err(invalid("[sensor]: every `std` must be a positive number".to_owned()));
             }
+            // `nan` and `inf` are valid TOML floats; a mean of either would turn every reading into NaN.
+            if sensor.mean.iter().any(|mean| !mean.is_finite()) {
+                return Err(invalid("[sensor]: every `mean` must be a finite number (not nan or inf)".to_owned()));
+            }
             let rate_ok = sensor.sample_rate_hz.is_finite() && sensor.sample_rate_hz > 0.0;
             if sensor.window == 0 || sensor.hop == 0 || !rate_ok {
                 return Err(invalid("[sensor]: `window`, `hop` and `sample_rate_hz` must be positive".to_owned()));
@@ -188,6 +192,18 @@ mod tests {
         let missing = ok.replace("m.onnx", "absent.onnx");
         let error = ModelManifest::parse(&missing, &path).expect_err("missing model file");
         assert!(error.to_string().contains("absent.onnx"), "{error}");
+
+        let sensor = |mean: &str| {
+            format!(
+                "{ok}[sensor]\ninput = \"x\"\nchannels = [\"a\", \"b\"]\nsample_rate_hz = 50.0\nwindow = 4\nhop = 2\n\
+                 mean = [0.0, {mean}]\nstd = [1.0, 1.0]\n"
+            )
+        };
+        ModelManifest::parse(&sensor("0.5"), &path).expect("a finite mean");
+        for mean in ["nan", "inf", "-inf"] {
+            let error = ModelManifest::parse(&sensor(mean), &path).expect_err("a non-finite mean");
+            assert!(error.to_string().contains("`mean` must be a finite number"), "{mean}: {error}");
+        }
 
         let typo = format!("{ok}lables = []\n");
         let error = ModelManifest::parse(&typo, &path).expect_err("unknown key");
