@@ -97,8 +97,9 @@ struct Streams {
 struct Stream {
     /// The last `window` samples (raw readings), sample-major.
     recent: VecDeque<f32>,
-    /// Their timestamps, when the stream has them.
-    recent_times: VecDeque<i64>,
+    /// Their timestamps, one per sample (`None` for a sample that came without one), so that a window's span
+    /// is the span of its own samples even when timed and untimed frames mix.
+    recent_times: VecDeque<Option<i64>>,
     /// Samples since the stream started or was last reset.
     in_segment: u64,
     /// Samples accepted since the stream started.
@@ -203,9 +204,9 @@ fn push(
 ) -> Option<Window> {
     let (window, channels) = (spec.window, spec.channels.len());
     stream.recent.extend(sample);
-    if let Some(time) = time {
-        stream.recent_times.push_back(time);
-        stream.last_time = Some(time);
+    stream.recent_times.push_back(time);
+    if time.is_some() {
+        stream.last_time = time;
     }
     while stream.recent.len() > window * channels {
         stream.recent.drain(..channels);
@@ -244,8 +245,11 @@ fn push(
         .collect();
     let index = stream.windows;
     stream.windows += 1;
+    // Only a window whose samples all carry a timestamp has a span.
     let span_us = match (stream.recent_times.front(), stream.recent_times.back()) {
-        (Some(first), Some(last)) if stream.recent_times.len() == window => Some((*first, *last)),
+        (Some(Some(first)), Some(Some(last))) if stream.recent_times.iter().all(Option::is_some) => {
+            Some((*first, *last))
+        }
         _ => None,
     };
     Some(Window {
@@ -456,6 +460,17 @@ mod tests {
         let TensorData::F32(values) = &window.features[0].tensor.data else { panic!("f32") };
         // raw `a` of samples 0, 1, 2 and 2 again (held), normalised: (n - 1) / 2
         assert_eq!(values.iter().step_by(2).copied().collect::<Vec<_>>(), [-0.5, 0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_window_has_a_span_only_when_all_its_samples_are_timed() {
+        // Found by the window fuzz target: an untimed frame after timed ones reported the earlier samples' span.
+        let mut stage = stage(GapPolicy::Reset, 8);
+        let timed = run(&mut stage, frame("k", None, 0..4, true));
+        assert_eq!(timed.windows[0].span_us, Some((0, 30_000)));
+        let mixed = run(&mut stage, frame("k", None, 4..6, false));
+        assert_eq!(starts(&mixed), [2]);
+        assert_eq!(mixed.windows[0].span_us, None, "samples 4 and 5 have no timestamp");
     }
 
     #[test]
