@@ -14,18 +14,7 @@ use zenoh::bytes::Encoding;
 use zenoh::qos::CongestionControl;
 use zinfer_proto::{Message, outcome};
 
-use crate::support::{TextDaemon, WAIT, collect_outcomes, start_text, status, wait_for_stats};
-
-/// Publishes `payload` on `key` with blocking congestion control, so zenoh delivers all of the burst to the daemon.
-async fn put(client: &zinferd::client::Client, key: &str, payload: Vec<u8>, encoding: Encoding) {
-    client
-        .session()
-        .put(key, payload)
-        .encoding(encoding)
-        .congestion_control(CongestionControl::Block)
-        .await
-        .expect("put");
-}
+use crate::support::{TextDaemon, WAIT, collect_outcomes, put, rss_bytes, start_text, status, wait_for_stats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_of_a_burst_carries_the_senders_id() {
@@ -83,14 +72,6 @@ async fn every_outcome_of_a_burst_carries_the_senders_id() {
     assert_eq!(stats.received, sent.len() as u64);
     assert_eq!(stats.received, stats.completed + stats.failed + stats.expired + stats.dropped);
     client.close().await;
-}
-
-/// The daemon's resident set size, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmRSS in kB");
-    kib * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,3 +393,21 @@ pub fn golden() -> Golden {
     let text = std::fs::read_to_string(repo_root().join("models/fixture/golden.json")).expect("golden.json");
     serde_json::from_str(&text).expect("golden.json parses")
 }
+
+/// Publishes `payload` on `key` with blocking congestion control, so zenoh delivers all of a burst to the daemon.
+pub async fn put(client: &Client, key: &str, payload: Vec<u8>, encoding: zenoh::bytes::Encoding) {
+    client
+        .session()
+        .put(key, payload)
+        .encoding(encoding)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .await
+        .expect("put");
+}
+
+/// The resident set size of process `pid`, from /proc, as the daemon measures its own.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let (rss, _) = zinferd::memory::process_memory(&pid.to_string()).expect("the daemon's /proc status");
+    assert!(rss > 0, "a VmRSS line in /proc/{pid}/status");
+    rss
+}

@@ -13,28 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use zenoh::bytes::Encoding;
-use zenoh::qos::CongestionControl;
 
-use crate::support::{TextDaemon, WAIT, start_text, wait_for_stats};
-
-/// Publishes `payload` on `key` with blocking congestion control, so zenoh delivers all of the burst to the daemon.
-async fn put(client: &zinferd::client::Client, key: &str, payload: Vec<u8>, encoding: Encoding) {
-    client
-        .session()
-        .put(key, payload)
-        .encoding(encoding)
-        .congestion_control(CongestionControl::Block)
-        .await
-        .expect("put");
-}
-
-/// The daemon's resident set size, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmRSS in kB");
-    kib * 1024
-}
+use crate::support::{TextDaemon, WAIT, put, rss_bytes, start_text, wait_for_stats};
 
 /// Publishes one request with id `id` and blocking congestion control.
 async fn request(client: &zinferd::client::Client, key: &str, id: &str) {

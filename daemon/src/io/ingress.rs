@@ -83,10 +83,10 @@ struct Gate {
 /// the others recognise it by its timestamp and let it be.
 ///
 /// The timestamp is the sample's identity: zenoh gives each sample one timestamp (the publisher's, or the one its
-/// first timestamping hop adds; zinferd's session timestamps what arrives without one), so the deliveries of one
-/// sample carry the same one, and two samples never do. Without a timestamp (a native zenoh config that turns
-/// timestamping off), a sample in the overlap may be admitted twice, as before. The record holds only samples
-/// still awaiting another delivery and is dropped with the overlap, within the reload.
+/// first timestamping hop adds; zinferd turns timestamping on for its session, so what arrives without one gets
+/// one), so the deliveries of one sample carry the same one, and two samples never do. A sample that still has
+/// none is admitted by every subscription it reaches. The record holds only samples still awaiting another
+/// delivery and is dropped with the overlap, within the reload.
 #[derive(Debug)]
 pub struct Overlap {
     inputs: Vec<OwnedKeyExpr>,

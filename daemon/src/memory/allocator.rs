@@ -3,8 +3,8 @@
 //! By default glibc raises its mmap threshold to the size of any large block that is freed (up to 32 MiB), so
 //! after the first reload frees a model's weights, the next model's weights and ONNX Runtime's arenas are carved
 //! from the heap instead of mapped on their own, and the holes they leave when their generation retires are
-//! rarely returned. Measured with `configs/soak.toml`, SIGHUP every 1.5 s: RSS 76 → 185 MiB after 30 reloads
-//! with the default, 76 → about 90 MiB, flat, with a fixed 128 KiB threshold. Fixing the threshold (which also
+//! rarely returned. Measured with `configs/soak.toml`, SIGHUP every 1.5 s, 30 reloads: RSS 76 → 185 MiB with
+//! glibc's defaults, 76.3 → 79.6 MiB, flat, with this module. Fixing the threshold (which also
 //! switches the sliding off) keeps large blocks mapped, so dropping a generation gives them back to the kernel;
 //! [`release_free_memory`] then returns the free pages of the heaps after a generation retires.
 //!
