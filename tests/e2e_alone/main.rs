@@ -1,7 +1,7 @@
 //! Attacks that load the whole machine, or measure the daemon's RSS across many reloads: a test binary of their
-//! own, because Cargo runs test binaries one after another, so nothing runs beside them (beside the e2e suite, the
-//! 30-second stall starved a parallel test's status queries). The real `zinferd` binary, real zenoh on loopback,
-//! real models.
+//! own, because Cargo runs test binaries one after another, and inside it they take turns ([`ALONE`]), so nothing
+//! runs beside them (beside the e2e suite, the 30-second stall starved a parallel test's status queries). The real
+//! `zinferd` binary, real zenoh on loopback, real models.
 
 // The shared helpers of the e2e suite; this binary uses a few of them.
 #[allow(dead_code)]
@@ -20,6 +20,9 @@ use crate::support::{
     text_pipeline, wait_for_stats,
 };
 
+/// Held by each test for its whole run: the tests of this binary run one at a time, not beside each other either.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Publishes one request with id `id` and blocking congestion control.
 async fn request(client: &zinferd::client::Client, key: &str, id: &str) {
     let body = serde_json::json!({ "id": id, "text": "patient readers are rewarded" });
@@ -28,6 +31,7 @@ async fn request(client: &zinferd::client::Client, key: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_subscriber_stalled_for_30_s_is_cut_off_by_zenoh_and_the_daemon_serves_on() {
+    let _alone = ALONE.lock().await;
     const STALL: Duration = Duration::from_secs(30);
     let TextDaemon { daemon, client, prefix } =
         start_text("stall30", "result_congestion_control = \"block\"", "", "").await;
@@ -156,6 +160,7 @@ async fn a_result_subscriber_stalled_for_30_s_is_cut_off_by_zenoh_and_the_daemon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_of_the_shipped_model_do_not_ratchet_rss_up() {
+    let _alone = ALONE.lock().await;
     // Each reload loads the model beside the running one and drops the old one when it has finished. With glibc's
     // defaults the freed weights and arenas stayed in the heap: 76 -> 185 MiB over 30 reloads in `bench soak`'s
     // reload loop. zinferd's allocator tuning (memory::allocator) gives them back.
