@@ -508,6 +508,10 @@ async fn input_changes_back_and_forth_under_a_dense_stream_answer_each_message_o
     assert_eq!(outcomes.len(), total, "an outcome for an id nobody sent");
     let duplicated: Vec<_> = outcomes.iter().filter(|(_, count)| **count > 1).collect();
     assert!(duplicated.is_empty(), "{} of {total} messages answered twice: {duplicated:?}", duplicated.len());
+    // zenoh logs each sample it drops because the wire id it was routed with was undeclared meanwhile (the loss
+    // this test found); the stream may not have hit that window this time, but no sample may be dropped so.
+    let log = daemon.log();
+    assert!(!log.contains("Received Data for unknown"), "zenoh dropped a sample on an undeclared key id:\n{log}");
     eprintln!("{SWITCHES} input changes under {total} messages: each answered once");
     client.close().await;
 }

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use zinfer_stage_api::Registry;
 
 use crate::config::{Config, ConfigError};
-use crate::io::ingress::{IdGenerator, Ingress, Overlap, inputs_intersect};
+use crate::io::ingress::{IdGenerator, Ingress, Overlap, Prefixes, inputs_intersect};
 use crate::memory::Governor;
 use crate::telemetry::{Reporter, Telemetry};
 use crate::{Error, build_pipelines, check_memory, io, memory};
@@ -77,8 +77,10 @@ pub async fn serve(
     telemetry.set_generation(current.number, current.metrics(), &current.config.sources);
     let mut reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
     let mut subscriptions = Vec::new();
+    let mut prefixes = Prefixes::default();
     for entry in current.take_entries() {
-        let ingress = Ingress::open(&session, &entry.input, entry.admission, None, Arc::clone(&ids)).await?;
+        let ingress =
+            Ingress::open(&session, &entry.input, entry.admission, None, Arc::clone(&ids), &mut prefixes).await?;
         subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
     }
     reporter.announce(&session, &current.config.telemetry).await?;
@@ -88,6 +90,7 @@ pub async fn serve(
         health,
         session,
         ids,
+        prefixes,
         governor,
         telemetry,
         notifier,
@@ -173,6 +176,7 @@ struct Service {
     health: Health,
     session: zenoh::Session,
     ids: Arc<IdGenerator>,
+    prefixes: Prefixes,
     governor: Arc<Governor>,
     telemetry: Arc<Telemetry>,
     notifier: Notifier,
@@ -280,7 +284,8 @@ impl Service {
                 self.subscriptions[index].ingress.set_overlap(overlap.clone());
                 overlapping.push(index);
             }
-            match Ingress::open(&self.session, &entry.input, entry.admission, overlap, Arc::clone(&self.ids)).await {
+            let ids = Arc::clone(&self.ids);
+            match Ingress::open(&self.session, &entry.input, entry.admission, overlap, ids, &mut self.prefixes).await {
                 Ok(ingress) => opened.push(Subscription { name: entry.name, input: entry.input, ingress }),
                 Err(error) => {
                     for subscription in opened {
