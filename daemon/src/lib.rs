@@ -91,9 +91,11 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
         return Ok(Vec::new());
     }
     let ort = load_onnxruntime(config)?;
-    let threads = default_intra_threads(telemetry::system::physical_cores());
+    let cores = telemetry::system::physical_cores();
+    let defaults =
+        pipeline::build::Defaults { intra_threads: default_intra_threads(cores), instances: default_instances(cores) };
     (0..config.pipelines.len())
-        .map(|index| pipeline::build::build(config, index, registry, &ort, threads).map_err(Error::from))
+        .map(|index| pipeline::build::build(config, index, registry, &ort, defaults).map_err(Error::from))
         .collect()
 }
 
@@ -107,6 +109,12 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
 /// boards too; more cores were not measured, so set `intra_threads` from `bench load` there.
 pub fn default_intra_threads(physical_cores: usize) -> usize {
     (physical_cores / 2).max(1)
+}
+
+/// Sessions per pipeline when its `instances` is unset.
+pub fn default_instances(physical_cores: usize) -> usize {
+    let _ = physical_cores;
+    1
 }
 
 /// Checks the memory budget (`daemon.memory_mb`, else the cgroup's limit) against what the process measures now,

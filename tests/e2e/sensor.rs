@@ -132,18 +132,32 @@ async fn start(name: &str, pipeline: &str) -> (Daemon, Client, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_published_sample_by_sample_gives_the_toolkits_windows() {
+    replay_matches_toolkit("replay", "").await;
+}
+
+/// The window stage keeps each source's state in the worker, whichever instance runs a window: on two instances a
+/// replay gives the same windows, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replayed_on_two_instances_gives_the_toolkits_windows() {
+    replay_matches_toolkit("replay2", "instances = 2").await;
+}
+
+/// Replays the test recording sample by sample into a sensor pipeline `name` with `extra` keys, and checks every
+/// window against the toolkit's.
+async fn replay_matches_toolkit(name: &str, extra: &str) {
     let recording = recording("test_recording.json");
     assert_eq!((recording.window, recording.hop), (100, 50), "the manifest's windowing");
-    let (daemon, client, _) = start("replay", &sensor_pipeline("replay", "sensor/replay/**", "", "")).await;
-    let results = client.session().declare_subscriber("out/sensor/replay/**").await.expect("subscribe");
+    let (daemon, client, _) = start(name, &sensor_pipeline(name, &format!("sensor/{name}/**"), extra, "")).await;
+    let results = client.session().declare_subscriber(format!("out/sensor/{name}/**")).await.expect("subscribe");
 
     // 10× real time: 600 samples at 50 Hz take 1.2 s.
     let count = recording.samples.len();
-    replay(&client, "sensor/replay/watch", "r", &recording, 0..count, 10.0).await;
+    let key = format!("sensor/{name}/watch");
+    replay(&client, &key, "r", &recording, 0..count, 10.0).await;
     let outcomes = collect_outcomes(&results, count, &daemon).await;
     assert!(outcomes.values().all(|result| result.outcome == outcome::OK), "every sample is taken in");
-    let windows = windows_of(&outcomes, "sensor/replay/watch");
-    assert_matches_toolkit(&windows, &recording, "replay");
+    let windows = windows_of(&outcomes, &key);
+    assert_matches_toolkit(&windows, &recording, name);
     let agree = windows.iter().filter(|window| window.label.as_deref() == Some(recording.label.as_str())).count();
     eprintln!(
         "{} windows match the toolkit; {agree} of them say `{}`, the recording's class",

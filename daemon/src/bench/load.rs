@@ -260,6 +260,9 @@ fn child_config(settings: &PipelineConfig, options: &LoadOptions, max_batch: usi
     pipeline.insert("preprocess".into(), toml::Value::Array(settings.preprocess.iter().map(stage).collect()));
     pipeline.insert("postprocess".into(), toml::Value::Array(settings.postprocess.iter().map(stage).collect()));
     pipeline.insert("session".into(), toml::Value::try_from(&settings.session)?);
+    if let Some(instances) = settings.instances {
+        pipeline.insert("instances".into(), (instances as i64).into());
+    }
     let mut daemon = toml::Table::new();
     daemon.insert("memory_mb".into(), (options.memory_mb as i64).into());
     let mut document = toml::Table::new();

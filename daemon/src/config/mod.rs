@@ -126,6 +126,9 @@ pub struct PipelineConfig {
     pub postprocess: Vec<StageSpec>,
     /// ONNX Runtime session options.
     pub session: SessionConfig,
+    /// Sessions of the model that run batches side by side (each with `session.intra_threads` threads); `None` for
+    /// the default, [`crate::default_instances`].
+    pub instances: Option<usize>,
     /// The folder relative paths in this pipeline's stage tables are resolved against.
     pub base_dir: PathBuf,
     /// The key of this pipeline's table, e.g. `pipeline[0]`.
@@ -483,6 +486,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if raw.deadline_ms == Some(0) {
         return Err(err("deadline_ms", "must be at least 1 (leave it out for no deadline)".into()));
     }
+    if let Some(instances) = raw.instances.filter(|instances| !(1..=64).contains(instances)) {
+        return Err(err("instances", format!("{instances} is not between 1 and 64 (leave it out for the default)")));
+    }
     if raw.session.intra_threads == Some(0) {
         return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
     }
@@ -508,6 +514,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         preprocess: raw.preprocess,
         postprocess: raw.postprocess,
         session: raw.session,
+        instances: raw.instances,
         base_dir: origins.base_dir_of(key),
         key: key.to_owned(),
     })

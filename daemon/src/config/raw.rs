@@ -185,6 +185,7 @@ pub struct RawPipeline {
     pub postprocess: Vec<StageSpec>,
     #[serde(default)]
     pub session: SessionConfig,
+    pub instances: Option<usize>,
 }
 
 fn default_output_prefix() -> String {

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use zinfer_ort::{Model, OrtEnvironment};
+use zinfer_ort::{Model, OrtEnvironment, SharedWeights};
 use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
 use super::{ModelIdentity, Pipeline};
@@ -21,13 +21,23 @@ pub fn longest_input(manifest: &ModelManifest) -> (usize, &'static str) {
     }
 }
 
+/// What applies where a pipeline's table leaves a setting out, chosen for the machine (see [`crate::default_instances`]
+/// and [`crate::default_intra_threads`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// ONNX Runtime threads per session.
+    pub intra_threads: usize,
+    /// Sessions per pipeline.
+    pub instances: usize,
+}
+
 /// Builds pipeline `index` of `config`. Errors name the file and key at fault.
 pub fn build(
     config: &Config,
     index: usize,
     registry: &Registry,
     ort: &OrtEnvironment,
-    default_threads: usize,
+    defaults: Defaults,
 ) -> Result<Pipeline, ConfigError> {
     let pipeline = &config.pipelines[index];
     let key = &pipeline.key;
@@ -43,23 +53,41 @@ pub fn build(
 
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
     // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
+    // Every instance is measured: the first loads and packs the weights, the others reuse the packed ones.
     let (longest, _) = longest_input(&pipeline.manifest);
-    let mut warm_up_error = None;
-    let (model, memory) = crate::memory::probe(
-        || Model::load(ort, &pipeline.manifest.model, &pipeline.session, default_threads),
-        |model: &mut Model| warm_up_error = model.warm_up(pipeline.max_batch, longest).err(),
-    )
-    .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
-    if let Some(error) = warm_up_error {
-        return Err(config.error_at(
-            &format!("{key}.model"),
-            format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
-        ));
+    let count = pipeline.instances.unwrap_or(defaults.instances).max(1);
+    let shared = (count > 1).then(SharedWeights::new);
+    let mut models = Vec::with_capacity(count);
+    let mut memory = crate::memory::ModelMemory::default();
+    for _ in 0..count {
+        let mut warm_up_error = None;
+        let load = || match &shared {
+            Some(weights) => {
+                Model::load_sharing(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads, weights)
+            }
+            None => Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads),
+        };
+        let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
+            warm_up_error = model.warm_up(pipeline.max_batch, longest).err();
+        })
+        .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+        if let Some(error) = warm_up_error {
+            return Err(config.error_at(
+                &format!("{key}.model"),
+                format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
+            ));
+        }
+        memory.load_bytes += cost.load_bytes;
+        memory.working_bytes += cost.working_bytes;
+        models.push(model);
     }
+    let instances = models.split_off(1);
+    let Some(model) = models.pop() else { unreachable!("at least one instance is loaded") };
     // What a run costs here, alone and at max_batch, timed now so that deadlines and batching are judged by
     // measurements from the first message (the cost model's docs say why). A new shape allocates on its first run:
     // batch 1 runs once untimed; max_batch has just warmed up.
     let mut model = model;
+    // Timed on the first instance only: the others are the same model on the same machine.
     let mut calibration = Vec::new();
     let timed = |model: &mut Model, batch: usize| {
         model.time_run(batch, longest).map_err(|error| {
@@ -81,6 +109,7 @@ pub fn build(
         preprocess,
         model,
         postprocess,
+        instances,
         deadline_ms: pipeline.deadline_ms,
         memory,
         max_rows: pipeline.max_batch,

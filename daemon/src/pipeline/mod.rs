@@ -13,6 +13,7 @@ pub mod build;
 pub mod deadline;
 pub mod outcome;
 pub mod queue;
+pub mod runner;
 pub mod worker;
 
 #[cfg(test)]
@@ -66,6 +67,8 @@ pub struct Pipeline {
     preprocess: Vec<Box<dyn Stage>>,
     model: Model,
     postprocess: Vec<Box<dyn Stage>>,
+    /// Further sessions of the same model (`instances` − 1), run on threads of their own by the worker.
+    instances: Vec<Model>,
     deadline_ms: Option<u64>,
     memory: crate::memory::ModelMemory,
     /// The most rows one model run takes by default: `max_batch`, the shape the warm-up ran and the memory probe
@@ -109,6 +112,75 @@ impl Prepared {
             features.iter().map(|feature| feature.tensor.shape.iter().product::<usize>()).max().unwrap_or(0)
         };
         model_inputs(&self.item).map(largest).sum()
+    }
+}
+
+/// A batch on its way through a model instance: the messages, padded to one shape, and after [`Job::run`] one
+/// result per model input. It moves to another thread and back whole, so that every message in it is answered
+/// whatever happens to the run.
+#[derive(Debug)]
+pub struct Job {
+    batch: Vec<Prepared>,
+    /// The most model inputs per run (`max_batch`, the shape the warm-up ran).
+    rows: usize,
+    outputs: Vec<Result<Vec<NamedTensor>, StageError>>,
+    started: Instant,
+    inferred: Instant,
+}
+
+impl Job {
+    /// A batch of messages whose model inputs have equal shapes (once padded, which this does); a windowed
+    /// message contributes one model input per window, and runs take at most `rows` inputs each.
+    pub fn new(mut batch: Vec<Prepared>, rows: usize) -> Self {
+        pad_to_common_length(&mut batch);
+        let now = Instant::now();
+        Self { batch, rows: rows.max(1), outputs: Vec::new(), started: now, inferred: now }
+    }
+
+    /// Runs `model` on every model input, `rows` at a time, calling `between_runs` after each run (the pipeline's
+    /// heartbeat: each run is progress). A run that fails is run again one input at a time, so that one bad input
+    /// (a token id the model cannot embed, say) costs its own message only, not its batch; a run that timed out is
+    /// not, since each retry could take as long again.
+    pub fn run(&mut self, model: &mut Model, between_runs: &mut dyn FnMut()) {
+        self.started = Instant::now();
+        let inputs: Vec<&[NamedTensor]> = self.batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
+        let mut outputs = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(self.rows) {
+            let run = run_rows(model, chunk);
+            between_runs();
+            match run {
+                Ok(run) => outputs.extend(run.into_iter().map(Ok)),
+                Err(error) if chunk.len() > 1 && error.reason == Reason::InferenceFailed => {
+                    for row in chunk {
+                        let alone = run_rows(model, std::slice::from_ref(row));
+                        between_runs();
+                        outputs.push(alone.and_then(|outputs| {
+                            outputs.into_iter().next().ok_or_else(|| {
+                                StageError::new(Reason::BadModelOutput, "the model returned no output for the input")
+                            })
+                        }));
+                    }
+                }
+                Err(error) => outputs.extend(chunk.iter().map(|_| Err(error.clone()))),
+            }
+        }
+        self.outputs = outputs;
+        self.inferred = Instant::now();
+    }
+
+    /// The messages, whatever became of the run (a panicking run's messages are answered without it).
+    pub fn into_batch(self) -> Vec<Prepared> {
+        self.batch
+    }
+
+    /// The messages.
+    pub fn batch(&self) -> &[Prepared] {
+        &self.batch
+    }
+
+    /// What the model's cost grew with in this run: the longest member's length, and the number of messages.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.batch.iter().map(Prepared::length).max().unwrap_or(0), self.batch.len())
     }
 }
 
@@ -210,46 +282,23 @@ impl Pipeline {
     }
 
     /// Runs the model on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
-    /// each. Every message gets its own [`Processed`], in order. A windowed message contributes one model input per
-    /// window (none when it completed no window) and is postprocessed per window; windows beyond `max_rows` (at most
-    /// `max_batch`, the shape the warm-up measured) go in further runs, with `between_runs` called after each run
-    /// (the worker's heartbeat: each run is progress).
+    /// each: [`Job::run`] on this pipeline's own model, then [`Pipeline::conclude`]. Every message gets its own
+    /// [`Processed`], in order.
     pub fn run_batch(
         &mut self,
-        mut batch: Vec<Prepared>,
+        batch: Vec<Prepared>,
         max_rows: usize,
         between_runs: &mut dyn FnMut(),
     ) -> Vec<Processed> {
-        let started = Instant::now();
-        pad_to_common_length(&mut batch);
-        let inputs: Vec<&[NamedTensor]> = batch.iter().flat_map(|prepared| model_inputs(&prepared.item)).collect();
-        let size = inputs.len();
-        let model = &mut self.model;
-        let rows = max_rows.max(1);
-        // One result per model input. A run that fails is run again one input at a time, so that one bad input (a
-        // token id the model cannot embed, say) costs its own message only, not its batch; a run that timed out
-        // is not, since each retry could take as long again.
-        let mut outputs: Vec<Result<Vec<NamedTensor>, StageError>> = Vec::with_capacity(size);
-        for chunk in inputs.chunks(rows) {
-            let run = run_rows(model, chunk);
-            between_runs();
-            match run {
-                Ok(run) => outputs.extend(run.into_iter().map(Ok)),
-                Err(error) if chunk.len() > 1 && error.reason == Reason::InferenceFailed => {
-                    for row in chunk {
-                        let alone = run_rows(model, std::slice::from_ref(row));
-                        between_runs();
-                        outputs.push(alone.and_then(|outputs| {
-                            outputs.into_iter().next().ok_or_else(|| {
-                                StageError::new(Reason::BadModelOutput, "the model returned no output for the input")
-                            })
-                        }));
-                    }
-                }
-                Err(error) => outputs.extend(chunk.iter().map(|_| Err(error.clone()))),
-            }
-        }
-        let inferred = Instant::now();
+        let mut job = Job::new(batch, max_rows);
+        job.run(&mut self.model, between_runs);
+        self.conclude(job)
+    }
+
+    /// Postprocesses a batch whose model run ([`Job::run`]) is done, here or on another instance.
+    pub fn conclude(&mut self, job: Job) -> Vec<Processed> {
+        let Job { batch, rows, outputs, started, inferred } = job;
+        let size: usize = batch.iter().map(|prepared| model_inputs(&prepared.item).count()).sum();
         let mut outputs = outputs.into_iter();
         batch
             .into_iter()
@@ -257,7 +306,8 @@ impl Pipeline {
                 let Prepared { mut item, mut timings, arrived, deadline } = prepared;
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
-                timings.inference = if size == 0 { Default::default() } else { inferred - started };
+                timings.inference =
+                    if size == 0 { Default::default() } else { inferred.saturating_duration_since(started) };
                 timings.batch_size = size.min(rows) as u32;
                 let wanted = if item.windowed { item.windows.len() } else { 1 };
                 // Taken whole before looking for an error, so the next item starts at its own outputs.
@@ -281,6 +331,16 @@ impl Pipeline {
                 Processed { id: item.id, verdict, timings, deadline }
             })
             .collect()
+    }
+
+    /// Sessions of the model: the worker's own and the further instances (until the worker takes those).
+    pub fn instances(&self) -> usize {
+        1 + self.instances.len()
+    }
+
+    /// The model instances beyond the first, for [`worker`] to run on their own threads.
+    pub fn take_instances(&mut self) -> Vec<Model> {
+        std::mem::take(&mut self.instances)
     }
 
     /// Runs the postprocessing stages on an item whose outputs are in place.

@@ -28,6 +28,8 @@ struct State {
     failed: bool,
     /// False once the sending side is gone: the worker drains what is left and stops.
     open: bool,
+    /// Set by a [`Waker`]: the worker has something to do besides messages (a batch back from a model instance).
+    woken: bool,
 }
 
 impl State {
@@ -48,7 +50,7 @@ impl Shared {
 /// never queued: the ingress answers it before).
 pub fn bounded(capacity: usize, capacity_bytes: usize, overload: Overload) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, failed: false, open: true }),
+        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, failed: false, open: true, woken: false }),
         arrived: Condvar::new(),
         capacity: capacity.max(1),
         capacity_bytes,
@@ -124,13 +126,17 @@ impl Drop for Sender {
 pub struct Receiver(Arc<Shared>);
 
 impl Receiver {
-    /// The oldest message, waiting up to `timeout`; `Disconnected` once the queue is closed and empty.
+    /// The oldest message, waiting up to `timeout`; `Timeout` also as soon as a [`Waker`] wakes it, and
+    /// `Disconnected` once the queue is closed and empty.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.lock();
         loop {
             if let Some(envelope) = state.pop() {
                 return Ok(envelope);
+            }
+            if std::mem::take(&mut state.woken) {
+                return Err(RecvTimeoutError::Timeout);
             }
             if !state.open {
                 return Err(RecvTimeoutError::Disconnected);
@@ -148,6 +154,16 @@ impl Receiver {
         self.0.lock().pop()
     }
 
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().waiting.is_empty()
+    }
+
+    /// A handle that interrupts [`Receiver::recv_timeout`] from another thread.
+    pub fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.0))
+    }
+
     /// The worker failed: from now on every push is refused as [`Refused::Failed`]; returns what was waiting, so
     /// that each gets its outcome.
     pub fn fail(&self) -> Vec<Envelope> {
@@ -155,6 +171,17 @@ impl Receiver {
         state.failed = true;
         state.bytes = 0;
         state.waiting.drain(..).collect()
+    }
+}
+
+/// Interrupts the worker's wait for messages (see [`Receiver::waker`]).
+pub struct Waker(Arc<Shared>);
+
+impl Waker {
+    /// Makes the worker's current or next wait return at once.
+    pub fn wake(&self) {
+        self.0.lock().woken = true;
+        self.0.arrived.notify_all();
     }
 }
 
@@ -250,5 +277,21 @@ mod tests {
         drop(sender);
         assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Ok(envelope) if envelope.fallback_id == "2"));
         assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Err(RecvTimeoutError::Disconnected)));
+    }
+
+    #[test]
+    fn a_waker_interrupts_a_wait_once() {
+        let (_sender, receiver) = bounded(4, usize::MAX, Overload::Fifo);
+        let waker = receiver.waker();
+        let waking = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        let started = Instant::now();
+        assert!(matches!(receiver.recv_timeout(Duration::from_secs(30)), Err(RecvTimeoutError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(30), "woken, not timed out");
+        waking.join().expect("waker thread");
+        // Consumed: the next wait runs its course.
+        assert!(matches!(receiver.recv_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
     }
 }

@@ -23,10 +23,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use zinfer_proto::{drop_reason, expire_reason};
 use zinfer_stage_api::{Reason, StageError};
 
-use super::deadline::CostModel;
+use super::deadline::{CostModel, Deadline};
 use super::outcome::{Outcome, Timings, Verdict};
 use super::queue::Receiver;
-use super::{Envelope, Pipeline, Prepared, Processed, panicked};
+use super::runner::Runners;
+use super::{Envelope, Job, Pipeline, Prepared, Processed, panicked};
 use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
 
@@ -68,16 +69,22 @@ pub enum Overload {
     },
 }
 
-/// Starts the worker thread.
+/// Starts the worker thread, and a thread per further model instance of the pipeline.
 pub fn spawn(
     name: &str,
-    pipeline: Pipeline,
+    mut pipeline: Pipeline,
     queue: Receiver,
     context: WorkerContext,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = name.to_owned();
+    let instances = pipeline.take_instances();
+    let runners = if instances.is_empty() {
+        Runners::none()
+    } else {
+        Runners::start(&name, instances, queue.waker(), &context.metrics)?
+    };
     std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
-        let mut worker = Worker::new(pipeline, context);
+        let mut worker = Worker::new(pipeline, context, runners);
         // Stages, decoders and model runs are already guarded per message; a panic that reaches here is zinferd's
         // own bug. The thread then ends (its heartbeat stops, so the watchdog has the service restarted); what it
         // held and what waits are answered, and so is every later one. The few messages of the turn in progress
@@ -93,6 +100,13 @@ pub fn spawn(
                 worker.context.metrics.record_dequeued();
                 let outcome = worker.outcome(waiting.prepared, failed_verdict());
                 worker.send(outcome);
+            }
+            // Batches still running on other instances are answered too, once back.
+            while let Some(done) = worker.runners.wait_finished() {
+                for prepared in done.job.into_batch() {
+                    let outcome = worker.outcome(prepared, failed_verdict());
+                    worker.send(outcome);
+                }
             }
             for envelope in queue.fail() {
                 worker.context.metrics.record_dequeued();
@@ -124,6 +138,8 @@ struct Worker {
     waiting_bytes: usize,
     sequence: u64,
     costs: CostModel,
+    /// The pipeline's further model instances, which run batches while this thread prepares the next.
+    runners: Runners,
 }
 
 /// A prepared message in the EDF queue.
@@ -176,24 +192,37 @@ impl Ord for Waiting {
 }
 
 impl Worker {
-    fn new(pipeline: Pipeline, context: WorkerContext) -> Self {
+    fn new(pipeline: Pipeline, context: WorkerContext, runners: Runners) -> Self {
         let mut costs = CostModel::default();
         for &(elements, batch, took) in pipeline.calibration() {
             costs.observe(elements, batch, took);
         }
-        Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs }
+        Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs, runners }
     }
 
     fn run(&mut self, queue: &Receiver) {
         let mut arrived = Vec::new();
         loop {
             // Every turn of this loop is progress; an idle worker still turns every HEARTBEAT. A worker stuck in a
-            // stage or a model run stops beating, and the service watchdog notices.
-            self.context.metrics.beat();
+            // stage or a model run stops beating, and the service watchdog notices; so does one whose other
+            // instance is stuck in a run (that instance beats after each run of its own).
+            if self.runners.oldest_run().is_none_or(|since| since.elapsed() < HEARTBEAT) {
+                self.context.metrics.beat();
+            }
+            if !self.conclude_finished(false) {
+                return;
+            }
             if self.waiting.is_empty() {
                 match queue.recv_timeout(HEARTBEAT) {
                     Ok(envelope) => arrived.push(envelope),
+                    // Also when an instance finished a batch: it is concluded at the top of the loop.
                     Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) if self.runners.is_busy() => {
+                        if !self.conclude_finished(true) {
+                            return;
+                        }
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
@@ -210,11 +239,29 @@ impl Worker {
                 self.admit(envelope);
             }
             if let Some(head) = self.take_next() {
-                for outcome in self.execute(head) {
+                let idle_after = self.waiting.is_empty() && queue.is_empty();
+                for outcome in self.execute(head, idle_after) {
                     if !self.send(outcome) {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Answers the batches the other instances finished (waiting for one if `wait` and one is running); false if
+    /// the publisher is gone.
+    fn conclude_finished(&mut self, wait: bool) -> bool {
+        loop {
+            let done = if wait { self.runners.wait_finished() } else { self.runners.try_finished() };
+            let Some(done) = done else { return true };
+            for outcome in self.conclude(done.job, done.completed) {
+                if !self.send(outcome) {
+                    return false;
+                }
+            }
+            if wait {
+                return true;
             }
         }
     }
@@ -369,7 +416,7 @@ impl Worker {
     /// Runs the most urgent message together with the most urgent waiting messages of the same shape (up to
     /// `max_batch`, and only while the larger batch's expected cost still lets every member make its deadline), or
     /// expires it. Nothing waits for a batch to fill: an isolated message runs alone at once.
-    fn execute(&mut self, head: Waiting) -> Vec<Outcome> {
+    fn execute(&mut self, head: Waiting, idle_after: bool) -> Vec<Outcome> {
         let now = Instant::now();
         let mut answered = Vec::new();
         if let Some(verdict) = self.shed(&head, 1, now) {
@@ -405,37 +452,62 @@ impl Worker {
         self.waiting_bytes += aside.iter().map(|waiting| waiting.bytes).sum::<usize>();
         self.waiting.extend(aside);
 
-        let size = batch.len();
-        // The run is as long as its longest member: the others are padded to it.
-        let length = batch.iter().map(|waiting| waiting.prepared.length()).max().unwrap_or(0);
-        let identities: Vec<(String, String, Instant)> = batch
+        let job = Job::new(batch.into_iter().map(|waiting| waiting.prepared).collect(), max_batch);
+        // An idle instance takes the batch while this thread prepares the next, unless there is nothing else to
+        // do: then the batch runs here, without handing it over and back.
+        let job = if idle_after {
+            job
+        } else {
+            match self.runners.dispatch(job) {
+                Ok(()) => return answered,
+                Err(job) => job,
+            }
+        };
+        answered.extend(self.run_here(job));
+        answered
+    }
+
+    /// Runs a batch on this thread's own instance of the model and answers it.
+    fn run_here(&mut self, mut job: Job) -> Vec<Outcome> {
+        let metrics = &self.context.metrics;
+        let model = self.pipeline.model_mut();
+        let completed = catch_unwind(AssertUnwindSafe(|| job.run(model, &mut || metrics.beat()))).is_ok();
+        self.conclude(job, completed)
+    }
+
+    /// Postprocesses a batch whose model run is over (`completed` false if it panicked) and turns it into
+    /// outcomes, one per message; the run's cost teaches the cost model.
+    fn conclude(&mut self, job: Job, completed: bool) -> Vec<Outcome> {
+        let (length, size) = job.shape();
+        let identities: Vec<(String, String, Instant, Option<Deadline>)> = job
+            .batch()
             .iter()
-            .map(|waiting| {
-                (waiting.prepared.item.id.clone(), waiting.prepared.item.key.clone(), waiting.prepared.arrived)
+            .map(|prepared| {
+                let item = &prepared.item;
+                (item.id.clone(), item.key.clone(), prepared.arrived, prepared.deadline)
             })
             .collect();
-        let prepared: Vec<Prepared> = batch.into_iter().map(|waiting| waiting.prepared).collect();
-        let deadlines: Vec<_> = prepared.iter().map(|prepared| prepared.deadline).collect();
-        let metrics = &self.context.metrics;
-        let ran =
-            catch_unwind(AssertUnwindSafe(|| self.pipeline.run_batch(prepared, max_batch, &mut || metrics.beat())));
-        match ran {
-            Ok(processed) => {
+        let processed =
+            if completed { catch_unwind(AssertUnwindSafe(|| self.pipeline.conclude(job))).ok() } else { None };
+        match processed {
+            Some(processed) => {
                 if let Some(first) = processed.first() {
                     self.costs.observe(length, size, first.timings.inference + first.timings.postprocess);
                 }
-                for (processed, (_, key, arrived)) in processed.into_iter().zip(identities) {
-                    answered.push(self.finish(processed, key, arrived));
-                }
+                processed
+                    .into_iter()
+                    .zip(identities)
+                    .map(|(processed, (_, key, arrived, _))| self.finish(processed, key, arrived))
+                    .collect()
             }
-            Err(_) => {
-                for ((id, key, arrived), deadline) in identities.into_iter().zip(deadlines) {
+            None => identities
+                .into_iter()
+                .map(|(id, key, arrived, deadline)| {
                     let processed = Processed { id, verdict: panicked(), timings: Timings::default(), deadline };
-                    answered.push(self.finish(processed, key, arrived));
-                }
-            }
+                    self.finish(processed, key, arrived)
+                })
+                .collect(),
         }
-        answered
     }
 
     fn outcome(&self, prepared: Prepared, verdict: Verdict) -> Outcome {

@@ -65,7 +65,7 @@ impl Generation {
             tracing::info!(
                 pipeline = %settings.name, input = %settings.input, model = %identity.name,
                 version = %identity.version, providers = ?providers, intra_threads = pipeline.model().intra_threads(),
-                generation = number, "pipeline ready"
+                instances = pipeline.instances(), generation = number, "pipeline ready"
             );
             let memory = pipeline.memory();
             let metrics = Arc::new(PipelineMetrics::new(
@@ -86,6 +86,7 @@ impl Generation {
                         optimization: format!("{:?}", settings.session.optimization).to_lowercase(),
                         memory_arena: settings.session.memory_arena,
                         memory_pattern: settings.session.memory_pattern,
+                        instances: pipeline.instances() as u32,
                     },
                     generation: number,
                 },

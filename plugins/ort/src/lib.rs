@@ -7,8 +7,9 @@
 //! - [`model`] commits a session, reads the model's signature, checks it against what the stages produce and
 //!   consume, and runs batches of per-item tensors.
 //!
-//! A [`model::Model`] is meant to be owned by exactly one thread (the pipeline's worker): there is no lock around the
-//! session, and `run` takes `&mut self`.
+//! A [`model::Model`] is meant to be owned by exactly one thread (the pipeline's worker, or one of its extra
+//! instances): there is no lock around the session, and `run` takes `&mut self`. Several sessions of one model share
+//! their pre-packed weights through [`model::SharedWeights`].
 
 pub mod environment;
 pub mod library;
@@ -17,7 +18,7 @@ pub mod options;
 mod watchdog;
 
 pub use environment::OrtEnvironment;
-pub use model::{Model, ModelSignature};
+pub use model::{Model, ModelSignature, SharedWeights};
 pub use options::{ExecutionProviderKind, OptimizationLevel, SessionConfig};
 
 /// Everything that can go wrong in this crate.
