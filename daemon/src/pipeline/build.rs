@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use zinfer_ort::{Model, OrtEnvironment, SharedWeights};
+use zinfer_ort::{Model, OrtEnvironment};
 use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
 use super::{ModelIdentity, Pipeline};
@@ -53,20 +53,16 @@ pub fn build(
 
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
     // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
-    // Every instance is measured: the first loads and packs the weights, the others reuse the packed ones.
+    // Every instance is measured. Each holds its own copy of the weights: ONNX Runtime's container of pre-packed
+    // weights, which sessions can share, made no difference with the shipped int8 models (their MatMulInteger
+    // kernels pack nothing; the second sentiment instance cost 8.6 MB to load either way).
     let (longest, _) = longest_input(&pipeline.manifest);
     let count = pipeline.instances.unwrap_or(defaults.instances).max(1);
-    let shared = (count > 1).then(SharedWeights::new);
     let mut models = Vec::with_capacity(count);
     let mut memory = crate::memory::ModelMemory::default();
-    for _ in 0..count {
+    for instance in 1..=count {
         let mut warm_up_error = None;
-        let load = || match &shared {
-            Some(weights) => {
-                Model::load_sharing(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads, weights)
-            }
-            None => Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads),
-        };
+        let load = || Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads);
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
             warm_up_error = model.warm_up(pipeline.max_batch, longest).err();
         })
@@ -76,6 +72,12 @@ pub fn build(
                 &format!("{key}.model"),
                 format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
             ));
+        }
+        if count > 1 {
+            tracing::info!(
+                pipeline = %pipeline.name, instance, of = count, load_bytes = cost.load_bytes,
+                working_bytes = cost.working_bytes, "model instance loaded and warmed up"
+            );
         }
         memory.load_bytes += cost.load_bytes;
         memory.working_bytes += cost.working_bytes;

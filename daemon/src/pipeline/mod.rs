@@ -5,8 +5,9 @@
 //! ```
 //!
 //! [`build`] turns the validated config into a [`Pipeline`] through the stage registry (the daemon knows no stage
-//! by name). [`worker`] runs one pipeline on a dedicated OS thread that owns the model session, fed by a bounded
-//! queue, in earliest-deadline-first order. [`deadline`] decides when a message can no longer make it.
+//! by name). [`worker`] runs one pipeline on a dedicated OS thread that owns the stages and a model session, fed by a
+//! bounded [`queue`], in earliest-deadline-first order; with `instances` > 1, [`runner`] threads own the further
+//! sessions and run the batches the worker hands them ([`Job`]). [`deadline`] decides when a message can no longer make it.
 //! [`outcome`] is what every accepted message becomes: a result, an error, an expiry, or a drop notice.
 
 pub mod build;

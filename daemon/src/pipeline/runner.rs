@@ -5,8 +5,8 @@
 //! across cores without the split costing as much as it saves. Independent runs, one thread each, scale with the
 //! cores instead (Triton's instance groups). Only the model run moves: the worker keeps decoding, the stages (a
 //! sensor source's windows stay in one thread, in order, and stages need not be thread-safe), the EDF queue,
-//! batching and postprocessing, so every policy stays in one place. The sessions share their pre-packed weights
-//! (ONNX Runtime's `PrepackedWeightsContainer`), so an instance costs little more than its activations.
+//! batching and postprocessing, so every policy stays in one place. Each session holds its own weights and
+//! working memory: `zinferd check` logs what each instance cost to load and warm up.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

@@ -7,8 +7,12 @@
 //! or can no longer be met given the measured cost of the model for inputs of its size, is answered `expired`
 //! without running, so it does not take CPU from messages that can still make it.
 //!
-//! It ends when the admission queue's senders are gone and everything queued is answered, which is how shutdown
-//! drains: stop admitting, let the worker finish, then stop publishing.
+//! With further model instances ([`super::runner`]), a batch formed while other work waits goes to an idle instance
+//! and the worker goes on preparing; a batch with nothing else to do runs here, on the worker's own session, because
+//! handing it over and back would only add two thread wake-ups to a lone message.
+//!
+//! It ends when the admission queue's senders are gone, everything queued is answered and no instance is still
+//! running a batch, which is how shutdown drains: stop admitting, let the worker finish, then stop publishing.
 
 use std::cmp::Ordering as Order;
 use std::collections::BinaryHeap;

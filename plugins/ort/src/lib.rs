@@ -8,8 +8,7 @@
 //!   consume, and runs batches of per-item tensors.
 //!
 //! A [`model::Model`] is meant to be owned by exactly one thread (the pipeline's worker, or one of its extra
-//! instances): there is no lock around the session, and `run` takes `&mut self`. Several sessions of one model share
-//! their pre-packed weights through [`model::SharedWeights`].
+//! instances): there is no lock around the session, and `run` takes `&mut self`.
 
 pub mod environment;
 pub mod library;
@@ -18,7 +17,7 @@ pub mod options;
 mod watchdog;
 
 pub use environment::OrtEnvironment;
-pub use model::{Model, ModelSignature, SharedWeights};
+pub use model::{Model, ModelSignature};
 pub use options::{ExecutionProviderKind, OptimizationLevel, SessionConfig};
 
 /// Everything that can go wrong in this crate.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ort::ep::{self, ExecutionProvider};
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use zinfer_stage_api::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};
@@ -40,19 +40,6 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Weights that several sessions of one model share: ONNX Runtime's container of pre-packed weights, which the
-/// first session fills and the others reuse, instead of each packing (and holding) its own copy.
-#[derive(Debug, Clone)]
-pub struct SharedWeights(PrepackedWeights);
-
-impl SharedWeights {
-    /// An empty container.
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        Self(PrepackedWeights::new())
-    }
-}
-
 impl Model {
     /// Commits a session for `path` with `config`; `default_threads` applies when the config leaves threads unset.
     pub fn load(
@@ -61,27 +48,6 @@ impl Model {
         config: &SessionConfig,
         default_threads: usize,
     ) -> Result<Self, OrtError> {
-        Self::load_with(environment, path, config, default_threads, None)
-    }
-
-    /// As [`Model::load`], one of several sessions of the model that share `weights`.
-    pub fn load_sharing(
-        environment: &OrtEnvironment,
-        path: &Path,
-        config: &SessionConfig,
-        default_threads: usize,
-        weights: &SharedWeights,
-    ) -> Result<Self, OrtError> {
-        Self::load_with(environment, path, config, default_threads, Some(weights))
-    }
-
-    fn load_with(
-        environment: &OrtEnvironment,
-        path: &Path,
-        config: &SessionConfig,
-        default_threads: usize,
-        weights: Option<&SharedWeights>,
-    ) -> Result<Self, OrtError> {
         let session_error = |reason: String| OrtError::Session { path: path.display().to_string(), reason };
         let intra_threads = config.intra_threads.unwrap_or(default_threads).max(1);
         let builder = Session::builder(environment.environment())
@@ -89,10 +55,6 @@ impl Model {
             .and_then(|builder| builder.with_intra_op_spinning(config.spinning).map_err(Into::into))
             .and_then(|builder| builder.with_optimization_level(optimization(config.optimization)).map_err(Into::into))
             .and_then(|builder| builder.with_memory_pattern(config.memory_pattern).map_err(Into::into))
-            .and_then(|builder| match weights {
-                Some(weights) => builder.with_prepacked_weights(&weights.0).map_err(Into::into),
-                None => Ok(builder),
-            })
             .map_err(|error: ort::Error| session_error(error.to_string()))?;
         let (mut builder, providers) = register_providers(builder, config);
         let session = builder.commit_from_file(path).map_err(|error| session_error(error.to_string()))?;
