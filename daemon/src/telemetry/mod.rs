@@ -150,13 +150,19 @@ impl Reporter {
         let encoding = config.encoding;
         let status = Arc::clone(&telemetry);
         let reply_key = status_key.clone();
+        // A snapshot reads /proc and computes latency quantiles: that runs on tokio's blocking pool, not on the
+        // zenoh thread that delivers the query (which also delivers the pipelines' messages).
+        let runtime = tokio::runtime::Handle::current();
         let queryable = session
             .declare_queryable(status_key.clone())
             .callback(move |query| {
-                let (bytes, encoding) = encode(&status.snapshot(), encoding);
-                if let Err(error) = query.reply(reply_key.clone(), bytes).encoding(encoding).wait() {
-                    tracing::warn!(%error, "answering a status query failed");
-                }
+                let (status, reply_key) = (Arc::clone(&status), reply_key.clone());
+                runtime.spawn_blocking(move || {
+                    let (bytes, encoding) = encode(&status.snapshot(), encoding);
+                    if let Err(error) = query.reply(reply_key, bytes).encoding(encoding).wait() {
+                        tracing::warn!(%error, "answering a status query failed");
+                    }
+                });
             })
             .await
             .map_err(|error| declare_error(&format!("the status queryable `{status_key}`"), error))?;
