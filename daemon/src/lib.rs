@@ -93,7 +93,7 @@ pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipel
     let ort = load_onnxruntime(config)?;
     let cores = telemetry::system::physical_cores();
     let defaults =
-        pipeline::build::Defaults { intra_threads: default_intra_threads(cores), instances: default_instances(cores) };
+        pipeline::build::Defaults { intra_threads: default_intra_threads(cores), instances: DEFAULT_INSTANCES };
     (0..config.pipelines.len())
         .map(|index| pipeline::build::build(config, index, registry, &ort, defaults).map_err(Error::from))
         .collect()
@@ -111,11 +111,17 @@ pub fn default_intra_threads(physical_cores: usize) -> usize {
     (physical_cores / 2).max(1)
 }
 
-/// Sessions per pipeline when its `instances` is unset.
-pub fn default_instances(physical_cores: usize) -> usize {
-    let _ = physical_cores;
-    1
-}
+/// Sessions per pipeline when its `instances` is unset: one.
+///
+/// Measured on 2 cores (`zinferd bench load`, shipped sentiment model, 100 ms deadline, two rounds back to back):
+/// a second instance raised the measured capacity from 1,012 and 822 to 1,223 and 1,114 ok/s, and the ok rate at 2×
+/// capacity from 851 and 836 to 1,031 and 1,075 ok/s (1.2-1.3×); at 10× overload shedding takes the CPU and both gave
+/// 774-805 ok/s. It cost 18 MiB of peak RSS (77 → 95 MiB: each session holds its own weights and arena), and a
+/// lone message the same (it runs on the worker's own session either way). On an edge board memory is the scarcer
+/// resource, so one instance is the default; the sensor model (0.2 ms per window, where preparing the window costs
+/// as much) gained nothing from a second (6,708 vs 5,326 windows/s). With idle cores and memory to spare, measure
+/// `instances = 2` with `bench load`.
+pub const DEFAULT_INSTANCES: usize = 1;
 
 /// Checks the memory budget (`daemon.memory_mb`, else the cgroup's limit) against what the process measures now,
 /// with every model loaded and warmed up, plus `daemon.memory_reserve_mb` for the runtime. Returns the governor that

@@ -127,7 +127,7 @@ pub struct PipelineConfig {
     /// ONNX Runtime session options.
     pub session: SessionConfig,
     /// Sessions of the model that run batches side by side (each with `session.intra_threads` threads); `None` for
-    /// the default, [`crate::default_instances`].
+    /// the default, [`crate::DEFAULT_INSTANCES`].
     pub instances: Option<usize>,
     /// The folder relative paths in this pipeline's stage tables are resolved against.
     pub base_dir: PathBuf,

@@ -21,8 +21,8 @@ pub fn longest_input(manifest: &ModelManifest) -> (usize, &'static str) {
     }
 }
 
-/// What applies where a pipeline's table leaves a setting out, chosen for the machine (see [`crate::default_instances`]
-/// and [`crate::default_intra_threads`]).
+/// What applies where a pipeline's table leaves a setting out (see [`crate::DEFAULT_INSTANCES`] and
+/// [`crate::default_intra_threads`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
     /// ONNX Runtime threads per session.
