@@ -1,10 +1,11 @@
 //! `zinferd bench latency` runs end to end on the fixture model and reports what it promises: the floor, the model
-//! four ways, the daemon's own timings by stage, and the CPU the figures come from. A smoke test of the benchmark's
-//! plumbing; it asserts nothing about speed.
+//! four ways, the daemon's own timings by stage, and the CPU the figures come from; `bench sensor` reports the
+//! daemon's ratio to the model run per window. Smoke tests of the benchmarks' plumbing; they assert nothing about
+//! speed.
 
 use std::process::Command;
 
-use crate::support::{base_config, free_port, ort_library, text_pipeline};
+use crate::support::{base_config, free_port, ort_library, repo_root, text_pipeline};
 
 #[test]
 fn bench_latency_reports_the_floor_and_the_daemons_stages() {
@@ -40,4 +41,29 @@ fn bench_latency_reports_the_floor_and_the_daemons_stages() {
         report["tokens"].as_u64().is_some_and(|tokens| tokens < 32),
         "a lone text is not padded to its bucket, 32: {report}"
     );
+}
+
+#[test]
+fn bench_sensor_reports_the_daemons_ratio_to_the_model_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("zinferd.toml");
+    let manifest = repo_root().join("models/zinfer-watch-small/manifest.toml");
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"watch\"\ninput = \"sensor/bench/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
+         [pipeline.decode]\ntype = \"sensor\"\ndefault_format = \"f32le\"\n[[pipeline.preprocess]]\ntype = \"validate\"\n\
+         [[pipeline.preprocess]]\ntype = \"window\"\n[[pipeline.postprocess]]\ntype = \"classify\"\ntop_k = 3\n",
+        manifest.display()
+    );
+    std::fs::write(&config, base_config(free_port(), "zt/benchsensor") + &pipeline).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        .current_dir(dir.path())
+        .env("ORT_DYLIB_PATH", ort_library())
+        .args(["--config", &config.to_string_lossy(), "bench", "sensor", "--iterations", "20", "--warmup", "2"])
+        .output()
+        .expect("run zinferd bench sensor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("CPU: "), "the CPU line first:\n{stdout}");
+    assert!(stdout.contains("daemon's total / model run (median)"), "{stdout}");
+    assert!(stdout.contains("frames of that run not answered ok: none"), "{stdout}");
 }

@@ -248,6 +248,12 @@ pub fn markdown(report: &SensorBenchReport) -> String {
     text += &row("whole pipeline (in process)", &report.pipeline_direct);
     text += &row("round trip via zenoh + zinferd", &report.round_trip);
     text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    // The same ratios `bench latency` gives for text: what the daemon adds per window to what the model costs.
+    text += &format!(
+        "\ndaemon's total / model run (median): {:.2}×; round trip − model run (median): {:.0} µs\n",
+        report.daemon_total.p50_us / report.model_direct.p50_us.max(1.0),
+        report.round_trip.p50_us - report.model_direct.p50_us
+    );
     text += &format!(
         "\n| windows per second | |\n|---|---|\n| in process, sequential | {:.0} |\n\
          | over zenoh, up to 16 frames in flight | {:.0} |\n\nframes of that run not answered ok: {}\n",
