@@ -83,7 +83,7 @@ pub use error::{BuildError, Reason, StageError};
 pub use item::{ClassScore, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Window};
 pub use manifest::{ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
-pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec};
+pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec, f16};
 
 /// How much of a payload [`Decoder::peek_id`] may read; the daemon may hand it only this much of a payload it did
 /// not copy (one too large to queue). Requests put their id first in practice (our clients and the protobuf field

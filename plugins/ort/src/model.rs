@@ -158,10 +158,8 @@ impl Model {
                     .map(|spec| {
                         let shape: Vec<usize> = spec.dims.iter().map(|dim| dim.unwrap_or(length)).collect();
                         let count = shape.iter().product();
-                        let data = match spec.element_type {
-                            ElementType::I64 => TensorData::I64(vec![1; count]),
-                            ElementType::F32 => TensorData::F32(vec![0.0; count]),
-                        };
+                        let floating = matches!(spec.element_type, ElementType::F16 | ElementType::F32);
+                        let data = TensorData::filled(spec.element_type, count, if floating { 0 } else { 1 });
                         NamedTensor { name: spec.name.clone(), tensor: Tensor { shape, data } }
                     })
                     .collect()
@@ -260,10 +258,18 @@ fn spec(name: &str, value_type: &ValueType) -> Result<TensorSpec, String> {
         return Err(format!("`{name}` is not a tensor; zinfer handles tensor inputs and outputs only"));
     };
     let element_type = match ty {
+        TensorElementType::Uint8 => ElementType::U8,
+        TensorElementType::Int8 => ElementType::I8,
+        TensorElementType::Int32 => ElementType::I32,
         TensorElementType::Int64 => ElementType::I64,
+        TensorElementType::Float16 => ElementType::F16,
         TensorElementType::Float32 => ElementType::F32,
+        TensorElementType::Bool => ElementType::Bool,
         other => {
-            return Err(format!("`{name}` has element type {other:?}; zinfer handles int64 and float32"));
+            return Err(format!(
+                "`{name}` has element type {other:?}; zinfer handles uint8, int8, int32, int64, float16, float32 \
+                 and bool"
+            ));
         }
     };
     if shape.is_empty() {
@@ -292,8 +298,7 @@ fn compatible(stage: &TensorSpec, model: &TensorSpec) -> Result<(), String> {
 
 fn stack(spec: &TensorSpec, batch: &[&[NamedTensor]]) -> Result<DynValue, OrtError> {
     let mut shape: Option<&[usize]> = None;
-    let mut ints = Vec::new();
-    let mut floats = Vec::new();
+    let mut data = TensorData::empty(spec.element_type);
     for (index, features) in batch.iter().enumerate() {
         let tensor = &features
             .iter()
@@ -310,24 +315,28 @@ fn stack(spec: &TensorSpec, batch: &[&[NamedTensor]]) -> Result<DynValue, OrtErr
             }
             Some(_) => {}
         }
-        match (&tensor.data, spec.element_type) {
-            (TensorData::I64(values), ElementType::I64) => ints.extend_from_slice(values),
-            (TensorData::F32(values), ElementType::F32) => floats.extend_from_slice(values),
-            _ => {
-                return Err(OrtError::Run(format!(
-                    "input `{}` must be {}, a stage produced {}",
-                    spec.name,
-                    spec.element_type,
-                    tensor.element_type()
-                )));
-            }
+        if !data.extend_from(&tensor.data) {
+            return Err(OrtError::Run(format!(
+                "input `{}` must be {}, a stage produced {}",
+                spec.name,
+                spec.element_type,
+                tensor.element_type()
+            )));
         }
     }
     let mut dims: Vec<i64> = vec![batch.len() as i64];
     dims.extend(shape.unwrap_or_default().iter().map(|&dim| dim as i64));
-    let value = match spec.element_type {
-        ElementType::I64 => ort::value::Tensor::from_array((dims, ints)).map(|tensor| tensor.into_dyn()),
-        ElementType::F32 => ort::value::Tensor::from_array((dims, floats)).map(|tensor| tensor.into_dyn()),
+    let value = match data {
+        TensorData::U8(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::I8(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::I32(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::I64(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::F16(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::F32(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        TensorData::Bool(values) => ort::value::Tensor::from_array((dims, values)).map(|tensor| tensor.into_dyn()),
+        other => {
+            return Err(OrtError::Run(format!("input `{}`: {} is not supported", spec.name, other.element_type())));
+        }
     };
     value.map_err(|error| OrtError::Run(format!("input `{}`: {error}", spec.name)))
 }
@@ -343,21 +352,27 @@ fn unstack(name: &str, value: &DynValue, items: usize) -> Result<Vec<Tensor>, Or
         let size = per_item.iter().product();
         Ok((per_item, size))
     };
-    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
-        let (per_item, size) = split(shape)?;
-        return Ok(data
-            .chunks(size.max(1))
+    // One item's slice of the batch per tensor, whatever the element type.
+    fn per_item<T: Clone>(
+        data: &[T],
+        per_item: &[usize],
+        size: usize,
+        items: usize,
+        wrap: fn(Vec<T>) -> TensorData,
+    ) -> Vec<Tensor> {
+        data.chunks(size.max(1))
             .take(items)
-            .map(|chunk| Tensor { shape: per_item.clone(), data: TensorData::F32(chunk.to_vec()) })
-            .collect());
+            .map(|chunk| Tensor { shape: per_item.to_vec(), data: wrap(chunk.to_vec()) })
+            .collect()
     }
-    if let Ok((shape, data)) = value.try_extract_tensor::<i64>() {
-        let (per_item, size) = split(shape)?;
-        return Ok(data
-            .chunks(size.max(1))
-            .take(items)
-            .map(|chunk| Tensor { shape: per_item.clone(), data: TensorData::I64(chunk.to_vec()) })
-            .collect());
+    macro_rules! extract {
+        ($($element:ty => $variant:ident),*) => {
+            $(if let Ok((shape, data)) = value.try_extract_tensor::<$element>() {
+                let (shape, size) = split(shape)?;
+                return Ok(per_item(data, &shape, size, items, TensorData::$variant));
+            })*
+        };
     }
-    Err(bad("not a float32 or int64 tensor".into()))
+    extract!(f32 => F32, i64 => I64, i32 => I32, u8 => U8, i8 => I8, zinfer_stage_api::f16 => F16, bool => Bool);
+    Err(bad("not a tensor of a supported element type (uint8, int8, int32, int64, float16, float32, bool)".into()))
 }
