@@ -37,6 +37,12 @@ async fn results_match_the_golden_onnxruntime_outputs_in_every_request_format() 
         let timings = result.timings.expect("timings");
         assert!(timings.inference_us > 0 && timings.total_us >= timings.inference_us, "{timings:?}");
         assert_eq!(timings.batch_size, 1, "an isolated message runs alone, at once");
+        // Each stage's own time, named by its type, within its phase.
+        let names: Vec<&str> = result.stages.iter().map(|stage| stage.name.as_str()).collect();
+        assert_eq!(names, ["tokenize", "classify"], "{:?}", result.stages);
+        assert!(result.stages[0].us > 0, "tokenizing takes time: {:?}", result.stages);
+        assert!(result.stages[0].us <= timings.preprocess_us, "{:?} within {timings:?}", result.stages);
+        assert!(result.stages[1].us <= timings.postprocess_us, "{:?} within {timings:?}", result.stages);
     }
     client.close().await;
 }

@@ -158,6 +158,11 @@ async fn replay_matches_toolkit(name: &str, extra: &str) {
     assert!(outcomes.values().all(|result| result.outcome == outcome::OK), "every sample is taken in");
     let windows = windows_of(&outcomes, &key);
     assert_matches_toolkit(&windows, &recording, name);
+    // Every stage timed and named, the classify head's time summed over the windows a frame completed.
+    for result in outcomes.values() {
+        let names: Vec<&str> = result.stages.iter().map(|stage| stage.name.as_str()).collect();
+        assert_eq!(names, ["validate", "window", "classify"], "{result:?}");
+    }
     let agree = windows.iter().filter(|window| window.label.as_deref() == Some(recording.label.as_str())).count();
     eprintln!(
         "{} windows match the toolkit; {agree} of them say `{}`, the recording's class",

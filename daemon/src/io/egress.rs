@@ -35,6 +35,8 @@ pub struct Route {
     pub model: ModelIdentity,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
+    /// The pipeline's stage types, in order, to name the per-stage timings.
+    pub stages: Vec<String>,
 }
 
 /// Serialises a result or a telemetry snapshot in the configured encoding.
@@ -48,7 +50,7 @@ pub fn encode<T: Message + serde::Serialize>(value: &T, encoding: WireEncoding) 
 /// Publishes one pipeline's outcomes until its senders (admission and worker) are gone.
 pub async fn publish(session: zenoh::Session, route: Route, mut outcomes: UnboundedReceiver<Outcome>) {
     while let Some(outcome) = outcomes.recv().await {
-        let result = outcome.to_result(&route.name, &route.model);
+        let result = outcome.to_result(&route.name, &route.model, &route.stages);
         let (bytes, encoding) = encode(&result, route.encoding);
         let key = keys::result(&route.output_prefix, &outcome.key);
         // Counted before the put, so a client that has seen a result finds it in the next status reply.

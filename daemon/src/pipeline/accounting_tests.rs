@@ -44,7 +44,7 @@ struct Ledger {
 
 impl Ledger {
     fn answer(&mut self, metrics: &PipelineMetrics, identity: &ModelIdentity, outcome: Outcome) {
-        metrics.record_outcome(&outcome, &outcome.to_result("p", identity));
+        metrics.record_outcome(&outcome, &outcome.to_result("p", identity, &[]));
         match self.outcomes.get_mut(&outcome.id) {
             Some(count) => *count += 1,
             None => self.strangers.push(outcome.id),

@@ -260,8 +260,12 @@ impl Pipeline {
         );
         let id = request.id.unwrap_or(envelope.fallback_id);
         let mut item = Item::new(id, envelope.message.key, request.input);
-        let result = catch_unwind(AssertUnwindSafe(|| run_stages(&mut self.preprocess, &mut item)));
+        let first = self.preprocess.len();
+        let mut stages = vec![std::time::Duration::ZERO; first + self.postprocess.len()];
+        let result =
+            catch_unwind(AssertUnwindSafe(|| run_stages_timed(&mut self.preprocess, &mut item, &mut stages[..first])));
         timings.preprocess = decoded.elapsed();
+        timings.stages = stages;
         let verdict = match result {
             Ok(Ok(())) => return Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
             Ok(Err(error)) => Verdict::Failed(error),
@@ -316,13 +320,17 @@ impl Pipeline {
                 let verdict = match mine.into_iter().collect::<Result<Vec<_>, _>>() {
                     Ok(mine) => {
                         let postprocessing = Instant::now();
+                        // Postprocessing stages' slots follow the preprocessing stages'.
+                        let first = self.preprocess.len();
+                        timings.stages.resize(first + self.postprocess.len(), std::time::Duration::ZERO);
+                        let times = &mut timings.stages[first..];
                         let verdict = if mine.len() != wanted {
                             Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item"))
                         } else if item.windowed {
-                            self.postprocess_windows(&mut item, mine)
+                            self.postprocess_windows(&mut item, mine, times)
                         } else {
                             item.outputs = mine.into_iter().next().unwrap_or_default();
-                            self.postprocess(&mut item)
+                            self.postprocess(&mut item, times)
                         };
                         timings.postprocess = postprocessing.elapsed();
                         verdict
@@ -332,6 +340,11 @@ impl Pipeline {
                 Processed { id: item.id, verdict, timings, deadline }
             })
             .collect()
+    }
+
+    /// The types of the preprocessing then postprocessing stages, in order: the names of [`Timings::stages`].
+    pub fn stage_names(&self) -> Vec<String> {
+        self.preprocess.iter().chain(&self.postprocess).map(|stage| stage.name().to_owned()).collect()
     }
 
     /// Sessions of the model: the worker's own and the further instances (until the worker takes those).
@@ -344,9 +357,9 @@ impl Pipeline {
         std::mem::take(&mut self.instances)
     }
 
-    /// Runs the postprocessing stages on an item whose outputs are in place.
-    fn postprocess(&mut self, item: &mut Item) -> Verdict {
-        let result = run_stages(&mut self.postprocess, item);
+    /// Runs the postprocessing stages on an item whose outputs are in place, adding their times to `times`.
+    fn postprocess(&mut self, item: &mut Item, times: &mut [std::time::Duration]) -> Verdict {
+        let result = run_stages_timed(&mut self.postprocess, item, times);
         match (result, item.prediction.take()) {
             (Err(error), _) => Verdict::Failed(error),
             (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
@@ -358,11 +371,16 @@ impl Pipeline {
     }
 
     /// Postprocesses each window of a windowed item as if it were an item of its own.
-    fn postprocess_windows(&mut self, item: &mut Item, outputs: Vec<Vec<NamedTensor>>) -> Verdict {
+    fn postprocess_windows(
+        &mut self,
+        item: &mut Item,
+        outputs: Vec<Vec<NamedTensor>>,
+        times: &mut [std::time::Duration],
+    ) -> Verdict {
         let mut windows = std::mem::take(&mut item.windows);
         for (window, window_outputs) in windows.iter_mut().zip(outputs) {
             item.outputs = window_outputs;
-            match self.postprocess(item) {
+            match self.postprocess(item, times) {
                 Verdict::Classified(prediction) => window.prediction = Some(prediction),
                 failed => return failed,
             }
@@ -422,6 +440,21 @@ fn panicked() -> Verdict {
 
 fn run_stages(stages: &mut [Box<dyn Stage>], item: &mut Item) -> Result<(), StageError> {
     stages.iter_mut().try_for_each(|stage| stage.process(item))
+}
+
+/// [`run_stages`], adding each stage's time to its slot of `times`.
+fn run_stages_timed(
+    stages: &mut [Box<dyn Stage>],
+    item: &mut Item,
+    times: &mut [std::time::Duration],
+) -> Result<(), StageError> {
+    for (stage, time) in stages.iter_mut().zip(times.iter_mut()) {
+        let started = Instant::now();
+        let result = stage.process(item);
+        *time += started.elapsed();
+        result?;
+    }
+    Ok(())
 }
 
 /// One model run on `rows`, its errors as the outcome reasons they become.

@@ -8,8 +8,8 @@ use zinfer_stage_api::{Prediction, StageError, Window};
 use super::ModelIdentity;
 use super::deadline::Deadline;
 
-/// Time spent per stage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Time spent per phase, and per stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Timings {
     /// Waiting: from arrival to the model run, less decoding and preprocessing.
     pub queue: Duration,
@@ -24,6 +24,10 @@ pub struct Timings {
     /// How many model inputs the run held (messages, or a sensor pipeline's windows; the largest run when windows
     /// beyond `max_batch` needed more); 0: it did not run.
     pub batch_size: u32,
+    /// Per stage, in the pipeline's order (preprocessing, then postprocessing): see [`super::Pipeline::stage_names`].
+    /// Empty for a message never decoded; a stage that did not run (after one that failed, or a sensor
+    /// frame's postprocessing when it completed no window) counts zero.
+    pub stages: Vec<Duration>,
 }
 
 /// How a message ended.
@@ -83,7 +87,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// The wire form, with the total time and the deadline slack measured up to now.
-    pub fn to_result(&self, pipeline: &str, model: &ModelIdentity) -> proto::Result {
+    pub fn to_result(&self, pipeline: &str, model: &ModelIdentity, stage_names: &[String]) -> proto::Result {
         let now = Instant::now();
         let scores = |list: &[zinfer_stage_api::ClassScore]| {
             list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
@@ -104,6 +108,11 @@ impl Outcome {
                 total_us: micros(now.saturating_duration_since(self.arrived)),
                 batch_size: self.timings.batch_size,
             }),
+            stages: stage_names
+                .iter()
+                .zip(&self.timings.stages)
+                .map(|(name, took)| proto::StageTime { name: name.clone(), us: micros(*took) })
+                .collect(),
             ..Default::default()
         };
         if let Some(deadline) = self.deadline {

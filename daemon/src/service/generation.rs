@@ -104,6 +104,7 @@ impl Generation {
             let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
             let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, settings.queue_bytes, overload);
             let decoder = pipeline.decoder();
+            let stages = pipeline.stage_names();
             let context = pipeline::worker::WorkerContext {
                 index,
                 capacity: settings.queue_capacity,
@@ -132,6 +133,7 @@ impl Generation {
                 priority: settings.result_priority,
                 model: identity,
                 metrics: Arc::clone(&metrics),
+                stages,
             };
             // Only the admission and the worker hold senders: the egress ends when both are gone.
             egresses.push(tokio::spawn(crate::io::egress::publish(session.clone(), route, outcomes_rx)));

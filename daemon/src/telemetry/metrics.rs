@@ -346,7 +346,7 @@ mod tests {
             deadline: None,
         };
         assert!(metrics.try_receive());
-        metrics.record_outcome(&outcome, &outcome.to_result("p", &identity));
+        metrics.record_outcome(&outcome, &outcome.to_result("p", &identity, &[]));
     }
 
     #[test]
