@@ -24,7 +24,8 @@ pub struct ModelManifest {
     pub tokenizer: Option<PathBuf>,
     /// The longest input the model accepts, in tokens (or samples).
     pub max_length: Option<usize>,
-    /// Class labels, in the order of the model's output columns.
+    /// Class labels, in the order of the model's output columns; empty for a model whose task has none (a
+    /// regression or embedding model, read by a head of its own). The `classify` stage requires them.
     pub labels: Vec<String>,
     /// The output the classification head reads; `None` means the model's first output.
     pub output: Option<String>,
@@ -64,6 +65,7 @@ struct RawManifest {
     model: PathBuf,
     tokenizer: Option<PathBuf>,
     max_length: Option<usize>,
+    #[serde(default)]
     labels: Vec<String>,
     output: Option<String>,
     sha256: Option<String>,
@@ -103,12 +105,6 @@ pub enum ManifestError {
         /// The resolved file path.
         file: PathBuf,
     },
-    /// The manifest lists no labels.
-    #[error("model manifest {path}: `labels` is empty; list the class labels in output order")]
-    NoLabels {
-        /// The manifest path.
-        path: PathBuf,
-    },
 }
 
 impl ModelManifest {
@@ -131,9 +127,6 @@ impl ModelManifest {
         let tokenizer = raw.tokenizer.map(|tokenizer| dir.join(tokenizer));
         if let Some(file) = tokenizer.as_ref().filter(|file| !file.is_file()) {
             return Err(ManifestError::MissingFile { path: path.to_owned(), key: "tokenizer", file: file.clone() });
-        }
-        if raw.labels.is_empty() {
-            return Err(ManifestError::NoLabels { path: path.to_owned() });
         }
         if let Some(sensor) = &raw.sensor {
             let channels = sensor.channels.len();
@@ -188,6 +181,9 @@ mod tests {
         let manifest = ModelManifest::parse(ok, &path).expect("valid manifest");
         assert_eq!(manifest.model, dir.join("m.onnx"));
         assert_eq!(manifest.labels, ["a", "b"]);
+        let unlabelled = ModelManifest::parse(&ok.replace("labels = [\"a\", \"b\"]\n", ""), &path)
+            .expect("labels are optional: a regression or embedding model has none");
+        assert!(unlabelled.labels.is_empty());
 
         let missing = ok.replace("m.onnx", "absent.onnx");
         let error = ModelManifest::parse(&missing, &path).expect_err("missing model file");

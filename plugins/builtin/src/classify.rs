@@ -62,6 +62,16 @@ pub fn build(options: &toml::Table, context: &BuildContext<'_>) -> Result<Box<dy
             reason: format!("{threshold} is not a probability between 0 and 1"),
         });
     }
+    if context.manifest.labels.is_empty() {
+        return Err(BuildError::Option {
+            key: String::new(),
+            reason: format!(
+                "the classify stage names the model's output columns with the manifest's `labels`, and `{}` lists \
+                 none: add `labels = [...]` in output order, or use a head of your own for a task without classes",
+                context.manifest.name
+            ),
+        });
+    }
     let output =
         config.output.clone().or_else(|| context.manifest.output.clone()).unwrap_or_else(|| DEFAULT_OUTPUT.to_owned());
     Ok(Box::new(Classify::new(output, context.manifest.labels.clone(), config)))
@@ -141,6 +151,20 @@ mod tests {
     fn head(top_k: usize, threshold: Option<f32>) -> Classify {
         let config = ClassifyConfig { output: None, activation: Activation::Softmax, top_k, threshold };
         Classify::new("logits".into(), vec!["neg".into(), "pos".into(), "neutral".into()], config)
+    }
+
+    #[test]
+    fn a_manifest_without_labels_is_refused_by_classify_only() {
+        let dir = std::env::temp_dir().join(format!("zinfer-classify-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("m.onnx"), b"x").expect("write");
+        let text = "name = \"regressor\"\nversion = \"1\"\nmodel = \"m.onnx\"\n";
+        let manifest = zinfer_stage_api::ModelManifest::parse(text, &dir.join("manifest.toml")).expect("no labels");
+        let context = BuildContext { manifest: &manifest, base_dir: &dir };
+        let Err(error) = build(&toml::Table::new(), &context) else { panic!("classify without labels") };
+        let error = error.to_string();
+        assert!(error.contains("labels") && error.contains("regressor"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     fn item(logits: Vec<f32>) -> Item {
