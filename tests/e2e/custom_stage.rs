@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use zinfer_proto::outcome;
-use zinfer_stage_api::{BuildContext, BuildError, Item, Stage, StageError, parse_options};
+use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Stage, StageError, parse_options};
 use zinferd::client::{Client, RequestFormat};
 
 use crate::support::{WAIT, base_config, free_port, ort_library, text_pipeline};
@@ -40,6 +40,22 @@ impl Stage for RenameLabels {
     }
 }
 
+/// A buggy preprocessing stage: it panics on any text that mentions "boom".
+struct Explode;
+
+impl Stage for Explode {
+    fn name(&self) -> &str {
+        "explode"
+    }
+
+    fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
+        if matches!(&item.input, Input::Text(text) if text.contains("boom")) {
+            panic!("a bug in a user's stage");
+        }
+        Ok(())
+    }
+}
+
 fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
     let options: RenameOptions = parse_options(options)?;
     Ok(Box::new(RenameLabels { renames: options.renames }))
@@ -50,7 +66,8 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     let port = free_port();
     let prefix = format!("zt/custom/{port}");
     let pipeline = text_pipeline("custom", "in/custom/**", "", "", "")
-        + "[[pipeline.postprocess]]\ntype = \"rename_labels\"\nrenames = { positive = \"thumbs_up\", negative = \"thumbs_down\" }\n";
+        + "[[pipeline.postprocess]]\ntype = \"rename_labels\"\nrenames = { positive = \"thumbs_up\", negative = \"thumbs_down\" }\n"
+        + "[[pipeline.preprocess]]\ntype = \"explode\"\n";
     let mut config = base_config(port, &prefix) + &pipeline;
     config += &format!("[onnxruntime]\nlibrary = \"{}\"\n", ort_library().display());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -60,6 +77,7 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
 
     let mut registry = zinferd::default_registry();
     registry.register_stage("rename_labels", Box::new(build));
+    registry.register_stage("explode", Box::new(|_: &toml::Table, _: &BuildContext<'_>| Ok(Box::new(Explode) as _)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(async move {
         zinferd::run(config, std::sync::Arc::new(registry), async {
@@ -77,6 +95,18 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     let labels: Vec<&str> = result.scores.iter().map(|score| score.label.as_str()).collect();
     assert_eq!(labels, ["thumbs_down", "thumbs_up"]);
     assert!(result.label.as_deref().is_some_and(|label| label.starts_with("thumbs_")), "{result:?}");
+    let names: Vec<&str> = result.stages.iter().map(|stage| stage.name.as_str()).collect();
+    assert_eq!(names, ["tokenize", "explode", "classify", "rename_labels"], "every stage timed, by its type");
+
+    // A stage that panics costs its message (an error outcome with the sender's id), not the pipeline.
+    let pending = client.request("in/custom/x", "out", "c2", "boom", RequestFormat::Text).await.expect("send");
+    let result = pending.result(WAIT).await.expect("an outcome for the message the stage panicked on");
+    assert_eq!(
+        (result.outcome.as_str(), result.reason.as_str(), result.id.as_str()),
+        (outcome::ERROR, "stage_panicked", "c2")
+    );
+    let pending = client.request("in/custom/x", "out", "c3", "a dull film", RequestFormat::Text).await.expect("send");
+    assert_eq!(pending.result(WAIT).await.expect("result").outcome, outcome::OK, "the pipeline carries on");
     client.close().await;
 
     stop.send(()).expect("daemon still running");

@@ -435,7 +435,7 @@ fn pad_to_common_length(batch: &mut [Prepared]) {
 
 /// A panicking stage or decoder (a user's plugin, say) costs one message, not the whole pipeline.
 fn panicked() -> Verdict {
-    Verdict::Failed(StageError::new(Reason::Custom("stage_panicked"), "a stage panicked"))
+    Verdict::Failed(StageError::new(Reason::StagePanicked, "a stage panicked"))
 }
 
 fn run_stages(stages: &mut [Box<dyn Stage>], item: &mut Item) -> Result<(), StageError> {

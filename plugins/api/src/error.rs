@@ -5,8 +5,10 @@
 
 use std::fmt;
 
-/// Why a message could not be processed: a bounded set, used as an outcome reason and a metric label.
+/// Why a message could not be processed: a bounded set, used as an outcome reason and a metric label. Each has a
+/// stable wire name ([`Reason::as_str`]); more may come, so match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Reason {
     /// The payload was empty.
     EmptyPayload,
@@ -44,6 +46,8 @@ pub enum Reason {
     FrameTooLarge,
     /// The pipeline's worker thread failed (a bug in zinferd): the message could not be processed.
     WorkerFailed,
+    /// A decoder or stage panicked on the message (a bug in that stage); the pipeline carries on.
+    StagePanicked,
     /// A reason defined by a user's own stage; keep these few and static, they become metric labels.
     Custom(&'static str),
 }
@@ -70,6 +74,7 @@ impl Reason {
             Self::NonMonotonicTimestamps => "non_monotonic_timestamps",
             Self::FrameTooLarge => "frame_too_large",
             Self::WorkerFailed => "worker_failed",
+            Self::StagePanicked => "stage_panicked",
             Self::Custom(reason) => reason,
         }
     }
