@@ -51,6 +51,9 @@ pub fn build(
     let preprocess = build_stages(registry, &pipeline.preprocess, &context, &format!("{key}.preprocess"), &at)?;
     let postprocess = build_stages(registry, &pipeline.postprocess, &context, &format!("{key}.postprocess"), &at)?;
 
+    // What the stages feed the model: checked against its signature below, and the shape warm-ups use where the
+    // model leaves a dimension open.
+    let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
     verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
     // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
     // Every instance is measured. Each holds its own copy of the weights: ONNX Runtime's container of pre-packed
@@ -62,7 +65,11 @@ pub fn build(
     let mut memory = crate::memory::ModelMemory::default();
     for instance in 1..=count {
         let mut warm_up_error = None;
-        let load = || Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads);
+        let load = || {
+            let mut model = Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads)?;
+            model.declare_inputs(&produced);
+            Ok::<_, zinfer_ort::OrtError>(model)
+        };
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
             warm_up_error = model.warm_up(pipeline.max_batch, longest).err();
         })
@@ -103,7 +110,6 @@ pub fn build(
         let (elements, took) = timed(&mut model, 1)?;
         calibration.push((elements, 1, took));
     }
-    let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
     Ok(Pipeline {

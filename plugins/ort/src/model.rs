@@ -32,6 +32,8 @@ pub struct Model {
     intra_threads: usize,
     run_options: Arc<RunOptions>,
     timeout: Option<(Duration, Watchdog)>,
+    /// Per model input, the dimensions the stages declare they produce ([`Model::declare_inputs`]).
+    declared: Vec<TensorSpec>,
 }
 
 impl std::fmt::Debug for Model {
@@ -74,7 +76,16 @@ impl Model {
                 Some((Duration::from_millis(ms), watchdog))
             }
         };
-        Ok(Self { session, path: path.to_owned(), signature, providers, intra_threads, run_options, timeout })
+        Ok(Self {
+            session,
+            path: path.to_owned(),
+            signature,
+            providers,
+            intra_threads,
+            run_options,
+            timeout,
+            declared: Vec::new(),
+        })
     }
 
     /// The model's per-item signature.
@@ -122,9 +133,17 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the model once on placeholder inputs of `batch` items whose variable dimensions are all `length`
-    /// (integers 1, floats 0): the largest shape a pipeline will use, so that ONNX Runtime allocates its working
-    /// memory now, where it can be measured, rather than under load.
+    /// What the stages produce for the model's inputs (their [`TensorSpec`]s): a dimension the model leaves dynamic
+    /// but a stage fixes (an image decoder's 3 × 224 × 224, a sensor window's 100 × 6) is what warm-ups use for it,
+    /// instead of `length`.
+    pub fn declare_inputs(&mut self, produced: &[TensorSpec]) {
+        self.declared = produced.to_vec();
+    }
+
+    /// Runs the model once on placeholder inputs of `batch` items whose variable dimensions are all `length`, or
+    /// what the stages declared ([`Model::declare_inputs`]) (integers 1, floats 0): the largest shape a pipeline
+    /// will use, so that ONNX Runtime allocates its working memory now, where it can be measured, rather than under
+    /// load.
     ///
     /// The run timeout does not apply: a first run is where an execution provider may compile (TensorRT builds its
     /// engines for dynamic shapes then, for minutes). The caller bounds it: systemd's start timeout at start-up,
@@ -148,7 +167,7 @@ impl Model {
         Ok((elements, started.elapsed()))
     }
 
-    /// `batch` items of neutral inputs, every dynamic dimension `length`.
+    /// `batch` items of neutral inputs, every dynamic dimension as declared by a stage, else `length`.
     fn dummy_items(&self, batch: usize, length: usize) -> Vec<Vec<NamedTensor>> {
         (0..batch.max(1))
             .map(|_| {
@@ -156,7 +175,16 @@ impl Model {
                     .inputs
                     .iter()
                     .map(|spec| {
-                        let shape: Vec<usize> = spec.dims.iter().map(|dim| dim.unwrap_or(length)).collect();
+                        let declared = self.declared.iter().find(|declared| declared.name == spec.name);
+                        let shape: Vec<usize> = spec
+                            .dims
+                            .iter()
+                            .enumerate()
+                            .map(|(axis, dim)| {
+                                dim.or_else(|| declared.and_then(|declared| declared.dims.get(axis).copied().flatten()))
+                                    .unwrap_or(length)
+                            })
+                            .collect();
                         let count = shape.iter().product();
                         let floating = matches!(spec.element_type, ElementType::F16 | ElementType::F32);
                         let data = TensorData::filled(spec.element_type, count, if floating { 0 } else { 1 });

@@ -161,3 +161,19 @@ fn logit_tolerance() -> f32 {
 fn argmax<T: PartialOrd + Copy>(values: &[T]) -> Option<usize> {
     (0..values.len()).reduce(|best, index| if values[index] > values[best] { index } else { best })
 }
+
+#[test]
+fn dimensions_the_stages_declare_shape_the_warm_up() {
+    let mut model = load();
+    let (elements, _) = model.time_run(1, 64).expect("run at the default length");
+    assert_eq!(elements, 64, "a dynamic dimension takes the length given");
+    // A stage that declares a fixed length for the model's dynamic axis (as an image decoder declares 3 × 224 × 224).
+    let declared: Vec<TensorSpec> = ["input_ids", "attention_mask", "token_type_ids"]
+        .into_iter()
+        .map(|name| TensorSpec::new(name, ElementType::I64, vec![Some(7)]))
+        .collect();
+    model.declare_inputs(&declared);
+    model.warm_up(2, 64).expect("warm-up at the declared shape");
+    let (elements, _) = model.time_run(1, 64).expect("run at the declared length");
+    assert_eq!(elements, 7, "the declared dimension wins over the length");
+}
