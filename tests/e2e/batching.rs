@@ -16,25 +16,12 @@ async fn a_backlog_runs_in_batches_with_unchanged_labels() {
         start_text("batch", "max_batch = 8\nqueue_capacity = 500", "buckets = [16, 32, 64, 128]", "").await;
     let results = client.session().declare_subscriber("out/in/batch/**").await.expect("subscribe");
     let golden = golden();
-    let rounds = 4;
-    for round in 0..rounds {
-        for (index, case) in golden.cases.iter().enumerate() {
-            client
-                .session()
-                .put("in/batch/x", case.text.clone())
-                .attachment(format!("{round}-{index}"))
-                .congestion_control(zenoh::qos::CongestionControl::Block)
-                .await
-                .expect("put");
-        }
-    }
-    let total = rounds * golden.cases.len();
+    let total = golden.publish_rounds(&client, "in/batch/x", 4).await;
     let mut sizes = BTreeMap::new();
     for _ in 0..total {
         let result = next_result(&results).await;
         assert_eq!(result.outcome, outcome::OK, "{result:?}");
-        let index: usize = result.id.split('-').nth(1).and_then(|index| index.parse().ok()).expect("id round-index");
-        let case = &golden.cases[index];
+        let case = golden.case_of(&result.id);
         assert_eq!(result.label.as_deref(), Some(case.label.as_str()), "{:?} in a batch", case.text);
         for (score, expected) in result.scores.iter().zip(&case.probs) {
             assert!((f64::from(score.score) - expected).abs() < TOLERANCE, "{:?}: {result:?}", case.text);

@@ -1,6 +1,7 @@
 //! `instances`: a pipeline's model in several sessions that run batches side by side. Attacked from outside: a
 //! backlog must be shared (the second instance's thread does work), every message answered once with the labels
-//! one instance gives, and a SIGTERM while instances are busy must still answer everything.
+//! one instance gives. (A SIGTERM while both instances are busy: `shutdown::sigterm_while_two_instances_run…`; a
+//! sensor stream on two instances: `sensor::a_recording_replayed_on_two_instances…`.)
 
 use std::collections::BTreeMap;
 
@@ -39,25 +40,12 @@ async fn two_instances_share_a_backlog_and_keep_every_label() {
     let before = thread_ticks(daemon.pid(), "zinfer-inst-1").expect("the second instance has its own thread");
 
     let golden = golden();
-    let rounds = 10;
-    for round in 0..rounds {
-        for (index, case) in golden.cases.iter().enumerate() {
-            client
-                .session()
-                .put("in/inst/x", case.text.clone())
-                .attachment(format!("{round}-{index}"))
-                .congestion_control(zenoh::qos::CongestionControl::Block)
-                .await
-                .expect("put");
-        }
-    }
-    let total = rounds * golden.cases.len();
+    let total = golden.publish_rounds(&client, "in/inst/x", 10).await;
     let outcomes = collect_outcomes(&results, total, &daemon).await;
     let mut sizes = BTreeMap::new();
     for (id, result) in &outcomes {
         assert_eq!(result.outcome, outcome::OK, "{result:?}");
-        let index: usize = id.split('-').nth(1).and_then(|index| index.parse().ok()).expect("id round-index");
-        let case = &golden.cases[index];
+        let case = golden.case_of(id);
         assert_eq!(result.label.as_deref(), Some(case.label.as_str()), "{:?} on two instances", case.text);
         for (score, expected) in result.scores.iter().zip(&case.probs) {
             assert!((f64::from(score.score) - expected).abs() < TOLERANCE, "{:?}: {result:?}", case.text);
@@ -69,36 +57,5 @@ async fn two_instances_share_a_backlog_and_keep_every_label() {
     let after = thread_ticks(daemon.pid(), "zinfer-inst-1").expect("the second instance's thread");
     assert!(after > before, "the second instance ran no batch of a backlog of {total} ({before} → {after} ticks)");
     eprintln!("{total} messages on two instances, by batch size {sizes:?}; second instance: {} ticks", after - before);
-    client.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_while_both_instances_run_answers_every_message() {
-    const MESSAGES: usize = 200;
-    let TextDaemon { mut daemon, client, prefix } =
-        start_text("instterm", "instances = 2\nqueue_capacity = 1000", "", "").await;
-    let results = client.session().declare_subscriber("out/in/instterm/**").await.expect("subscribe");
-    // Long texts keep both instances busy, so most messages are still queued or running at SIGTERM.
-    let text = "an ambitious, sprawling and occasionally brilliant film ".repeat(12);
-    for index in 0..MESSAGES {
-        client
-            .session()
-            .put("in/instterm/x", text.clone())
-            .attachment(index.to_string())
-            .congestion_control(zenoh::qos::CongestionControl::Block)
-            .await
-            .expect("put");
-    }
-    let accepted = wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
-    let in_flight = accepted.pipelines[0].in_flight;
-    assert!(in_flight > 0, "the test needs messages in flight at SIGTERM: {accepted:?}");
-    daemon.terminate();
-    for result in collect_outcomes(&results, MESSAGES, &daemon).await.values() {
-        assert_eq!(result.outcome, outcome::OK, "in-flight messages finish normally: {result:?}");
-    }
-    let status = daemon.wait_exit();
-    assert!(status.success(), "exit status {status}:\n{}", daemon.log());
-    assert!(daemon.log().contains("stopped cleanly"), "{}", daemon.log());
-    eprintln!("{in_flight} of {MESSAGES} in flight at SIGTERM on two instances; all answered, exit 0");
     client.close().await;
 }

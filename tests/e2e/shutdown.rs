@@ -22,11 +22,24 @@ async fn burst(client: &zinferd::client::Client, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
-    let TextDaemon { mut daemon, client, prefix } = start_text("term", "queue_capacity = 1000", "", "").await;
-    let results = client.session().declare_subscriber("out/in/term/**").await.expect("subscribe");
+    sigterm_drains("term", "").await;
+}
+
+/// The worker waits for the batches its other instance is running before it ends: none is left unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_two_instances_run_answers_every_message() {
+    sigterm_drains("instterm", "instances = 2").await;
+}
+
+/// A daemon (pipeline `name`, with `extra` keys) gets SIGTERM while most of a burst of long texts is still queued
+/// or running: every message gets its ok result, and the exit is clean.
+async fn sigterm_drains(name: &str, extra: &str) {
+    let TextDaemon { mut daemon, client, prefix } =
+        start_text(name, &format!("queue_capacity = 1000\n{extra}"), "", "").await;
+    let results = client.session().declare_subscriber(format!("out/in/{name}/**")).await.expect("subscribe");
 
     // Long texts keep the worker busy, so most messages are still queued when SIGTERM arrives.
-    burst(&client, "in/term/x").await;
+    burst(&client, &format!("in/{name}/x")).await;
     let accepted = wait_for_stats(&client, &prefix, "all accepted", |stats| stats.received == MESSAGES as u64).await;
     let in_flight = accepted.pipelines[0].in_flight;
     assert!(in_flight > 0, "the test needs messages in flight at SIGTERM: {accepted:?}");
@@ -38,7 +51,7 @@ async fn sigterm_finishes_in_flight_messages_and_exits_zero() {
     let status = daemon.wait_exit();
     assert!(status.success(), "exit status {status}:\n{}", daemon.log());
     assert!(daemon.log().contains("stopped cleanly"), "{}", daemon.log());
-    eprintln!("{in_flight} of {MESSAGES} messages were in flight at SIGTERM; all {MESSAGES} got their result");
+    eprintln!("{name} ({extra}): {in_flight} of {MESSAGES} messages in flight at SIGTERM; all got their result");
     client.close().await;
 }
 

@@ -394,6 +394,31 @@ pub fn golden() -> Golden {
     serde_json::from_str(&text).expect("golden.json parses")
 }
 
+impl Golden {
+    /// Publishes every case's text on `key`, `rounds` times over, as fast as zenoh takes them (blocking rather than
+    /// dropping), each with the attachment id `<round>-<case index>`; returns how many it sent.
+    pub async fn publish_rounds(&self, client: &Client, key: &str, rounds: usize) -> usize {
+        for round in 0..rounds {
+            for (index, case) in self.cases.iter().enumerate() {
+                client
+                    .session()
+                    .put(key, case.text.clone())
+                    .attachment(format!("{round}-{index}"))
+                    .congestion_control(zenoh::qos::CongestionControl::Block)
+                    .await
+                    .expect("put");
+            }
+        }
+        rounds * self.cases.len()
+    }
+
+    /// The case a `<round>-<case index>` id names.
+    pub fn case_of(&self, id: &str) -> &GoldenCase {
+        let index: usize = id.split('-').nth(1).and_then(|index| index.parse().ok()).expect("id round-index");
+        &self.cases[index]
+    }
+}
+
 /// Publishes `payload` on `key` with blocking congestion control, so zenoh delivers all of a burst to the daemon.
 pub async fn put(client: &Client, key: &str, payload: Vec<u8>, encoding: zenoh::bytes::Encoding) {
     client

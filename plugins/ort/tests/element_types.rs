@@ -4,22 +4,13 @@
 //!
 //! Needs the library from `scripts/install-onnxruntime.sh` (or ORT_DYLIB_PATH).
 
-use std::path::PathBuf;
+mod common;
 
-use zinfer_ort::{Model, OrtEnvironment, SessionConfig};
+use zinfer_ort::{Model, SessionConfig};
 use zinfer_stage_api::{ElementType, NamedTensor, Tensor, TensorData, f16};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn load() -> Model {
-    let library = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
-    let environment = OrtEnvironment::load(&library).expect("run scripts/install-onnxruntime.sh first");
-    let path = repo().join("tests/fixtures/dtypes/model.onnx");
-    Model::load(&environment, &path, &SessionConfig::default(), 1).expect("model")
+    common::load_with("tests/fixtures/dtypes/model.onnx", &SessionConfig::default())
 }
 
 /// One item's inputs: each type's two elements, and the sum they make.

@@ -3,9 +3,9 @@
 //!
 //! Needs the library from `scripts/install-onnxruntime.sh` (or ORT_DYLIB_PATH).
 
-use std::path::PathBuf;
+mod common;
 
-use zinfer_ort::{Model, OrtEnvironment, SessionConfig};
+use zinfer_ort::{Model, SessionConfig};
 use zinfer_stage_api::{ElementType, NamedTensor, Tensor, TensorSpec};
 
 #[derive(serde::Deserialize)]
@@ -21,16 +21,8 @@ struct Case {
     logits: Vec<f32>,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn load() -> Model {
-    let library = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
-    let environment = OrtEnvironment::load(&library).expect("run scripts/install-onnxruntime.sh first");
-    Model::load(&environment, &repo().join("models/fixture/model.onnx"), &SessionConfig::default(), 1).expect("model")
+    common::load_with("models/fixture/model.onnx", &SessionConfig::default())
 }
 
 fn features(case: &Case) -> Vec<NamedTensor> {
@@ -71,9 +63,10 @@ fn mismatches_are_reported_before_any_message() {
 
 #[test]
 fn runs_match_python_onnxruntime_alone_and_batched() {
-    let golden: Golden =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("models/fixture/golden.json")).expect("golden.json"))
-            .expect("parse");
+    let golden: Golden = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("models/fixture/golden.json")).expect("golden.json"),
+    )
+    .expect("parse");
     let mut model = load();
     for case in &golden.cases {
         let outputs = model.run(&[features(case).as_slice()]).expect("run");
@@ -115,12 +108,8 @@ fn runs_match_python_onnxruntime_alone_and_batched() {
 
 #[test]
 fn an_overrunning_run_is_cancelled_the_session_stays_usable_and_a_warm_up_is_not_cut_short() {
-    let library = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(format!(".ort/{}/lib/libonnxruntime.so", std::env::consts::ARCH)));
-    let environment = OrtEnvironment::load(&library).expect("run scripts/install-onnxruntime.sh first");
     let config = SessionConfig { run_timeout_ms: 20, intra_threads: Some(1), ..SessionConfig::default() };
-    let mut model = Model::load(&environment, &repo().join("models/fixture/model.onnx"), &config, 1).expect("model");
+    let mut model = common::load_with("models/fixture/model.onnx", &config);
     // 256 texts of 128 tokens on one thread take far longer than 20 ms.
     let long: Vec<NamedTensor> = ["input_ids", "attention_mask", "token_type_ids"]
         .into_iter()
