@@ -35,7 +35,8 @@ PYEOF
 then
     echo "zinfer_model toolkit: all pinned packages already installed in $VENV" >&2
 else
-    "$PY" -m pip install --disable-pip-version-check -q -e "$HERE[test]"
-    "$PY" -m pip install --disable-pip-version-check -q --no-deps -r "$HERE/requirements-data.txt"
+    # No wheel cache: PyTorch's CUDA wheels are ~3 GB, kept twice (cache and venv) they have filled CI's disk.
+    "$PY" -m pip install --disable-pip-version-check --no-cache-dir -q -e "$HERE[test]"
+    "$PY" -m pip install --disable-pip-version-check --no-cache-dir -q --no-deps -r "$HERE/requirements-data.txt"
 fi
 echo "$PY"

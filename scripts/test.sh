@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 lib="$(scripts/install-onnxruntime.sh | tail -n 1)"
 export ORT_DYLIB_PATH="$lib"
 
+# CI builds once from a clean clone: incremental state would only take disk (~0.9 GB) it has run short of.
+if [[ "${CI:-}" == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-systemd-unit.sh --self-test
