@@ -10,7 +10,7 @@ lib="$(scripts/install-onnxruntime.sh | tail -n 1)"
 export ORT_DYLIB_PATH="$lib"
 
 # CI builds once from a clean clone: incremental state would only take disk (~0.9 GB) it has run short of.
-if [[ "${CI:-}" == true ]]; then
+if [[ "${CI:-}" == true || ! -d target ]]; then
     export CARGO_INCREMENTAL=0
 fi
 
