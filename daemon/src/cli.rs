@@ -95,9 +95,14 @@ struct BenchArgs {
 
 #[derive(Debug, clap::Args)]
 struct SendArgs {
-    /// The key to publish on (it must match a pipeline's `input`).
+    /// The key to publish on (it must match a pipeline's `input`); with --query, the key to ask:
+    /// `<telemetry prefix>/infer/<pipeline>`, e.g. `zinfer/infer/sentiment`.
     #[arg(long)]
     key: String,
+    /// Ask the pipeline's queryable and print its one reply, instead of publishing and waiting for the result.
+    /// The timeout is the request's deadline at the daemon.
+    #[arg(long)]
+    query: bool,
     /// The text to classify.
     text: String,
     /// The daemon's endpoint.
@@ -255,10 +260,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 async fn send(args: &SendArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let client = Client::connect(&args.connect).await?;
-    client.wait_for_subscriber(&args.key, timeout).await?;
     let id = args.id.clone().unwrap_or_else(|| format!("send-{}", std::process::id()));
-    let pending = client.request(&args.key, &args.output_prefix, &id, &args.text, args.format).await?;
-    let result = pending.result(timeout).await?;
+    let result = if args.query {
+        client.query(&args.key, &id, args.format.encode(&id, &args.text), timeout).await?
+    } else {
+        client.wait_for_subscriber(&args.key, timeout).await?;
+        let pending = client.request(&args.key, &args.output_prefix, &id, &args.text, args.format).await?;
+        pending.result(timeout).await?
+    };
     println!("{}", serde_json::to_string_pretty(&result)?);
     client.close().await;
     Ok(())

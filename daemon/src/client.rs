@@ -1,4 +1,5 @@
-//! A tiny zenoh client for `zinferd send` and the benchmarks: publish one request, wait for its result.
+//! A tiny zenoh client for `zinferd send` and the benchmarks: publish one request and wait for its result, or ask
+//! a pipeline's queryable and take its reply.
 //!
 //! It joins as a peer that connects to the daemon's endpoint and listens nowhere, with multicast scouting off, so
 //! it talks to exactly the daemon it is pointed at.
@@ -22,6 +23,23 @@ pub enum RequestFormat {
     Protobuf,
 }
 
+impl RequestFormat {
+    /// The payload and encoding of a text request.
+    pub fn encode(self, id: &str, text: &str) -> (Vec<u8>, Encoding) {
+        match self {
+            Self::Text => (text.as_bytes().to_vec(), Encoding::TEXT_PLAIN),
+            Self::Json => {
+                let body = serde_json::json!({ "id": id, "text": text });
+                (body.to_string().into_bytes(), Encoding::APPLICATION_JSON)
+            }
+            Self::Protobuf => {
+                let body = proto::TextRequest { id: id.to_owned(), text: text.to_owned(), ..Default::default() };
+                (body.encode_to_vec(), Encoding::APPLICATION_PROTOBUF)
+            }
+        }
+    }
+}
+
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -37,6 +55,15 @@ pub enum ClientError {
     /// The result could not be decoded.
     #[error("cannot decode the result: {0}")]
     Decode(String),
+    /// Nothing answers queries on the key.
+    #[error(
+        "no zinferd answers queries on `{0}` (is it running, is --connect its endpoint, and is the key \
+             <telemetry prefix>/infer/<pipeline>?)"
+    )]
+    NoQueryable(String),
+    /// A queryable was there, but no reply came.
+    #[error("no reply to request `{0}` within the timeout")]
+    NoReply(String),
 }
 
 /// A connected client.
@@ -99,17 +126,7 @@ impl Client {
         text: &str,
         format: RequestFormat,
     ) -> Result<Pending, ClientError> {
-        let (payload, encoding) = match format {
-            RequestFormat::Text => (text.as_bytes().to_vec(), Encoding::TEXT_PLAIN),
-            RequestFormat::Json => {
-                let body = serde_json::json!({ "id": id, "text": text });
-                (body.to_string().into_bytes(), Encoding::APPLICATION_JSON)
-            }
-            RequestFormat::Protobuf => {
-                let body = proto::TextRequest { id: id.to_owned(), text: text.to_owned(), ..Default::default() };
-                (body.encode_to_vec(), Encoding::APPLICATION_PROTOBUF)
-            }
-        };
+        let (payload, encoding) = format.encode(id, text);
         self.request_raw(key, output_prefix, id, payload, encoding).await
     }
 
@@ -137,6 +154,41 @@ impl Client {
         Ok(Pending { id: id.to_owned(), results })
     }
 
+    /// Asks the queryable on `key` (`<prefix>/infer/<pipeline>[/<source>]`) with one request, and returns its
+    /// reply's result: the result itself when it succeeded, else the result that the reply error carries (outcome
+    /// `dropped`, `expired` or `error`, with its reason). `timeout` is the query's timeout and, sent as the
+    /// `deadline_ms` parameter, its deadline at the daemon. Waits up to `timeout` for a queryable to appear first.
+    pub async fn query(
+        &self,
+        key: &str,
+        id: &str,
+        (payload, encoding): (Vec<u8>, Encoding),
+        timeout: Duration,
+    ) -> Result<proto::Result, ClientError> {
+        let zenoh_error = |error: zenoh::Error| ClientError::Zenoh(error.to_string());
+        let querier = self.session.declare_querier(key.to_owned()).timeout(timeout).await.map_err(zenoh_error)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !querier.matching_status().await.map(|status| status.matching()).unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::NoQueryable(key.to_owned()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let replies = querier
+            .get()
+            .parameters(format!("{}={}", keys::DEADLINE_PARAMETER, timeout.as_millis()))
+            .payload(payload)
+            .encoding(encoding)
+            .attachment(id.as_bytes().to_vec())
+            .await
+            .map_err(zenoh_error)?;
+        let reply = replies.recv_async().await.map_err(|_| ClientError::NoReply(id.to_owned()))?;
+        match reply.into_result() {
+            Ok(sample) => decode_result(&sample),
+            Err(error) => decode(error.payload().to_bytes().as_ref(), error.encoding()),
+        }
+    }
+
     /// Closes the session.
     pub async fn close(self) {
         let _ = self.session.close().await;
@@ -162,10 +214,13 @@ impl Pending {
 
 /// Decodes a result sample by its encoding (JSON or protobuf).
 pub fn decode_result(sample: &Sample) -> Result<proto::Result, ClientError> {
-    let bytes = sample.payload().to_bytes();
-    if *sample.encoding() == Encoding::APPLICATION_PROTOBUF {
-        proto::Result::decode(bytes.as_ref()).map_err(|error| ClientError::Decode(error.to_string()))
+    decode(sample.payload().to_bytes().as_ref(), sample.encoding())
+}
+
+fn decode(bytes: &[u8], encoding: &Encoding) -> Result<proto::Result, ClientError> {
+    if *encoding == Encoding::APPLICATION_PROTOBUF {
+        proto::Result::decode(bytes).map_err(|error| ClientError::Decode(error.to_string()))
     } else {
-        serde_json::from_slice(&bytes).map_err(|error| ClientError::Decode(error.to_string()))
+        serde_json::from_slice(bytes).map_err(|error| ClientError::Decode(error.to_string()))
     }
 }

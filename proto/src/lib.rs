@@ -70,6 +70,16 @@ pub mod keys {
     pub fn alive(prefix: &str) -> String {
         format!("{}/alive", prefix.trim_end_matches('/'))
     }
+
+    /// Where pipeline `pipeline` answers queries: `<prefix>/infer/<pipeline>`, and any key below it (a sensor
+    /// client names its stream there, e.g. `zinfer/infer/activity/watch-3`).
+    pub fn infer(prefix: &str, pipeline: &str) -> String {
+        format!("{}/infer/{pipeline}", prefix.trim_end_matches('/'))
+    }
+
+    /// The selector parameter in which a query states its deadline (its timeout) in milliseconds: zenoh does not
+    /// show a queryable the querier's timeout.
+    pub const DEADLINE_PARAMETER: &str = "deadline_ms";
 }
 
 #[cfg(test)]

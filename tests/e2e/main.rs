@@ -17,6 +17,7 @@ mod instances;
 mod memory;
 mod overload;
 mod providers;
+mod queries;
 mod sensor;
 mod service;
 mod shipped_model;

@@ -122,17 +122,13 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // 2. The whole pipeline, in process.
     let mut samples = Vec::with_capacity(iterations);
     for round in 0..options.warmup + iterations {
-        let envelope = Envelope {
-            message: RawMessage {
-                key: "bench".into(),
-                payload: options.text.clone().into_bytes(),
-                encoding: "text/plain".into(),
-                attachment_id: None,
-            },
-            arrived: Instant::now(),
-            arrived_wall: std::time::SystemTime::now(),
-            fallback_id: "bench".into(),
+        let message = RawMessage {
+            key: "bench".into(),
+            payload: options.text.clone().into_bytes(),
+            encoding: "text/plain".into(),
+            attachment_id: None,
         };
+        let envelope = Envelope::new(message, "bench".into());
         let started = Instant::now();
         let processed = pipeline.process(envelope);
         if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {

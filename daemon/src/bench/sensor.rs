@@ -94,16 +94,14 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     })?;
 
     // 2. The pipeline in process: a first frame fills the window, then each frame of `hop` samples completes one.
-    let envelope = |payload: Vec<u8>| Envelope {
-        message: RawMessage {
+    let envelope = |payload: Vec<u8>| {
+        let message = RawMessage {
             key: "bench/direct".into(),
             payload,
             encoding: "application/octet-stream".into(),
             attachment_id: None,
-        },
-        arrived: Instant::now(),
-        arrived_wall: std::time::SystemTime::now(),
-        fallback_id: "bench".into(),
+        };
+        Envelope::new(message, "bench".into())
     };
     check(pipeline.process(envelope(stream.frame(0, window))).verdict, 1)?;
     let mut next = window;

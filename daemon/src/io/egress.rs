@@ -4,12 +4,19 @@
 //! so zinferd waits for the network rather than silently discarding it (zenoh's default for `put` is to drop).
 //! A pipeline may choose `drop` (and a zenoh priority) where stale results are worthless. The request id also
 //! travels as the sample's attachment, so a client can correlate without decoding.
+//!
+//! A message that came as a query is answered to its querier instead, and only there: an `ok` outcome as a reply
+//! carrying the result, any other as a reply error whose payload is the same result with its outcome and reason
+//! (zenoh's own signal that the query did not succeed). Replies go with the query's own QoS, as zenoh sends them.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use zenoh::Wait;
 use zenoh::bytes::Encoding;
+use zenoh::key_expr::OwnedKeyExpr;
 use zenoh::qos::CongestionControl;
+use zenoh::query::Query;
 use zinfer_proto::{Message, keys};
 
 use zenoh::qos::Priority;
@@ -47,14 +54,60 @@ pub fn encode<T: Message + serde::Serialize>(value: &T, encoding: WireEncoding) 
     }
 }
 
+/// A query waiting for its one reply, and the key to give that reply.
+pub struct Reply {
+    query: Query,
+    key: OwnedKeyExpr,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Reply").field("key", &self.key.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl Reply {
+    /// The reply owed to `query`, given on `key` (which must intersect the query's key expression).
+    pub fn new(query: Query, key: OwnedKeyExpr) -> Self {
+        Self { query, key }
+    }
+
+    /// Answers: `ok` as a reply carrying `bytes`, else as a reply error carrying them. The query is then dropped,
+    /// which tells zenoh that no other reply follows.
+    pub async fn send(self, ok: bool, bytes: Vec<u8>, encoding: Encoding, id: &str) -> zenoh::Result<()> {
+        if ok {
+            self.query.reply(self.key, bytes).encoding(encoding).attachment(id.as_bytes().to_vec()).await
+        } else {
+            self.query.reply_err(bytes).encoding(encoding).await
+        }
+    }
+
+    /// The same, from a zenoh callback, which must not wait: the reply goes to zenoh's queue at once.
+    pub fn send_now(self, ok: bool, bytes: Vec<u8>, encoding: Encoding, id: &str) -> zenoh::Result<()> {
+        if ok {
+            self.query.reply(self.key, bytes).encoding(encoding).attachment(id.as_bytes().to_vec()).wait()
+        } else {
+            self.query.reply_err(bytes).encoding(encoding).wait()
+        }
+    }
+}
+
 /// Publishes one pipeline's outcomes until its senders (admission and worker) are gone.
 pub async fn publish(session: zenoh::Session, route: Route, mut outcomes: UnboundedReceiver<Outcome>) {
-    while let Some(outcome) = outcomes.recv().await {
+    while let Some(mut outcome) = outcomes.recv().await {
         let result = outcome.to_result(&route.name, &route.model, &route.stages);
         let (bytes, encoding) = encode(&result, route.encoding);
-        let key = keys::result(&route.output_prefix, &outcome.key);
         // Counted before the put, so a client that has seen a result finds it in the next status reply.
         route.metrics.record_outcome(&outcome, &result);
+        if let Some(reply) = outcome.reply.take() {
+            let ok = result.outcome == zinfer_proto::outcome::OK;
+            if let Err(error) = reply.send(ok, bytes, encoding, &outcome.id).await {
+                tracing::error!(pipeline = %route.name, id = %outcome.id, %error, "replying to a query failed");
+                route.metrics.record_publish_failure();
+            }
+            continue;
+        }
+        let key = keys::result(&route.output_prefix, &outcome.key);
         let put = session
             .put(&key, bytes)
             .encoding(encoding)

@@ -15,12 +15,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
+use zenoh::bytes::ZBytes;
 use zenoh::key_expr::{KeyExpr, OwnedKeyExpr};
+use zenoh::query::Query;
 use zenoh::sample::Sample;
 use zenoh::time::Timestamp;
-use zinfer_proto::drop_reason;
+use zinfer_proto::keys::{self, DEADLINE_PARAMETER};
+use zinfer_proto::{drop_reason, outcome, refuse_reason};
 use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
+use crate::config::WireEncoding;
+use crate::io::egress::{Reply, encode};
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{Outcome, Timings, Verdict};
 use crate::pipeline::queue::{Refused, Sender};
@@ -58,6 +63,8 @@ pub struct Admission {
     pub decoder: Arc<dyn Decoder>,
     /// Larger payloads are answered `payload_too_large` without being copied (the pipeline's `queue_bytes`).
     pub max_payload: usize,
+    /// The pipeline's result encoding, for the queries refused at the door.
+    pub encoding: WireEncoding,
 }
 
 /// A pipeline's subscription. While it is open, every sample on the input key is admitted to exactly one
@@ -68,6 +75,9 @@ pub struct Admission {
 pub struct Ingress {
     gate: Arc<Mutex<Gate>>,
     subscriber: zenoh::pubsub::Subscriber<()>,
+    /// Queries reach the same admission as samples.
+    queryable: zenoh::query::Queryable<()>,
+    ids: Arc<IdGenerator>,
 }
 
 /// The wire declarations of the non-wild prefixes of every input this process has subscribed to, kept until the
@@ -180,10 +190,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ingress {
-    /// Declares the subscriber on `input`; messages without an id get one from `ids`.
+    /// Declares the subscriber on `input` and the queryable of pipeline `name` under `prefix` (see
+    /// [`keys::infer`]); messages without an id get one from `ids`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         session: &zenoh::Session,
         input: &str,
+        (prefix, name): (&str, &str),
         admission: Admission,
         overlap: Option<Arc<Overlap>>,
         ids: Arc<IdGenerator>,
@@ -191,13 +204,25 @@ impl Ingress {
     ) -> Result<Self, crate::Error> {
         prefixes.pin(session, input).await?;
         let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), overlap }));
-        let callback_gate = Arc::clone(&gate);
+        let queryable = declare_queryable(session, &gate, &ids, prefix, name).await?;
+        let (callback_gate, callback_ids) = (Arc::clone(&gate), Arc::clone(&ids));
         let subscriber = session
             .declare_subscriber(input.to_owned())
-            .callback(move |sample| admit(&callback_gate, &ids, sample))
+            .callback(move |sample| admit_sample(&callback_gate, &callback_ids, sample))
             .await
             .map_err(|error| crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}")))?;
-        Ok(Self { gate, subscriber })
+        Ok(Self { gate, subscriber, queryable, ids })
+    }
+
+    /// Answers queries for the pipeline under its new name `name` (a reload renamed it): the new queryable is
+    /// declared before the old one goes, so a query under either name is answered meanwhile.
+    pub async fn rename(&mut self, session: &zenoh::Session, prefix: &str, name: &str) -> Result<(), crate::Error> {
+        let queryable = declare_queryable(session, &self.gate, &self.ids, prefix, name).await?;
+        let old = std::mem::replace(&mut self.queryable, queryable);
+        if let Err(error) = old.undeclare().await {
+            tracing::warn!(%error, "undeclaring a queryable failed");
+        }
+        Ok(())
     }
 
     /// From the next message on, admits into `admission`. Dropping the previous admission (returned) releases the
@@ -218,12 +243,47 @@ impl Ingress {
         if let Err(error) = self.subscriber.undeclare().await {
             tracing::warn!(%error, "undeclaring a subscriber failed");
         }
+        if let Err(error) = self.queryable.undeclare().await {
+            tracing::warn!(%error, "undeclaring a queryable failed");
+        }
     }
 }
 
-fn admit(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
-    let arrived = Instant::now();
-    let arrived_wall = SystemTime::now();
+/// Declares pipeline `name`'s queryable, `<prefix>/infer/<name>` and every key below it, admitting into `gate`.
+async fn declare_queryable(
+    session: &zenoh::Session,
+    gate: &Arc<Mutex<Gate>>,
+    ids: &Arc<IdGenerator>,
+    prefix: &str,
+    name: &str,
+) -> Result<zenoh::query::Queryable<()>, crate::Error> {
+    let base = keys::infer(prefix, name);
+    let declare_error = |error: String| crate::Error::Zenoh(format!("cannot declare the queryable `{base}`: {error}"));
+    let key = OwnedKeyExpr::autocanonize(base.clone()).map_err(|error| declare_error(error.to_string()))?;
+    let (gate, ids, pipeline) = (Arc::clone(gate), Arc::clone(ids), name.to_owned());
+    let callback_key = key.clone();
+    session
+        .declare_queryable(format!("{key}/**"))
+        .callback(move |query| admit_query(&gate, &ids, &callback_key, &pipeline, query))
+        .await
+        .map_err(|error| declare_error(error.to_string()))
+}
+
+/// A message at the door: a published sample, or a query whose outcome is its reply.
+struct Arrival<'a> {
+    key: &'a str,
+    payload: Option<&'a ZBytes>,
+    encoding: String,
+    attachment: Option<&'a ZBytes>,
+    /// For a query: the reply its outcome owes, and the deadline its selector states.
+    reply: Option<Reply>,
+    deadline_ms: Option<u64>,
+    arrived: Instant,
+    arrived_wall: SystemTime,
+}
+
+fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
+    let (arrived, arrived_wall) = (Instant::now(), SystemTime::now());
     let gate = lock(gate);
     // Closed: the daemon is shutting down, or a reload replaced this subscription, and it no longer accepts messages.
     let Some(admission) = gate.admission.as_ref() else {
@@ -233,34 +293,120 @@ fn admit(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
     if gate.overlap.as_ref().is_some_and(|overlap| overlap.taken_elsewhere(&sample)) {
         return;
     }
-    // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`.
-    if !admission.metrics.try_receive() {
-        return;
-    }
-    let attachment_id = sample
-        .attachment()
+    let arrival = Arrival {
+        key: sample.key_expr().as_str(),
+        payload: Some(sample.payload()),
+        encoding: sample.encoding().to_string(),
+        attachment: sample.attachment(),
+        reply: None,
+        deadline_ms: None,
+        arrived,
+        arrived_wall,
+    };
+    admit(admission, ids, arrival);
+}
+
+/// A query on `<prefix>/infer/<pipeline>[/…]` (`base`: the pipeline's query key, named `pipeline`).
+fn admit_query(gate: &Mutex<Gate>, ids: &IdGenerator, base: &OwnedKeyExpr, pipeline: &str, query: Query) {
+    let (arrived, arrived_wall) = (Instant::now(), SystemTime::now());
+    // The reply goes on the query's own key when that is one key; a query with wildcards gets it on the pipeline's.
+    let concrete = !query.key_expr().as_str().contains('*');
+    let reply_key = if concrete { query.key_expr().clone().into_owned().into() } else { base.clone() };
+    let deadline_ms = query.parameters().get(DEADLINE_PARAMETER).and_then(|value| value.trim().parse().ok());
+    let key = reply_key.as_str().to_owned();
+    let (payload, encoding, attachment) =
+        (query.payload().cloned(), query.encoding().map(ToString::to_string), query.attachment().cloned());
+    let reply = Reply::new(query, reply_key);
+    let gate = lock(gate);
+    let Some(admission) = gate.admission.as_ref() else {
+        // Between a shutdown's close of the pipeline and the queryable's undeclaration: still owed an answer.
+        let id = attachment_id(attachment.as_ref()).unwrap_or_else(|| ids.next());
+        return refuse_query(reply, &id, &key, pipeline, outcome::DROPPED, drop_reason::SHUTDOWN, WireEncoding::Json);
+    };
+    let arrival = Arrival {
+        key: &key,
+        payload: payload.as_ref(),
+        encoding: encoding.unwrap_or_default(),
+        attachment: attachment.as_ref(),
+        reply: Some(reply),
+        // Without one stated, zenoh's default query timeout: a reply later than the querier waits is lost anyway.
+        deadline_ms: Some(deadline_ms.unwrap_or(DEFAULT_QUERY_TIMEOUT_MS)),
+        arrived,
+        arrived_wall,
+    };
+    admit(admission, ids, arrival);
+}
+
+/// zenoh's default query timeout (`queries_default_timeout`), the deadline of a query that states none.
+pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 10_000;
+
+fn attachment_id(attachment: Option<&ZBytes>) -> Option<String> {
+    attachment
         .and_then(|attachment| String::from_utf8(attachment.to_bytes().into_owned()).ok())
-        .filter(|id| !id.is_empty());
-    let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
-    let payload = sample.payload();
-    let size = payload.len();
+        .filter(|id| !id.is_empty())
+}
+
+fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
+    let size = arrival.payload.map_or(0, ZBytes::len);
     // A payload that could never be queued is not copied out of zenoh: only its head, where its id is.
     let too_large = size > admission.max_payload;
-    let bytes = if too_large {
-        let mut head = Vec::with_capacity(PEEK_BYTES);
-        // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
-        let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
-        head
-    } else {
-        payload.to_bytes().into_owned()
+    let accepted = admission.metrics.try_receive();
+    let copy = |limit: Option<usize>| {
+        let Some(payload) = arrival.payload else { return Vec::new() };
+        match limit {
+            Some(limit) => {
+                let mut head = Vec::with_capacity(limit);
+                // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
+                let _ = payload.reader().take(limit as u64).read_to_end(&mut head);
+                head
+            }
+            None => payload.to_bytes().into_owned(),
+        }
     };
+    let attachment_id = attachment_id(arrival.attachment);
+    if !accepted {
+        // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`. A
+        // querier waits for its reply, so a query is told at once (its head is read for the id, no more).
+        if let Some(reply) = arrival.reply {
+            admission.metrics.record_query_refused();
+            let message = RawMessage {
+                key: arrival.key.to_owned(),
+                payload: copy(Some(PEEK_BYTES)),
+                encoding: arrival.encoding,
+                attachment_id: attachment_id.clone(),
+            };
+            let id = admission.decoder.peek_id(&message).or(attachment_id).unwrap_or_else(|| ids.next());
+            let reason = refuse_reason::IN_FLIGHT_LIMIT;
+            refuse_query(
+                reply,
+                &id,
+                arrival.key,
+                admission.metrics.name(),
+                outcome::DROPPED,
+                reason,
+                admission.encoding,
+            );
+        }
+        return;
+    }
+    if arrival.reply.is_some() {
+        admission.metrics.record_query();
+    }
+    let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
     let message = RawMessage {
-        key: sample.key_expr().as_str().to_owned(),
-        payload: bytes,
-        encoding: sample.encoding().to_string(),
+        key: arrival.key.to_owned(),
+        payload: copy(too_large.then_some(PEEK_BYTES)),
+        encoding: arrival.encoding,
         attachment_id,
     };
-    let envelope = Envelope { message, arrived, arrived_wall, fallback_id };
+    let envelope = Envelope {
+        message,
+        arrived: arrival.arrived,
+        arrived_wall: arrival.arrived_wall,
+        fallback_id,
+        reply: arrival.reply,
+        deadline_ms: arrival.deadline_ms,
+    };
     if too_large {
         let detail = format!(
             "payload of {size} bytes exceeds the pipeline's queue_bytes ({} bytes); it was not read",
@@ -287,6 +433,41 @@ fn admit(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
     answer(admission, envelope, Verdict::Dropped(reason));
 }
 
+/// Answers a query the pipeline did not accept with a reply error (`outcome`, `reason`), from zenoh's callback.
+fn refuse_query(
+    reply: Reply,
+    id: &str,
+    key: &str,
+    pipeline: &str,
+    outcome: &str,
+    reason: &str,
+    encoding: WireEncoding,
+) {
+    let result = zinfer_proto::Result {
+        id: id.to_owned(),
+        key: key.to_owned(),
+        pipeline: pipeline.to_owned(),
+        outcome: outcome.to_owned(),
+        reason: reason.to_owned(),
+        message: refusal_message(reason).to_owned(),
+        ..Default::default()
+    };
+    let (bytes, encoding) = encode(&result, encoding);
+    if let Err(error) = reply.send_now(false, bytes, encoding, id) {
+        tracing::warn!(%pipeline, %id, %error, "answering a refused query failed");
+    }
+}
+
+fn refusal_message(reason: &str) -> &'static str {
+    match reason {
+        refuse_reason::IN_FLIGHT_LIMIT => {
+            "the pipeline already owes max_in_flight outcomes (its results leave slower than messages arrive); \
+             retry later"
+        }
+        _ => "zinferd is shutting down; ask another daemon or retry after it restarts",
+    }
+}
+
 /// Answers an accepted message that will not be decoded, with the id its sender gave it wherever it can be found.
 fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
     let outcome = Outcome {
@@ -297,6 +478,7 @@ fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
         timings: Timings::default(),
         arrived: envelope.arrived,
         deadline: None,
+        reply: envelope.reply,
     };
     if admission.outcomes.send(outcome).is_err() {
         tracing::error!(pipeline = admission.pipeline, "the publisher is gone; an accepted message gets no outcome");

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use zinfer_stage_api::RawMessage;
@@ -148,8 +148,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
                     encoding: "application/json".into(),
                     attachment_id: None,
                 };
-                let envelope =
-                    Envelope { message, arrived: Instant::now(), arrived_wall: SystemTime::now(), fallback_id: id };
+                let envelope = Envelope::new(message, id);
                 metrics.record_enqueued();
                 let queue = sender.as_ref().expect("the queue closes only after the last move");
                 let (answered, reason) = match queue.push(envelope) {
@@ -168,6 +167,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
                     timings: Timings::default(),
                     arrived: answered.arrived,
                     deadline: None,
+                    reply: None,
                 };
                 ledger.answer(&metrics, &identity, outcome);
             }

@@ -1,8 +1,6 @@
 //! Shape by situation, through the fixture model and a real ONNX Runtime: a message that runs alone runs at its own
 //! length; messages of one length bucket share a run, padded to the longest of them, and keep their predictions.
 
-use std::time::{Instant, SystemTime};
-
 use zinfer_stage_api::RawMessage;
 
 use super::accounting_tests::pipeline;
@@ -16,8 +14,7 @@ fn prepare(pipeline: &mut Pipeline, text: &str) -> Prepared {
         encoding: "application/json".into(),
         attachment_id: None,
     };
-    let envelope =
-        Envelope { message, arrived: Instant::now(), arrived_wall: SystemTime::now(), fallback_id: "-".into() };
+    let envelope = Envelope::new(message, "-".into());
     pipeline.prepare(envelope).unwrap_or_else(|failed| panic!("{text:?} prepares: {failed:?}"))
 }
 

@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use zinfer_ort::Model;
+
+use crate::io::egress::Reply;
 use zinfer_stage_api::{Decoder, Item, NamedTensor, RawMessage, Reason, Stage, StageError};
 
 use deadline::Deadline;
@@ -43,9 +45,19 @@ pub struct Envelope {
     pub arrived_wall: SystemTime,
     /// The id to use if the payload carries none: the attachment's, else a generated one.
     pub fallback_id: String,
+    /// The query the message came as, which its outcome answers; `None` for a published sample.
+    pub reply: Option<Reply>,
+    /// A deadline the transport states rather than the payload (a query's): it counts like the request's own.
+    pub deadline_ms: Option<u64>,
 }
 
 impl Envelope {
+    /// A published message arriving now.
+    pub fn new(message: RawMessage, fallback_id: String) -> Self {
+        let (arrived, arrived_wall) = (Instant::now(), SystemTime::now());
+        Self { message, arrived, arrived_wall, fallback_id, reply: None, deadline_ms: None }
+    }
+
     /// The id an outcome for this message carries when it was not decoded (shed, or undecodable): the payload's own
     /// id if `decoder` can peek at it, else the attachment's or the generated one. The sender can always match it.
     pub fn sender_id(&self, decoder: &dyn Decoder) -> String {
@@ -90,6 +102,8 @@ pub struct Processed {
     pub timings: Timings,
     /// The message's deadline, if it had one.
     pub deadline: Option<Deadline>,
+    /// The query its outcome answers (see [`Envelope::reply`]).
+    pub reply: Option<Reply>,
 }
 
 /// A decoded, preprocessed message waiting for the model.
@@ -103,6 +117,8 @@ pub struct Prepared {
     pub arrived: Instant,
     /// The deadline, if any.
     pub deadline: Option<Deadline>,
+    /// The query its outcome answers, carried by the worker (see [`Envelope::reply`]).
+    pub reply: Option<Reply>,
 }
 
 impl Prepared {
@@ -179,6 +195,11 @@ impl Job {
         &self.batch
     }
 
+    /// The messages, to take what postprocessing does not need.
+    pub fn batch_mut(&mut self) -> &mut [Prepared] {
+        &mut self.batch
+    }
+
     /// What the model's cost grew with in this run: the longest member's length, and the number of messages.
     pub fn shape(&self) -> (usize, usize) {
         (self.batch.iter().map(Prepared::length).max().unwrap_or(0), self.batch.len())
@@ -248,14 +269,18 @@ impl Pipeline {
                     _ => panicked(),
                 };
                 let id = self.sender_id(&envelope);
-                return Err(Box::new(Processed { id, verdict, timings, deadline: None }));
+                return Err(Box::new(Processed { id, verdict, timings, deadline: None, reply: envelope.reply }));
             }
+        };
+        let requested = match (request.deadline_ms, envelope.deadline_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let deadline = deadline::deadline_for(
             envelope.arrived,
             envelope.arrived_wall,
             self.deadline_ms,
-            request.deadline_ms,
+            requested,
             request.sent_at_ms,
         );
         let id = request.id.unwrap_or(envelope.fallback_id);
@@ -267,11 +292,13 @@ impl Pipeline {
         timings.preprocess = decoded.elapsed();
         timings.stages = stages;
         let verdict = match result {
-            Ok(Ok(())) => return Ok(Prepared { item, timings, arrived: envelope.arrived, deadline }),
+            Ok(Ok(())) => {
+                return Ok(Prepared { item, timings, arrived: envelope.arrived, deadline, reply: envelope.reply });
+            }
             Ok(Err(error)) => Verdict::Failed(error),
             Err(_) => panicked(),
         };
-        Err(Box::new(Processed { id: item.id, verdict, timings, deadline }))
+        Err(Box::new(Processed { id: item.id, verdict, timings, deadline, reply: envelope.reply }))
     }
 
     /// The id an outcome carries for `envelope` when it is not decoded: see [`Envelope::sender_id`].
@@ -308,7 +335,7 @@ impl Pipeline {
         batch
             .into_iter()
             .map(|prepared| {
-                let Prepared { mut item, mut timings, arrived, deadline } = prepared;
+                let Prepared { mut item, mut timings, arrived, deadline, reply } = prepared;
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
                 timings.inference =
@@ -337,7 +364,7 @@ impl Pipeline {
                     }
                     Err(error) => Verdict::Failed(error),
                 };
-                Processed { id: item.id, verdict, timings, deadline }
+                Processed { id: item.id, verdict, timings, deadline, reply }
             })
             .collect()
     }

@@ -83,6 +83,8 @@ pub struct Outcome {
     pub arrived: Instant,
     /// Its deadline, if it had one.
     pub deadline: Option<Deadline>,
+    /// The query it answers, when the message came as one: the egress replies instead of publishing.
+    pub reply: Option<crate::io::egress::Reply>,
 }
 
 impl Outcome {

@@ -187,8 +187,6 @@ impl Waker {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use zinfer_stage_api::RawMessage;
 
     use super::*;
@@ -198,17 +196,9 @@ mod tests {
     }
 
     fn sized(key: &str, id: &str, bytes: usize) -> Envelope {
-        Envelope {
-            message: RawMessage {
-                key: key.into(),
-                payload: vec![0; bytes],
-                encoding: String::new(),
-                attachment_id: None,
-            },
-            arrived: Instant::now(),
-            arrived_wall: SystemTime::now(),
-            fallback_id: id.into(),
-        }
+        let message =
+            RawMessage { key: key.into(), payload: vec![0; bytes], encoding: String::new(), attachment_id: None };
+        Envelope::new(message, id.into())
     }
 
     fn ids(receiver: &Receiver) -> Vec<String> {

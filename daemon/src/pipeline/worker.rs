@@ -119,6 +119,7 @@ pub fn spawn(
                     verdict: failed_verdict(),
                     timings: Timings::default(),
                     deadline: None,
+                    reply: envelope.reply,
                 };
                 let outcome = worker.finish(processed, envelope.message.key, envelope.arrived);
                 worker.send(outcome);
@@ -134,6 +135,9 @@ pub fn failed_verdict() -> Verdict {
         "the pipeline's worker failed (a bug in zinferd); restart zinferd, and please report the log",
     ))
 }
+
+/// What answering a message needs when its batch's postprocessing panicked: id, key, arrival, deadline, reply.
+type Identity = (String, String, Instant, Option<Deadline>, Option<crate::io::egress::Reply>);
 
 struct Worker {
     pipeline: Pipeline,
@@ -331,7 +335,13 @@ impl Worker {
     /// Answers a message taken from the admission queue without decoding it, under its sender's id.
     fn answer_undecoded(&mut self, envelope: Envelope, reason: &'static str) {
         self.context.metrics.record_dequeued();
-        let processed = dropped(self.pipeline.sender_id(&envelope), reason);
+        let processed = Processed {
+            id: self.pipeline.sender_id(&envelope),
+            verdict: Verdict::Dropped(reason),
+            timings: Timings::default(),
+            deadline: None,
+            reply: envelope.reply,
+        };
         let outcome = self.finish(processed, envelope.message.key, envelope.arrived);
         self.send(outcome);
     }
@@ -481,16 +491,20 @@ impl Worker {
 
     /// Postprocesses a batch whose model run is over (`completed` false if it panicked) and turns it into
     /// outcomes, one per message; the run's cost teaches the cost model.
-    fn conclude(&mut self, job: Job, completed: bool) -> Vec<Outcome> {
+    fn conclude(&mut self, mut job: Job, completed: bool) -> Vec<Outcome> {
         let (length, size) = job.shape();
-        let identities: Vec<(String, String, Instant, Option<Deadline>)> = job
+        let mut identities: Vec<Identity> = job
             .batch()
             .iter()
             .map(|prepared| {
                 let item = &prepared.item;
-                (item.id.clone(), item.key.clone(), prepared.arrived, prepared.deadline)
+                (item.id.clone(), item.key.clone(), prepared.arrived, prepared.deadline, None)
             })
             .collect();
+        // Kept out of the postprocessing, so that a panic in it cannot take a query's reply with it.
+        for (identity, prepared) in identities.iter_mut().zip(job.batch_mut()) {
+            identity.4 = prepared.reply.take();
+        }
         let processed =
             if completed { catch_unwind(AssertUnwindSafe(|| self.pipeline.conclude(job))).ok() } else { None };
         match processed {
@@ -501,13 +515,16 @@ impl Worker {
                 processed
                     .into_iter()
                     .zip(identities)
-                    .map(|(processed, (_, key, arrived, _))| self.finish(processed, key, arrived))
+                    .map(|(mut processed, (_, key, arrived, _, reply))| {
+                        processed.reply = reply;
+                        self.finish(processed, key, arrived)
+                    })
                     .collect()
             }
             None => identities
                 .into_iter()
-                .map(|(id, key, arrived, deadline)| {
-                    let processed = Processed { id, verdict: panicked(), timings: Timings::default(), deadline };
+                .map(|(id, key, arrived, deadline, reply)| {
+                    let processed = Processed { id, verdict: panicked(), timings: Timings::default(), deadline, reply };
                     self.finish(processed, key, arrived)
                 })
                 .collect(),
@@ -515,8 +532,13 @@ impl Worker {
     }
 
     fn outcome(&self, prepared: Prepared, verdict: Verdict) -> Outcome {
-        let processed =
-            Processed { id: prepared.item.id, verdict, timings: prepared.timings, deadline: prepared.deadline };
+        let processed = Processed {
+            id: prepared.item.id,
+            verdict,
+            timings: prepared.timings,
+            deadline: prepared.deadline,
+            reply: prepared.reply,
+        };
         self.finish(processed, prepared.item.key, prepared.arrived)
     }
 
@@ -529,6 +551,7 @@ impl Worker {
             timings: processed.timings,
             arrived,
             deadline: processed.deadline,
+            reply: processed.reply,
         }
     }
 
@@ -541,10 +564,6 @@ impl Worker {
     }
 }
 
-fn dropped(id: String, reason: &'static str) -> Processed {
-    Processed { id, verdict: Verdict::Dropped(reason), timings: Timings::default(), deadline: None }
-}
-
 #[cfg(test)]
 mod tests {
     use zinfer_stage_api::{Input, Item};
@@ -555,7 +574,7 @@ mod tests {
     fn waiting(sequence: u64, arrived: Instant, deadline: Option<Instant>) -> Waiting {
         let item = Item::new(format!("m{sequence}"), "k".into(), Input::Text("t".into()));
         let deadline = deadline.map(|at| Deadline { at });
-        let prepared = Prepared { item, timings: Timings::default(), arrived, deadline };
+        let prepared = Prepared { item, timings: Timings::default(), arrived, deadline, reply: None };
         Waiting::new(prepared, sequence, 0)
     }
 

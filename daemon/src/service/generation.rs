@@ -124,6 +124,7 @@ impl Generation {
                 metrics: Arc::clone(&metrics),
                 decoder,
                 max_payload: settings.queue_bytes,
+                encoding: settings.result_encoding,
             }));
             let route = Route {
                 name: settings.name.clone(),

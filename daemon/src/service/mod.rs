@@ -78,9 +78,12 @@ pub async fn serve(
     let mut reporter = Reporter::start(&session, Arc::clone(&telemetry), &current.config.telemetry).await?;
     let mut subscriptions = Vec::new();
     let mut prefixes = Prefixes::default();
+    let prefix = current.config.telemetry.prefix.clone();
     for entry in current.take_entries() {
+        let named = (prefix.as_str(), entry.name.as_str());
         let ingress =
-            Ingress::open(&session, &entry.input, entry.admission, None, Arc::clone(&ids), &mut prefixes).await?;
+            Ingress::open(&session, &entry.input, named, entry.admission, None, Arc::clone(&ids), &mut prefixes)
+                .await?;
         subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
     }
     reporter.announce(&session, &current.config.telemetry).await?;
@@ -285,7 +288,11 @@ impl Service {
                 overlapping.push(index);
             }
             let ids = Arc::clone(&self.ids);
-            match Ingress::open(&self.session, &entry.input, entry.admission, overlap, ids, &mut self.prefixes).await {
+            // The telemetry prefix, hence the query keys' prefix, changes only at a restart.
+            let named = (current.config.telemetry.prefix.as_str(), entry.name.as_str());
+            let opening =
+                Ingress::open(&self.session, &entry.input, named, entry.admission, overlap, ids, &mut self.prefixes);
+            match opening.await {
                 Ok(ingress) => opened.push(Subscription { name: entry.name, input: entry.input, ingress }),
                 Err(error) => {
                     for subscription in opened {
@@ -303,8 +310,16 @@ impl Service {
         }
         for (index, entry) in switch {
             // The previous admission is dropped here: the old worker drains its queue and ends.
-            drop(self.subscriptions[index].ingress.retarget(entry.admission));
-            self.subscriptions[index].name = entry.name;
+            let subscription = &mut self.subscriptions[index];
+            drop(subscription.ingress.retarget(entry.admission));
+            if subscription.name != entry.name {
+                let prefix = &current.config.telemetry.prefix;
+                if let Err(error) = subscription.ingress.rename(&self.session, prefix, &entry.name).await {
+                    // Queries under the old name still reach the renamed pipeline.
+                    tracing::error!(pipeline = %entry.name, %error, "the renamed pipeline's queryable could not be declared");
+                }
+            }
+            subscription.name = entry.name;
         }
         let previous = std::mem::take(&mut self.subscriptions);
         for (subscription, keep) in previous.into_iter().zip(claimed) {

@@ -55,6 +55,8 @@ pub struct PipelineMetrics {
     expired: AtomicU64,
     deadline_missed: AtomicU64,
     publish_failures: AtomicU64,
+    queries: AtomicU64,
+    queries_refused: AtomicU64,
     queue_depth: AtomicU64,
     /// Milliseconds from `created` to the worker's latest sign of progress.
     heartbeat_ms: AtomicU64,
@@ -97,6 +99,8 @@ impl PipelineMetrics {
             expired: AtomicU64::new(0),
             deadline_missed: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            queries_refused: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             created: Instant::now(),
@@ -162,7 +166,17 @@ impl PipelineMetrics {
         }
     }
 
-    /// Zenoh refused to publish a result that `record_outcome` already counted.
+    /// A message accepted by [`Self::try_receive`] came as a query.
+    pub fn record_query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A query refused by [`Self::try_receive`] (answered at once with a reply error).
+    pub fn record_query_refused(&self) {
+        self.queries_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Zenoh refused to publish a result (or send a reply) that `record_outcome` already counted.
     pub fn record_publish_failure(&self) {
         self.publish_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -294,6 +308,8 @@ impl PipelineMetrics {
             refused: self.refused.load(Ordering::Relaxed),
             refused_by_reason: detail.refused_by_reason,
             max_in_flight: self.max_in_flight,
+            queries: self.queries.load(Ordering::Relaxed),
+            queries_refused: self.queries_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -344,6 +360,7 @@ mod tests {
             timings,
             arrived: Instant::now(),
             deadline: None,
+            reply: None,
         };
         assert!(metrics.try_receive());
         metrics.record_outcome(&outcome, &outcome.to_result("p", &identity, &[]));
