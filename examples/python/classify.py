@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Classify one text with a running zinferd over zenoh, then print a telemetry snapshot.
 
+Two ways to ask: publish the request and wait for its result (the default), or, with ``--query PIPELINE``, ask the
+pipeline's queryable ``<telemetry prefix>/infer/<pipeline>`` and take its one reply (steps 2-4 then become one
+``get``: see ``ask``).
+
 What it does, in the order a client should do it:
 
 1. Opens a zenoh peer session that connects to the daemon's endpoint, listens nowhere and has multicast scouting
@@ -18,6 +22,7 @@ Usage (with the daemon running on the default config):
     .venv/bin/pip install -r examples/python/requirements.txt
     .venv/bin/python examples/python/classify.py "a gripping, beautifully acted film"
     .venv/bin/python examples/python/classify.py --key zinfer/in/text/cam1 --id 42 "dull and far too long"
+    .venv/bin/python examples/python/classify.py --query sentiment "dull and far too long"
 
 Exit status: 0 when the result arrived (whatever its outcome), 1 when the daemon or the result did not.
 """
@@ -90,6 +95,34 @@ def classify(
         subscriber.undeclare()
 
 
+def ask(
+    session: zenoh.Session,
+    prefix: str,
+    pipeline: str,
+    request_id: str,
+    text: str,
+    timeout_s: float,
+) -> dict | None:
+    """Asks pipeline ``pipeline`` with one JSON request as a zenoh query and returns the result its reply carries.
+
+    zinferd answers every query it accepts exactly once: a reply with the result when the outcome is "ok", else a
+    reply error whose payload is the same result with its outcome ("dropped", "expired", "error") and reason. The
+    selector parameter ``deadline_ms`` tells zinferd the query's timeout, which zenoh does not pass on.
+    """
+    key = f"{prefix.rstrip('/')}/infer/{pipeline}"
+    replies = session.get(
+        f"{key}?deadline_ms={int(timeout_s * 1000)}",
+        payload=json.dumps({"id": request_id, "text": text}),
+        encoding=zenoh.Encoding.APPLICATION_JSON,
+        timeout=timeout_s,
+    )
+    for reply in replies:
+        answer = reply.ok if reply.ok is not None else reply.err
+        return json.loads(answer.payload.to_bytes())
+    print(f"no reply on {key!r}: is zinferd running, and is {pipeline!r} its pipeline's name?", file=sys.stderr)
+    return None
+
+
 def status(session: zenoh.Session, prefix: str, timeout_s: float) -> list[dict]:
     """Queries ``<prefix>/status``; every running zinferd with that prefix answers with one snapshot."""
     snapshots = []
@@ -109,13 +142,17 @@ def main() -> int:
     parser.add_argument("--output-prefix", default="zinfer/out", help="the pipeline's output_prefix")
     parser.add_argument("--telemetry-prefix", default="zinfer", help="the daemon's telemetry.prefix")
     parser.add_argument("--id", default=None, help="request id (default: random)")
+    parser.add_argument("--query", metavar="PIPELINE", help="ask this pipeline's queryable instead of publishing")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon and the result")
     args = parser.parse_args()
 
     request_id = args.id or f"py-{uuid.uuid4().hex[:12]}"
     session = open_session(args.connect)
     try:
-        result = classify(session, args.key, args.output_prefix, request_id, args.text, args.timeout)
+        if args.query:
+            result = ask(session, args.telemetry_prefix, args.query, request_id, args.text, args.timeout)
+        else:
+            result = classify(session, args.key, args.output_prefix, request_id, args.text, args.timeout)
         if result is None:
             return 1
         print("result:")

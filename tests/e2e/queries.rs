@@ -9,8 +9,8 @@ use zinfer_proto::{self as proto, Message, drop_reason, expire_reason, keys, out
 use zinferd::client::RequestFormat;
 
 use crate::support::{
-    Daemon, TextDaemon, WAIT, base_config, free_port, golden, int8_tolerance, stall_pipeline, start_text, status,
-    text_pipeline, wait_for_stats,
+    Daemon, TextDaemon, WAIT, base_config, free_port, golden, int8_tolerance, start_text, status, text_pipeline,
+    wait_for_stats,
 };
 
 /// Every reply a `get` on `key` receives until zenoh ends it (the final reply, or the timeout).
@@ -99,7 +99,17 @@ async fn a_query_gets_one_reply_with_the_golden_result_and_nothing_is_published(
         .unwrap_or_else(|error| panic!("{error}\n{}", daemon.log()));
     assert_eq!((asked.outcome.as_str(), asked.id.as_str()), (outcome::OK, "by-client"));
 
-    let asked = golden.cases.len() as u64 + 2;
+    // And from the command line.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        .args(["send", "--query", "--key", &query_key, "--connect", &daemon.endpoint, "--id", "from-cli"])
+        .arg("a sharp, funny and moving film")
+        .output()
+        .expect("run zinferd send --query");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: proto::Result = serde_json::from_slice(&output.stdout).expect("send prints the result as JSON");
+    assert_eq!((printed.outcome.as_str(), printed.id.as_str()), (outcome::OK, "from-cli"), "{printed:?}");
+
+    let asked = golden.cases.len() as u64 + 3;
     let snapshot = wait_for_stats(&client, &prefix, "queries counted", |stats| stats.completed == asked).await;
     let stats = &snapshot.pipelines[0];
     assert_eq!((stats.received, stats.queries, stats.queries_refused), (asked, asked, 0), "{stats:?}");
@@ -214,5 +224,87 @@ async fn queries_still_waiting_past_the_drain_timeout_are_answered_dropped_shutd
     eprintln!("drain timeout with {QUERIES} queries waiting: {by_kind:?}");
     let exit = daemon.wait_exit();
     assert!(exit.success(), "every query was answered, so the exit is clean: {exit}\n{}", daemon.log());
+    client.close().await;
+}
+
+/// A reload that renames a pipeline moves its queryable to the new name; the old name no longer answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_pipeline_answers_queries_under_its_new_name() {
+    let port = free_port();
+    let prefix = format!("zt/qrename/{port}");
+    let config = |name: &str| base_config(port, &prefix) + &text_pipeline(name, "in/qrename/**", "", "", "");
+    let daemon = Daemon::start(&config("before"), port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/qrename/x", WAIT).await.expect("zinferd subscribes");
+    let ask = |name: &str| {
+        let (key, id) = (keys::infer(&prefix, name), format!("to-{name}"));
+        let session = client.session().clone();
+        async move { all_replies(&session, &key, "", b"great fun".to_vec(), Encoding::TEXT_PLAIN, &id).await }
+    };
+    let (before, _) = the_reply(ask("before").await, "before the reload", &daemon);
+    assert_eq!((before.outcome.as_str(), before.pipeline.as_str()), (outcome::OK, "before"));
+
+    std::fs::write(daemon.config_path(), config("after")).expect("rewrite the config");
+    daemon.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    while status(&client, &prefix).await.service.is_none_or(|service| service.generation < 2) {
+        assert!(std::time::Instant::now() < deadline, "the reload did not complete:\n{}", daemon.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (after, _) = the_reply(ask("after").await, "after the reload", &daemon);
+    assert_eq!((after.outcome.as_str(), after.pipeline.as_str()), (outcome::OK, "after"));
+    assert!(ask("before").await.is_empty(), "the old name's queryable is gone");
+    client.close().await;
+}
+
+/// Two daemons serving the same pipeline under one prefix: a plain `get` is answered by one of them, and only that
+/// one does the work (the queryables are declared complete, so zenoh routes a query to the nearest one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_daemons_on_one_prefix_a_query_runs_on_one_of_them() {
+    const QUERIES: u64 = 20;
+    let (first_port, second_port) = (free_port(), free_port());
+    let prefix = format!("zt/qtwo/{first_port}");
+    let pipeline = text_pipeline("two", "in/qtwo/**", "", "", "");
+    let first = Daemon::start(&(base_config(first_port, &prefix) + &pipeline), first_port);
+    let second_config = base_config(second_port, &prefix).replacen(
+        "multicast_scouting",
+        &format!("connect = [\"tcp/127.0.0.1:{first_port}\"]\nmulticast_scouting"),
+        1,
+    );
+    let second = Daemon::start(&(second_config + &pipeline), second_port);
+    let client = first.client().await;
+    let session = client.session();
+    let status_key = keys::status(&prefix);
+    let queries_by_daemon = || async {
+        let replies = session
+            .get(&status_key)
+            .target(zenoh::query::QueryTarget::All)
+            .consolidation(zenoh::query::ConsolidationMode::None)
+            .timeout(WAIT)
+            .await
+            .expect("status get");
+        let mut counts = Vec::new();
+        while let Ok(reply) = replies.recv_async().await {
+            let bytes = reply.result().expect("a status reply").payload().to_bytes().into_owned();
+            let snapshot: proto::Telemetry = serde_json::from_slice(&bytes).expect("a JSON snapshot");
+            counts.push(snapshot.pipelines[0].queries);
+        }
+        counts
+    };
+    // Both daemons reachable: each answers status.
+    let deadline = std::time::Instant::now() + WAIT;
+    while queries_by_daemon().await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "both daemons answer status:\n{}\n{}", first.log(), second.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let key = keys::infer(&prefix, "two");
+    for index in 0..QUERIES {
+        let id = format!("t-{index}");
+        let replies = all_replies(session, &key, "", b"great fun".to_vec(), Encoding::TEXT_PLAIN, &id).await;
+        let (result, _) = the_reply(replies, &id, &first);
+        assert_eq!(result.outcome, outcome::OK, "{result:?}");
+    }
+    let counts = queries_by_daemon().await;
+    assert_eq!(counts.iter().sum::<u64>(), QUERIES, "each query ran once, on one daemon: {counts:?}");
     client.close().await;
 }

@@ -264,6 +264,9 @@ async fn declare_queryable(
     let callback_key = key.clone();
     session
         .declare_queryable(format!("{key}/**"))
+        // It answers for every key under it: zenoh's default query target then asks the nearest daemon serving
+        // the pipeline, not all of them (measured: two daemons on one prefix each ran every query otherwise).
+        .complete(true)
         .callback(move |query| admit_query(&gate, &ids, &callback_key, &pipeline, query))
         .await
         .map_err(|error| declare_error(error.to_string()))
