@@ -1,4 +1,4 @@
-//! The command line: `zinferd [--config FILE]... [run|check|send|bench]`.
+//! The command line: `zinferd [--config FILE]... [run|check|send|bench|fleet]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,33 @@ enum Command {
     Send(SendArgs),
     /// Measure inference directly vs. round-tripped through zenoh and a zinferd child, and the daemon's RSS.
     Bench(BenchArgs),
+    /// Every daemon under a prefix, reached through zenoh (a router, or a daemon's own endpoint): one table row
+    /// each, JSON with --json, or the whole fleet's metrics served to Prometheus with --prometheus.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Where to join the fleet's zenoh fabric: the site's router, or any daemon's endpoint.
+    #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
+    connect: String,
+    /// The daemons' `telemetry.prefix`.
+    #[arg(long, default_value = "zinfer")]
+    prefix: String,
+    /// Print the rows as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Time between the two status rounds that the rates (messages/s) come from, in milliseconds; 0: one round,
+    /// no rates.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// How long a status round waits for the daemons' replies, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Serve the fleet's metrics in the Prometheus text format at http://ADDR/metrics (e.g. 0.0.0.0:9464),
+    /// gathered at each scrape, until stopped.
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<String>,
 }
 
 /// Which benchmark `zinferd bench` runs.
@@ -199,6 +226,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Send(args)) => runtime()?.block_on(send(args)),
+        Some(Command::Fleet(args)) => fleet(args),
         Some(Command::Bench(args)) => {
             let (markdown, json) = match args.mode {
                 BenchMode::Latency => {
@@ -255,6 +283,37 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let client = runtime.block_on(Client::connect(&args.connect))?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    if let Some(address) = &args.prometheus {
+        zinfer_fleet::exporter::serve(address, runtime.handle(), client.session(), &args.prefix, timeout)?;
+        return Ok(());
+    }
+    let gather = || runtime.block_on(zinfer_fleet::gather(client.session(), &args.prefix, timeout));
+    // A session that has just opened may not have heard of every daemon yet: give routing a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let interval = Duration::from_millis(args.interval_ms);
+    let before = if interval.is_zero() { Vec::new() } else { gather()? };
+    std::thread::sleep(interval);
+    let after = gather()?;
+    anyhow::ensure!(
+        !after.is_empty(),
+        "no zinferd answered on `{}/status` within {timeout:?}: is --connect a router or daemon of the fleet, and \
+         --prefix the daemons' telemetry.prefix?",
+        args.prefix
+    );
+    let rows = zinfer_fleet::table::rows(&before, &after, interval);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", zinfer_fleet::table::render(&rows));
+    }
+    runtime.block_on(client.close());
+    Ok(())
 }
 
 async fn send(args: &SendArgs) -> anyhow::Result<()> {

@@ -124,9 +124,15 @@ def ask(
 
 
 def status(session: zenoh.Session, prefix: str, timeout_s: float) -> list[dict]:
-    """Queries ``<prefix>/status``; every running zinferd with that prefix answers with one snapshot."""
+    """Queries ``<prefix>/status``; every running zinferd with that prefix answers with one snapshot.
+
+    Target ALL and no consolidation: several daemons answer on the same key, and zenoh's default consolidation
+    would keep only one of their replies.
+    """
     snapshots = []
-    for reply in session.get(f"{prefix.rstrip('/')}/status", timeout=timeout_s):
+    key = f"{prefix.rstrip('/')}/status"
+    replies = session.get(key, target=zenoh.QueryTarget.ALL, consolidation=zenoh.ConsolidationMode.NONE, timeout=timeout_s)
+    for reply in replies:
         if reply.ok is not None:
             snapshots.append(json.loads(reply.ok.payload.to_bytes()))
         else:

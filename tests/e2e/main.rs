@@ -13,6 +13,7 @@ mod classify;
 mod custom_stage;
 mod deadlines;
 mod faults;
+mod fleet;
 mod instances;
 mod memory;
 mod overload;

@@ -33,6 +33,8 @@ use system::SystemSampler;
 pub struct Telemetry {
     started: Instant,
     zid: String,
+    /// Host name and board model, read once.
+    machine: (String, String),
     sampler: Mutex<SystemSampler>,
     /// The current generation's pipelines: a reload swaps them.
     pipelines: RwLock<Vec<Arc<PipelineMetrics>>>,
@@ -50,6 +52,7 @@ impl Telemetry {
         Self {
             started: Instant::now(),
             zid,
+            machine: (system::host_name(), system::board_model()),
             sampler: Mutex::new(SystemSampler::new()),
             pipelines: RwLock::new(Vec::new()),
             retiring: RwLock::new(Vec::new()),
@@ -117,6 +120,8 @@ impl Telemetry {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             zid: self.zid.clone(),
+            hostname: self.machine.0.clone(),
+            board: self.machine.1.clone(),
             process: Some(process),
             system: Some(system),
             pipelines: pipelines.iter().chain(retiring.iter()).map(|pipeline| pipeline.snapshot()).collect(),

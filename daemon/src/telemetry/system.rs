@@ -6,6 +6,23 @@
 use sysinfo::{Components, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use zinfer_proto as proto;
 
+/// The machine's host name; empty if unreadable.
+pub fn host_name() -> String {
+    System::host_name().unwrap_or_default()
+}
+
+/// The board's model as the board states it: the device tree's (ARM boards: "NVIDIA Jetson Orin Nano Developer
+/// Kit", "Raspberry Pi 5 Model B Rev 1.0"), else the firmware's DMI product name (PCs, servers, VMs); empty if
+/// neither is readable.
+pub fn board_model() -> String {
+    ["/proc/device-tree/model", "/sys/class/dmi/id/product_name"]
+        .iter()
+        .filter_map(|path| std::fs::read(path).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_owned())
+        .find(|model| !model.is_empty())
+        .unwrap_or_default()
+}
+
 /// Samples the daemon's process and the machine.
 ///
 /// On a platform `sysinfo` does not support, the sampler reports zeros rather than failing the daemon.
