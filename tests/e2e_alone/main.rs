@@ -8,6 +8,8 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod share;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -21,7 +21,7 @@ use config::{Environment, File, FileFormat};
 use zinfer_ort::SessionConfig;
 use zinfer_stage_api::ModelManifest;
 
-pub use raw::{CongestionPolicy, OverloadPolicy, PriorityLevel, StageSpec, WireEncoding, ZenohMode};
+pub use raw::{CongestionPolicy, OverloadPolicy, PriorityLevel, ShareMode, StageSpec, WireEncoding, ZenohMode};
 use raw::{RawConfig, RawPipeline};
 
 /// The validated configuration.
@@ -109,6 +109,8 @@ pub struct PipelineConfig {
     pub overload: OverloadPolicy,
     /// With `latest`: messages kept per key.
     pub latest_per_key: usize,
+    /// Whether daemons serving this pipeline under the same telemetry prefix split its input, and by what.
+    pub share: ShareMode,
     /// Most outcomes the pipeline may owe at once (messages queued, running, or answered and waiting to be
     /// published); beyond it new messages are refused at the door, with no outcome, and counted.
     pub max_in_flight: usize,
@@ -505,6 +507,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         max_batch: raw.max_batch,
         queue_bytes: raw.queue_bytes,
         overload: raw.overload,
+        share: raw.share,
         latest_per_key: raw.latest_per_key,
         max_in_flight: raw.max_in_flight.unwrap_or(2 * raw.queue_capacity + raw.max_batch + DEFAULT_PUBLISH_BACKLOG),
         result_congestion_control: raw.result_congestion_control,

@@ -170,6 +170,8 @@ pub struct RawPipeline {
     pub overload: OverloadPolicy,
     #[serde(default = "default_latest_per_key")]
     pub latest_per_key: usize,
+    #[serde(default)]
+    pub share: ShareMode,
     pub max_in_flight: Option<usize>,
     #[serde(default)]
     pub result_congestion_control: CongestionPolicy,
@@ -207,6 +209,20 @@ pub enum OverloadPolicy {
     #[default]
     Fifo,
     Latest,
+}
+
+/// `share`: whether, and by what, daemons serving the same pipeline under one telemetry prefix split its input
+/// (see `io::share`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareMode {
+    /// Every daemon takes every message it receives.
+    #[default]
+    None,
+    /// By the sample's key: a stream stays on one daemon (sensor windows).
+    Key,
+    /// By the whole message: spreads even one key's stateless messages.
+    Message,
 }
 
 /// `result_congestion_control`: what zenoh does with a result when the network cannot take it.

@@ -94,8 +94,10 @@ impl Reply {
 
 /// Publishes one pipeline's outcomes until its senders (admission and worker) are gone.
 pub async fn publish(session: zenoh::Session, route: Route, mut outcomes: UnboundedReceiver<Outcome>) {
+    let daemon = session.zid().to_string();
     while let Some(mut outcome) = outcomes.recv().await {
-        let result = outcome.to_result(&route.name, &route.model, &route.stages);
+        let mut result = outcome.to_result(&route.name, &route.model, &route.stages);
+        result.daemon.clone_from(&daemon);
         let (bytes, encoding) = encode(&result, route.encoding);
         // Counted before the put, so a client that has seen a result finds it in the next status reply.
         route.metrics.record_outcome(&outcome, &result);

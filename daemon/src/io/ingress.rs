@@ -24,8 +24,9 @@ use zinfer_proto::keys::{self, DEADLINE_PARAMETER};
 use zinfer_proto::{drop_reason, outcome, refuse_reason};
 use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
-use crate::config::WireEncoding;
+use crate::config::{ShareMode, WireEncoding};
 use crate::io::egress::{Reply, encode};
+use crate::io::share::Share;
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{Outcome, Timings, Verdict};
 use crate::pipeline::queue::{Refused, Sender};
@@ -42,6 +43,11 @@ impl IdGenerator {
     /// Ids prefixed with `prefix` (the session's zenoh id).
     pub fn new(prefix: String) -> Self {
         Self { prefix, next: AtomicU64::new(1) }
+    }
+
+    /// The daemon's zenoh id.
+    fn zid(&self) -> &str {
+        &self.prefix
     }
 
     fn next(&self) -> String {
@@ -78,6 +84,7 @@ pub struct Ingress {
     /// Queries reach the same admission as samples.
     queryable: zenoh::query::Queryable<()>,
     ids: Arc<IdGenerator>,
+    share: ShareMode,
 }
 
 /// The wire declarations of the non-wild prefixes of every input this process has subscribed to, kept until the
@@ -116,6 +123,8 @@ impl Prefixes {
 struct Gate {
     /// `None` once closed.
     admission: Option<Admission>,
+    /// With `share`, the daemons that split the input; a sample another one owns is left to it.
+    share: Option<Share>,
     /// Set while a reload replaces this subscription by one with an overlapping input, or the other way round.
     overlap: Option<Arc<Overlap>>,
 }
@@ -191,19 +200,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Ingress {
     /// Declares the subscriber on `input` and the queryable of pipeline `name` under `prefix` (see
-    /// [`keys::infer`]); messages without an id get one from `ids`.
+    /// [`keys::infer`]), and with `share` joins the daemons that split the input; messages without an id get one
+    /// from `ids`.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         session: &zenoh::Session,
         input: &str,
-        (prefix, name): (&str, &str),
+        (prefix, name, share): (&str, &str, ShareMode),
         admission: Admission,
         overlap: Option<Arc<Overlap>>,
         ids: Arc<IdGenerator>,
         prefixes: &mut Prefixes,
     ) -> Result<Self, crate::Error> {
         prefixes.pin(session, input).await?;
-        let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), overlap }));
+        let joined = match share {
+            ShareMode::None => None,
+            mode => Some(Share::join(session, prefix, name, mode).await?),
+        };
+        let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), share: joined, overlap }));
         let queryable = declare_queryable(session, &gate, &ids, prefix, name).await?;
         let (callback_gate, callback_ids) = (Arc::clone(&gate), Arc::clone(&ids));
         let subscriber = session
@@ -211,13 +225,17 @@ impl Ingress {
             .callback(move |sample| admit_sample(&callback_gate, &callback_ids, sample))
             .await
             .map_err(|error| crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}")))?;
-        Ok(Self { gate, subscriber, queryable, ids })
+        Ok(Self { gate, subscriber, queryable, ids, share })
     }
 
     /// Answers queries for the pipeline under its new name `name` (a reload renamed it): the new queryable is
     /// declared before the old one goes, so a query under either name is answered meanwhile.
     pub async fn rename(&mut self, session: &zenoh::Session, prefix: &str, name: &str) -> Result<(), crate::Error> {
         let queryable = declare_queryable(session, &self.gate, &self.ids, prefix, name).await?;
+        if self.share != ShareMode::None {
+            let joined = Share::join(session, prefix, name, self.share).await?;
+            lock(&self.gate).share = Some(joined);
+        }
         let old = std::mem::replace(&mut self.queryable, queryable);
         if let Err(error) = old.undeclare().await {
             tracing::warn!(%error, "undeclaring a queryable failed");
@@ -231,6 +249,11 @@ impl Ingress {
         lock(&self.gate).admission.replace(admission)
     }
 
+    /// How the input is shared ([`ShareMode::None`]: not at all).
+    pub fn share(&self) -> ShareMode {
+        self.share
+    }
+
     /// Joins (`Some`) or leaves (`None`) the overlap of a reload that replaces a subscription.
     pub fn set_overlap(&self, overlap: Option<Arc<Overlap>>) {
         lock(&self.gate).overlap = overlap;
@@ -239,6 +262,14 @@ impl Ingress {
     /// Stops admitting: releases the queue (so the worker can drain and finish) and undeclares the subscriber (its
     /// key prefix stays declared: see [`Prefixes`]).
     pub async fn close(self) {
+        // A sharing daemon first leaves the members and goes on admitting its share until the others have seen it
+        // leave: a message in between is then taken twice rather than by no one.
+        let share = lock(&self.gate).share.take();
+        if let Some(mut share) = share {
+            share.leave().await;
+            lock(&self.gate).share = Some(share);
+            tokio::time::sleep(SHARE_HANDOVER).await;
+        }
         drop(lock(&self.gate).admission.take());
         if let Err(error) = self.subscriber.undeclare().await {
             tracing::warn!(%error, "undeclaring a subscriber failed");
@@ -296,6 +327,14 @@ fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
     if gate.overlap.as_ref().is_some_and(|overlap| overlap.taken_elsewhere(&sample)) {
         return;
     }
+    // Another daemon sharing the pipeline takes it.
+    if let Some(share) = &gate.share {
+        admission.metrics.set_share_members(share.members());
+        if !share.owns(sample.key_expr().as_str(), sample.payload(), sample.attachment()) {
+            admission.metrics.record_shared_elsewhere();
+            return;
+        }
+    }
     let arrival = Arrival {
         key: sample.key_expr().as_str(),
         payload: Some(sample.payload()),
@@ -324,7 +363,8 @@ fn admit_query(gate: &Mutex<Gate>, ids: &IdGenerator, base: &OwnedKeyExpr, pipel
     let Some(admission) = gate.admission.as_ref() else {
         // Between a shutdown's close of the pipeline and the queryable's undeclaration: still owed an answer.
         let id = attachment_id(attachment.as_ref()).unwrap_or_else(|| ids.next());
-        return refuse_query(reply, &id, &key, pipeline, outcome::DROPPED, drop_reason::SHUTDOWN, WireEncoding::Json);
+        let refusal = Refusal { id: &id, key: &key, pipeline, daemon: ids.zid() };
+        return refuse_query(reply, refusal, outcome::DROPPED, drop_reason::SHUTDOWN, WireEncoding::Json);
     };
     let arrival = Arrival {
         key: &key,
@@ -339,6 +379,12 @@ fn admit_query(gate: &Mutex<Gate>, ids: &IdGenerator, base: &OwnedKeyExpr, pipel
     };
     admit(admission, ids, arrival);
 }
+
+/// How long a sharing daemon that stops keeps admitting its share after withdrawing its membership token: the time
+/// the others need to see it leave (a liveliness change crosses a LAN or a router in milliseconds), plus what its
+/// own reception may lag behind the stream (a message it receives later is lost: the others left it to it). On a
+/// loaded 2-core machine, 200 ms was not enough once in a full test run.
+const SHARE_HANDOVER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// zenoh's default query timeout (`queries_default_timeout`), the deadline of a query that states none.
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 10_000;
@@ -380,15 +426,8 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
             };
             let id = admission.decoder.peek_id(&message).or(attachment_id).unwrap_or_else(|| ids.next());
             let reason = refuse_reason::IN_FLIGHT_LIMIT;
-            refuse_query(
-                reply,
-                &id,
-                arrival.key,
-                admission.metrics.name(),
-                outcome::DROPPED,
-                reason,
-                admission.encoding,
-            );
+            let refusal = Refusal { id: &id, key: arrival.key, pipeline: admission.metrics.name(), daemon: ids.zid() };
+            refuse_query(reply, refusal, outcome::DROPPED, reason, admission.encoding);
         }
         return;
     }
@@ -436,16 +475,17 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
     answer(admission, envelope, Verdict::Dropped(reason));
 }
 
+/// Who a refused query's answer is about.
+struct Refusal<'a> {
+    id: &'a str,
+    key: &'a str,
+    pipeline: &'a str,
+    daemon: &'a str,
+}
+
 /// Answers a query the pipeline did not accept with a reply error (`outcome`, `reason`), from zenoh's callback.
-fn refuse_query(
-    reply: Reply,
-    id: &str,
-    key: &str,
-    pipeline: &str,
-    outcome: &str,
-    reason: &str,
-    encoding: WireEncoding,
-) {
+fn refuse_query(reply: Reply, refusal: Refusal<'_>, outcome: &str, reason: &str, encoding: WireEncoding) {
+    let Refusal { id, key, pipeline, daemon } = refusal;
     let result = zinfer_proto::Result {
         id: id.to_owned(),
         key: key.to_owned(),
@@ -453,6 +493,7 @@ fn refuse_query(
         outcome: outcome.to_owned(),
         reason: reason.to_owned(),
         message: refusal_message(reason).to_owned(),
+        daemon: daemon.to_owned(),
         ..Default::default()
     };
     let (bytes, encoding) = encode(&result, encoding);

@@ -6,3 +6,4 @@
 pub mod egress;
 pub mod ingress;
 pub mod session;
+pub mod share;

@@ -40,6 +40,8 @@ pub struct Entry {
     pub name: String,
     /// Its input key expression.
     pub input: String,
+    /// Whether daemons split its input.
+    pub share: config::ShareMode,
     /// Where its messages go.
     pub admission: Admission,
 }
@@ -152,6 +154,7 @@ impl Generation {
                 admission.take().map(|admission| Entry {
                     name: settings.name.clone(),
                     input: settings.input.clone(),
+                    share: settings.share,
                     admission,
                 })
             })

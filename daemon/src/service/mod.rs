@@ -80,7 +80,7 @@ pub async fn serve(
     let mut prefixes = Prefixes::default();
     let prefix = current.config.telemetry.prefix.clone();
     for entry in current.take_entries() {
-        let named = (prefix.as_str(), entry.name.as_str());
+        let named = (prefix.as_str(), entry.name.as_str(), entry.share);
         let ingress =
             Ingress::open(&session, &entry.input, named, entry.admission, None, Arc::clone(&ids), &mut prefixes)
                 .await?;
@@ -289,7 +289,7 @@ impl Service {
             }
             let ids = Arc::clone(&self.ids);
             // The telemetry prefix, hence the query keys' prefix, changes only at a restart.
-            let named = (current.config.telemetry.prefix.as_str(), entry.name.as_str());
+            let named = (current.config.telemetry.prefix.as_str(), entry.name.as_str(), entry.share);
             let opening =
                 Ingress::open(&self.session, &entry.input, named, entry.admission, overlap, ids, &mut self.prefixes);
             match opening.await {
@@ -311,6 +311,9 @@ impl Service {
         for (index, entry) in switch {
             // The previous admission is dropped here: the old worker drains its queue and ends.
             let subscription = &mut self.subscriptions[index];
+            if subscription.ingress.share() != entry.share {
+                tracing::warn!(pipeline = %entry.name, "`share` changed but takes effect only at a restart");
+            }
             drop(subscription.ingress.retarget(entry.admission));
             if subscription.name != entry.name {
                 let prefix = &current.config.telemetry.prefix;

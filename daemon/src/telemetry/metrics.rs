@@ -57,6 +57,8 @@ pub struct PipelineMetrics {
     publish_failures: AtomicU64,
     queries: AtomicU64,
     queries_refused: AtomicU64,
+    shared_elsewhere: AtomicU64,
+    share_members: AtomicU64,
     queue_depth: AtomicU64,
     /// Milliseconds from `created` to the worker's latest sign of progress.
     heartbeat_ms: AtomicU64,
@@ -101,6 +103,8 @@ impl PipelineMetrics {
             publish_failures: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             queries_refused: AtomicU64::new(0),
+            shared_elsewhere: AtomicU64::new(0),
+            share_members: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             created: Instant::now(),
@@ -174,6 +178,16 @@ impl PipelineMetrics {
     /// A query refused by [`Self::try_receive`] (answered at once with a reply error).
     pub fn record_query_refused(&self) {
         self.queries_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sample left to another daemon sharing the pipeline.
+    pub fn record_shared_elsewhere(&self) {
+        self.shared_elsewhere.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The daemons sharing the pipeline, as this one sees them.
+    pub fn set_share_members(&self, members: usize) {
+        self.share_members.store(members as u64, Ordering::Relaxed);
     }
 
     /// Zenoh refused to publish a result (or send a reply) that `record_outcome` already counted.
@@ -310,6 +324,8 @@ impl PipelineMetrics {
             max_in_flight: self.max_in_flight,
             queries: self.queries.load(Ordering::Relaxed),
             queries_refused: self.queries_refused.load(Ordering::Relaxed),
+            shared_elsewhere: self.shared_elsewhere.load(Ordering::Relaxed),
+            share_members: self.share_members.load(Ordering::Relaxed),
         }
     }
 }
