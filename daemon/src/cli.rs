@@ -72,6 +72,9 @@ enum BenchMode {
     /// Mixed traffic to every pipeline with bursts and a reload every minute: RSS slope, p99 per minute, and
     /// whether every message got exactly one outcome.
     Soak,
+    /// Capacity with one vs. two daemons sharing the input behind a zenoh router (1 ONNX Runtime thread each), and
+    /// the router's added latency against a direct peer connection.
+    Fleet,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,6 +266,18 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     let report = runtime()?.block_on(zinferd::bench::soak::run(&options))?;
                     (zinferd::bench::soak::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Fleet => {
+                    let options = zinferd::bench::fleet::FleetOptions {
+                        config: config_files(&cli),
+                        pipeline: args.pipeline.clone(),
+                        deadline_ms: args.deadline_ms,
+                        memory_mb: args.memory_mb,
+                        iterations: args.iterations,
+                        key: args.key.clone(),
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::fleet::run(&options))?;
+                    (zinferd::bench::fleet::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Sensor => {
                     let options = zinferd::bench::sensor::SensorBenchOptions {

@@ -203,3 +203,33 @@ async fn reloads_of_the_shipped_model_do_not_ratchet_rss_up() {
     assert!(growth < 16 * 1024 * 1024, "RSS grew {growth} bytes over {RELOADS} reloads");
     client.close().await;
 }
+
+/// `zinferd bench fleet` runs end to end on the fixture model: a router, one then two daemons sharing the input,
+/// and lone messages direct and routed. A smoke test of its plumbing (here, because it loads the machine); it asserts
+/// nothing about speed.
+#[test]
+fn bench_fleet_measures_one_and_two_daemons_and_the_router() {
+    let _alone = ALONE.blocking_lock();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("zinferd.toml");
+    let text = base_config(free_port(), "zt/benchfleet") + &text_pipeline("bench", "in/bench/**", "", "", "");
+    std::fs::write(&config, text).expect("write config");
+    let json = dir.path().join("report.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        .current_dir(dir.path())
+        .env("ORT_DYLIB_PATH", crate::support::ort_library())
+        .args(["--config", &config.to_string_lossy(), "bench", "fleet", "--iterations", "20"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run zinferd bench fleet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("CPU: ") && stdout.contains("scaling 2 over 1"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    assert!(report["capacity_one_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
+    assert!(report["capacity_two_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
+    let split: Vec<u64> = serde_json::from_value(report["split"].clone()).expect("split");
+    assert!(split.len() == 2 && split.iter().all(|count| *count > 0), "both daemons took a share: {report}");
+    assert_eq!((report["direct"]["count"].as_u64(), report["routed"]["count"].as_u64()), (Some(20), Some(20)));
+}

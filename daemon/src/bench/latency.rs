@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use zinfer_stage_api::{Input, Item, RawMessage};
 
-use super::{Summary, spawn_daemon};
+use super::{Placement, Summary, spawn_daemon};
 use crate::client::{Client, RequestFormat};
 use crate::pipeline::Envelope;
 
@@ -144,12 +144,12 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 
     // 4a. A daemon without any model.
     let scratch = tempfile::tempdir().context("temp dir")?;
-    let bare = spawn_daemon(scratch.path(), &config, None, "bare").await?;
+    let bare = spawn_daemon(scratch.path(), &config, None, "bare", Placement::Own).await?;
     let idle_rss_without_model = bare.settled_rss().await?;
     bare.stop();
 
     // 3 and 4b. The daemon with the model.
-    let loaded = spawn_daemon(scratch.path(), &config, Some(&options.config), "loaded").await?;
+    let loaded = spawn_daemon(scratch.path(), &config, Some(&options.config), "loaded", Placement::Own).await?;
     let idle_rss_with_model = loaded.settled_rss().await?;
     let client = Client::connect(&loaded.endpoint).await?;
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");

@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use zenoh::qos::CongestionControl;
 use zinfer_proto::{keys, outcome};
 
-use super::{ChildDaemon, Summary, spawn_daemon};
+use super::{ChildDaemon, Placement, Summary, spawn_daemon};
 use crate::client::{Client, decode_result};
 use crate::config::{Config, PipelineConfig, StageSpec};
 
@@ -105,18 +105,19 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let duration = Duration::from_secs_f64(options.seconds.max(0.5));
 
     // Batch size 1 first: its capacity is the baseline of the batching gain.
-    let single = start(scratch.path(), &config, &settings, options, 1, "batch1").await?;
+    let single = start(scratch.path(), &config, &child_config(&settings, options, 1, &[])?, "batch1").await?;
     let capacity_batch1 = saturate(&single, &key, &settings.output_prefix).await?;
-    single.daemon.stop();
+    single.stop();
 
-    let batched = start(scratch.path(), &config, &settings, options, settings.max_batch, "batched").await?;
+    let pipeline = child_config(&settings, options, settings.max_batch, &[])?;
+    let batched = start(scratch.path(), &config, &pipeline, "batched").await?;
     let capacity = saturate(&batched, &key, &settings.output_prefix).await?;
     let mut levels = Vec::new();
     for multiple in [0.5, 1.0, 2.0, 10.0] {
         let rate = capacity * multiple;
         levels.push(drive(&batched, &key, &settings.output_prefix, rate, duration, multiple).await?);
     }
-    batched.daemon.stop();
+    batched.stop();
     let id_peek_ns = measure_id_peek(&settings)?;
 
     Ok(LoadReport {
@@ -218,30 +219,39 @@ pub fn markdown(report: &LoadReport) -> String {
     text
 }
 
-struct Target {
-    daemon: ChildDaemon,
-    client: Client,
+/// The daemons a load is driven into (one, or several sharing the pipeline behind a router) and the client that
+/// drives it.
+pub(crate) struct Target {
+    pub(crate) daemons: Vec<ChildDaemon>,
+    pub(crate) client: Client,
 }
 
-/// Starts a child running only `settings`, with `max_batch`, the benchmark's deadline and budget.
-async fn start(
-    dir: &Path,
-    config: &Config,
+impl Target {
+    /// Stops every daemon.
+    pub(crate) fn stop(self) {
+        self.daemons.into_iter().for_each(ChildDaemon::stop);
+    }
+}
+
+/// Starts a child running only the pipeline `pipeline` (from [`child_config`]), on a loopback port of its own.
+async fn start(dir: &Path, config: &Config, pipeline: &str, name: &str) -> anyhow::Result<Target> {
+    let file = dir.join(format!("{name}-pipeline.toml"));
+    std::fs::write(&file, pipeline)?;
+    let daemon = spawn_daemon(dir, config, Some(&[file]), name, Placement::Own).await?;
+    daemon.settled_rss().await?;
+    let client = Client::connect(&daemon.endpoint).await?;
+    Ok(Target { daemons: vec![daemon], client })
+}
+
+/// A configuration with just this pipeline, rebuilt from its validated settings, with `max_batch`, the benchmark's
+/// deadline and budget, and `extra` keys in the pipeline table (a dotted key goes into a sub-table:
+/// `session.intra_threads`).
+pub(crate) fn child_config(
     settings: &PipelineConfig,
     options: &LoadOptions,
     max_batch: usize,
-    name: &str,
-) -> anyhow::Result<Target> {
-    let file = dir.join(format!("{name}-pipeline.toml"));
-    std::fs::write(&file, child_config(settings, options, max_batch)?)?;
-    let daemon = spawn_daemon(dir, config, Some(&[file]), name).await?;
-    daemon.settled_rss().await?;
-    let client = Client::connect(&daemon.endpoint).await?;
-    Ok(Target { daemon, client })
-}
-
-/// A configuration with just this pipeline, rebuilt from its validated settings.
-fn child_config(settings: &PipelineConfig, options: &LoadOptions, max_batch: usize) -> anyhow::Result<String> {
+    extra: &[(&str, toml::Value)],
+) -> anyhow::Result<String> {
     let stage = |spec: &StageSpec| {
         let mut table = spec.options.clone();
         table.insert("type".into(), spec.kind.clone().into());
@@ -263,6 +273,18 @@ fn child_config(settings: &PipelineConfig, options: &LoadOptions, max_batch: usi
     if let Some(instances) = settings.instances {
         pipeline.insert("instances".into(), (instances as i64).into());
     }
+    for (key, value) in extra {
+        match key.split_once('.') {
+            Some((table, key)) => {
+                if let Some(toml::Value::Table(table)) = pipeline.get_mut(table) {
+                    table.insert(key.to_owned(), value.clone());
+                }
+            }
+            None => {
+                pipeline.insert((*key).to_owned(), value.clone());
+            }
+        }
+    }
     let mut daemon = toml::Table::new();
     daemon.insert("memory_mb".into(), (options.memory_mb as i64).into());
     let mut document = toml::Table::new();
@@ -272,7 +294,7 @@ fn child_config(settings: &PipelineConfig, options: &LoadOptions, max_batch: usi
 }
 
 /// Capacity: the highest `ok` rate seen while the offered rate doubles until the daemon falls behind.
-async fn saturate(target: &Target, key: &str, output_prefix: &str) -> anyhow::Result<f64> {
+pub(crate) async fn saturate(target: &Target, key: &str, output_prefix: &str) -> anyhow::Result<f64> {
     let mut rate = 250.0;
     let mut best: f64 = 0.0;
     for _ in 0..10 {
@@ -329,10 +351,12 @@ async fn drive(
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let (peak, stop, pid) = (Arc::clone(&peak), Arc::clone(&stop_sampling), target.daemon.pid());
+        let pids: Vec<u32> = target.daemons.iter().map(ChildDaemon::pid).collect();
+        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop_sampling));
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let rss = super::process_rss(pid).map_or(0, |(rss, _)| rss);
+                // Several daemons: what they hold together.
+                let rss: u64 = pids.iter().map(|pid| super::process_rss(*pid).map_or(0, |(rss, _)| rss)).sum();
                 peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }

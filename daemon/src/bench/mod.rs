@@ -9,6 +9,7 @@
 //!
 //! They report; they assert nothing. Compare numbers from one run only: these machines are shared and noisy.
 
+pub mod fleet;
 pub mod latency;
 pub mod load;
 pub mod sensor;
@@ -196,21 +197,41 @@ pub(crate) fn request_key(option: Option<&str>, input: &str, leaf: &str) -> Stri
     option.map_or_else(|| format!("{}/{leaf}", input.trim_end_matches("/**").trim_end_matches("/*")), str::to_owned)
 }
 
-/// Starts a child zinferd on a free loopback port: with the user's config files plus an override (`files`), or
-/// with no pipeline at all (`None`).
+/// Where a benchmark's child zinferd sits on the zenoh fabric.
+pub(crate) enum Placement<'a> {
+    /// A peer listening on a free loopback port of its own, under a telemetry prefix of its own.
+    Own,
+    /// A client of the router at `router`, under `prefix` (daemons under one prefix share pipelines they share).
+    Behind {
+        /// The router's endpoint.
+        router: &'a str,
+        /// The telemetry prefix.
+        prefix: &'a str,
+    },
+}
+
+/// Starts a child zinferd at `placement`: with the user's config files plus an override (`files`), or with no
+/// pipeline at all (`None`).
 pub(crate) async fn spawn_daemon(
     dir: &Path,
     config: &Config,
     files: Option<&[PathBuf]>,
     name: &str,
+    placement: Placement<'_>,
 ) -> anyhow::Result<ChildDaemon> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let prefix = format!("zinfer-bench/{name}/{port}");
-    let overrides = format!(
-        "[zenoh]\nmode = \"peer\"\nlisten = [\"{endpoint}\"]\nconnect = []\nmulticast_scouting = false\n\
-         [telemetry]\nprefix = \"{prefix}\"\n"
-    );
+    let (endpoint, prefix, zenoh) = match placement {
+        Placement::Own => {
+            let endpoint = format!("tcp/127.0.0.1:{port}");
+            let zenoh = format!("mode = \"peer\"\nlisten = [\"{endpoint}\"]\nconnect = []");
+            (endpoint, format!("zinfer-bench/{name}/{port}"), zenoh)
+        }
+        Placement::Behind { router, prefix } => {
+            let zenoh = format!("mode = \"client\"\nlisten = []\nconnect = [\"{router}\"]");
+            (router.to_owned(), prefix.to_owned(), zenoh)
+        }
+    };
+    let overrides = format!("[zenoh]\n{zenoh}\nmulticast_scouting = false\n[telemetry]\nprefix = \"{prefix}\"\n");
     let override_file = dir.join(format!("{name}.toml"));
     std::fs::write(&override_file, overrides)?;
     let mut command = Command::new(std::env::current_exe().context("locating zinferd")?);

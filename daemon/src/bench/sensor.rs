@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use zenoh::bytes::Encoding;
 use zinfer_stage_api::RawMessage;
 
-use super::{Summary, spawn_daemon};
+use super::{Placement, Summary, spawn_daemon};
 use crate::client::{Client, decode_result};
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::Verdict;
@@ -116,7 +116,7 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
 
     // 3. Round trips through a zinferd child.
     let scratch = tempfile::tempdir().context("temp dir")?;
-    let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "sensor").await?;
+    let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "sensor", Placement::Own).await?;
     daemon.settled_rss().await?;
     let client = Client::connect(&daemon.endpoint).await?;
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");

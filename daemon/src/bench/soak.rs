@@ -19,7 +19,7 @@ use zenoh::bytes::Encoding;
 use zenoh::qos::CongestionControl;
 use zinfer_proto::outcome;
 
-use super::spawn_daemon;
+use super::{Placement, spawn_daemon};
 use crate::client::{Client, decode_result};
 
 /// What to run.
@@ -98,7 +98,7 @@ struct Book {
 pub async fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
     let config = crate::config::load(&options.config)?;
     let scratch = tempfile::tempdir().context("temp dir")?;
-    let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "soak").await?;
+    let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "soak", Placement::Own).await?;
     daemon.settled_rss().await?;
     let client = Client::connect(&daemon.endpoint).await?;
     let book = Arc::new(Mutex::new(Book::default()));
