@@ -19,6 +19,7 @@ mod memory;
 mod overload;
 mod providers;
 mod queries;
+mod security;
 mod sensor;
 mod service;
 mod shipped_model;
