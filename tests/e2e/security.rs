@@ -263,3 +263,13 @@ async fn with_user_password_and_an_acl_only_listed_users_get_through() {
         .await;
     assert_eq!(received(&operator, &prefix).await, 2, "only the operator's put and query reached the daemon");
 }
+
+#[test]
+fn the_readme_example_zenoh_configs_are_accepted_by_zenoh() {
+    for file in ["configs/secure/router.json5", "configs/secure/daemon-zenoh.json5"] {
+        let path = crate::support::repo_root().join(file);
+        if let Err(error) = zenoh::Config::from_file(&path) {
+            panic!("{file}: {error}");
+        }
+    }
+}
