@@ -21,6 +21,10 @@ struct Site {
     share: &'static str,
     client: zenoh::Session,
     daemons: Vec<Daemon>,
+    /// The daemons' zenoh lease (how long the router waits before it declares a silent daemon gone), if not zenoh's
+    /// default, 10 s.
+    lease_ms: Option<u64>,
+    scratch: tempfile::TempDir,
 }
 
 impl Site {
@@ -30,14 +34,22 @@ impl Site {
         let router = open_router(port).await;
         let client = open_client(&endpoint).await;
         let prefix = format!("zt/{tag}/{port}");
-        Self { _router: router, endpoint, prefix, tag: tag.to_owned(), share, client, daemons: Vec::new() }
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let (tag, daemons, lease_ms) = (tag.to_owned(), Vec::new(), None);
+        Self { _router: router, endpoint, prefix, tag, share, client, daemons, lease_ms, scratch }
     }
 
     /// Starts one more daemon and waits until every daemon's membership token is known to the router.
     async fn add_daemon(&mut self) {
         let input = format!("in/{}/**", self.tag);
-        let config = base_config_behind(&self.endpoint, &self.prefix)
+        let mut config = base_config_behind(&self.endpoint, &self.prefix)
             + &text_pipeline("shared", &input, &format!("share = \"{}\"\nqueue_capacity = 2000", self.share), "", "");
+        if let Some(lease) = self.lease_ms {
+            let file = self.scratch.path().join("zenoh.json5");
+            std::fs::write(&file, format!("{{ transport: {{ link: {{ tx: {{ lease: {lease} }} }} }} }}"))
+                .expect("write");
+            config = config.replacen("[zenoh]\n", &format!("[zenoh]\nconfig_file = \"{}\"\n", file.display()), 1);
+        }
         let mut daemon = Daemon::start_behind(&config, &self.endpoint);
         daemon.wait_subscribed(&self.client, &format!("in/{}/x", self.tag)).await;
         self.daemons.push(daemon);
@@ -286,4 +298,50 @@ async fn a_stopped_daemon_hands_its_share_over_without_losing_a_message() {
     }
     let mut leaving = leaving;
     assert!(leaving.wait_exit().success(), "a clean stop:\n{}", leaving.log());
+}
+
+/// A daemon that freezes (SIGSTOP: its connections stay open, it sends nothing, as a board that hangs or loses its
+/// network without closing them) keeps its share until the router declares it gone, one zenoh lease later; every
+/// message of its share until then is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_daemons_share_is_lost_until_its_zenoh_lease_expires() {
+    let _alone = crate::ALONE.lock().await;
+    const LEASE_MS: u64 = 2000;
+    const MESSAGES: usize = 1000;
+    const FREEZE_AT: usize = 200;
+    let spacing = Duration::from_millis(5);
+    let mut site = Site::open("frozen", "message").await;
+    site.lease_ms = Some(LEASE_MS);
+    site.add_daemon().await;
+    site.add_daemon().await;
+    let results = site.client.declare_subscriber("out/in/frozen/**").await.expect("subscribe");
+    let sent = ids("z", MESSAGES);
+    let victim = site.daemons.pop().expect("two daemons");
+    let mut sent_at = Vec::with_capacity(MESSAGES);
+    let mut frozen_at = None;
+    site.publish(&sent, Some("in/frozen/x"), spacing, |index| {
+        if index == FREEZE_AT {
+            victim.signal("STOP");
+            frozen_at = Some(Instant::now());
+        }
+        sent_at.push(Instant::now());
+    })
+    .await;
+    let frozen_at = frozen_at.expect("frozen mid-stream");
+    let answered = collect(&results, MESSAGES).await;
+    let mut victim = victim;
+    victim.kill();
+
+    let lost: Vec<Duration> = (0..MESSAGES)
+        .filter(|index| !answered.contains_key(&sent[*index]))
+        .map(|index| sent_at[index].saturating_duration_since(frozen_at))
+        .collect();
+    let last = lost.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "SIGSTOP of one of two sharing daemons (lease {LEASE_MS} ms), {MESSAGES} messages {spacing:?} apart: {} lost, \
+         the last sent {last:?} after the freeze",
+        lost.len()
+    );
+    assert!(!lost.is_empty(), "a frozen daemon's share is lost until the lease expires");
+    assert!(last < Duration::from_millis(LEASE_MS + 2000), "its share moved within the lease and a margin: {last:?}");
 }

@@ -82,7 +82,8 @@ impl Reply {
         }
     }
 
-    /// The same, from a zenoh callback, which must not wait: the reply goes to zenoh's queue at once.
+    /// The same, synchronously, for a zenoh callback: it returns once zenoh has queued the reply, which blocks only
+    /// while zenoh's queue towards the querier is full and the query asked for congestion control `block`.
     pub fn send_now(self, ok: bool, bytes: Vec<u8>, encoding: Encoding, id: &str) -> zenoh::Result<()> {
         if ok {
             self.query.reply(self.key, bytes).encoding(encoding).attachment(id.as_bytes().to_vec()).wait()

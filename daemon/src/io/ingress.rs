@@ -264,10 +264,11 @@ impl Ingress {
     pub async fn close(self) {
         // A sharing daemon first leaves the members and goes on admitting its share until the others have seen it
         // leave: a message in between is then taken twice rather than by no one.
-        let share = lock(&self.gate).share.take();
-        if let Some(mut share) = share {
-            share.leave().await;
-            lock(&self.gate).share = Some(share);
+        let token = lock(&self.gate).share.as_mut().and_then(Share::leave);
+        if let Some(token) = token {
+            if let Err(error) = token.undeclare().await {
+                tracing::warn!(%error, "withdrawing a share membership token failed");
+            }
             tokio::time::sleep(SHARE_HANDOVER).await;
         }
         drop(lock(&self.gate).admission.take());

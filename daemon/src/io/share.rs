@@ -83,14 +83,11 @@ impl Share {
         Ok(Self { mode, own, members, token: Some(token), _subscriber: subscriber })
     }
 
-    /// Withdraws this daemon's membership token, so that the others take its share; until it stops admitting, it
-    /// goes on taking its own share as before (a message in between is taken twice rather than by no one).
-    pub async fn leave(&mut self) {
-        if let Some(token) = self.token.take()
-            && let Err(error) = token.undeclare().await
-        {
-            tracing::warn!(%error, "withdrawing a share membership token failed");
-        }
+    /// Hands over this daemon's membership token, for the caller to withdraw, so that the others take its share;
+    /// until it stops admitting, it goes on taking its own share as before (a message in between is taken twice
+    /// rather than by no one). `None` if it left already.
+    pub fn leave(&mut self) -> Option<zenoh::liveliness::LivelinessToken> {
+        self.token.take()
     }
 
     /// Whether this daemon takes the message on `key` with `payload` and `attachment`.

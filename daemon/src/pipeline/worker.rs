@@ -136,7 +136,8 @@ pub fn failed_verdict() -> Verdict {
     ))
 }
 
-/// What answering a message needs when its batch's postprocessing panicked: id, key, arrival, deadline, reply.
+/// What the worker keeps of each message of a batch while postprocessing runs (to answer it even if that panics):
+/// id, key, arrival, deadline, and the query its outcome replies to.
 type Identity = (String, String, Instant, Option<Deadline>, Option<crate::io::egress::Reply>);
 
 struct Worker {
