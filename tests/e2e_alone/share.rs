@@ -337,9 +337,11 @@ async fn a_frozen_daemons_share_is_lost_until_its_zenoh_lease_expires() {
         .map(|index| sent_at[index].saturating_duration_since(frozen_at))
         .collect();
     let last = lost.iter().max().copied().unwrap_or_default();
+    // Whether the frozen daemon held the publisher back (puts with congestion control block, through the router).
+    let stall = sent_at.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
     eprintln!(
         "SIGSTOP of one of two sharing daemons (lease {LEASE_MS} ms), {MESSAGES} messages {spacing:?} apart: {} lost, \
-         the last sent {last:?} after the freeze",
+         the last sent {last:?} after the freeze; the publisher's longest pause {stall:?}",
         lost.len()
     );
     assert!(!lost.is_empty(), "a frozen daemon's share is lost until the lease expires");
