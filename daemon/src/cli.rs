@@ -75,6 +75,8 @@ enum BenchMode {
     /// Capacity with one vs. two daemons sharing the input behind a zenoh router (1 ONNX Runtime thread each), and
     /// the router's added latency against a direct peer connection.
     Fleet,
+    /// Messages per second one zenoh router forwards from --sessions publishing sessions to one subscriber.
+    Router,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,9 +90,15 @@ struct BenchArgs {
     /// load: the child daemons' memory budget, in MiB.
     #[arg(long, default_value_t = 256)]
     memory_mb: u64,
-    /// load: seconds per load level.
+    /// load: seconds per load level; router: seconds of publishing.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// router: publishing sessions.
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
+    /// router: bytes per message (680: a text result in JSON).
+    #[arg(long, default_value_t = 680)]
+    payload: usize,
     /// The pipeline to measure (default: the first).
     #[arg(long)]
     pipeline: Option<String>,
@@ -278,6 +286,15 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     let report = runtime()?.block_on(zinferd::bench::fleet::run(&options))?;
                     (zinferd::bench::fleet::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Router => {
+                    let options = zinferd::bench::router::RouterOptions {
+                        sessions: args.sessions,
+                        payload: args.payload,
+                        seconds: args.seconds,
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::router::run(&options))?;
+                    (zinferd::bench::router::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Sensor => {
                     let options = zinferd::bench::sensor::SensorBenchOptions {

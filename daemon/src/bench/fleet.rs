@@ -133,7 +133,8 @@ pub fn markdown(report: &FleetReport) -> String {
     )
 }
 
-async fn open_router() -> anyhow::Result<(zenoh::Session, String)> {
+/// A zenoh router in this process, listening on a free loopback port; its endpoint.
+pub(crate) async fn open_router() -> anyhow::Result<(zenoh::Session, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
     let mut config = zenoh::Config::default();

@@ -12,6 +12,7 @@
 pub mod fleet;
 pub mod latency;
 pub mod load;
+pub mod router;
 pub mod sensor;
 pub mod soak;
 
