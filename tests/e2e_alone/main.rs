@@ -233,3 +233,24 @@ fn bench_fleet_measures_one_and_two_daemons_and_the_router() {
     assert!(split.len() == 2 && split.iter().all(|count| *count > 0), "both daemons took a share: {report}");
     assert_eq!((report["direct"]["count"].as_u64(), report["routed"]["count"].as_u64()), (Some(20), Some(20)));
 }
+
+/// `zinferd bench router` runs end to end: a router, publishing sessions and a subscriber, level by level. A smoke
+/// test of its plumbing (here, because it loads the machine); it asserts nothing about speed.
+#[test]
+fn bench_router_reports_its_levels() {
+    let _alone = ALONE.blocking_lock();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"))
+        .current_dir(dir.path())
+        .args(["bench", "router", "--sessions", "2", "--seconds", "0.5", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run zinferd bench router");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    let levels = report["levels"].as_array().expect("levels");
+    assert!(!levels.is_empty() && levels[0]["offered_per_s"] == 10_000.0, "{report}");
+    assert!(levels[0]["delivered_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
+}
