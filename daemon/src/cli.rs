@@ -41,6 +41,9 @@ struct FleetArgs {
     /// Where to join the fleet's zenoh fabric: the site's router, or any daemon's endpoint.
     #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
     connect: String,
+    /// A native zenoh config file for this client (TLS certificates, user and password of a secured fabric).
+    #[arg(long, value_name = "FILE")]
+    zenoh_config: Option<PathBuf>,
     /// The daemons' `telemetry.prefix`.
     #[arg(long, default_value = "zinfer")]
     prefix: String,
@@ -146,6 +149,9 @@ struct SendArgs {
     /// The daemon's endpoint.
     #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
     connect: String,
+    /// A native zenoh config file for this client (TLS certificates, user and password of a secured fabric).
+    #[arg(long, value_name = "FILE")]
+    zenoh_config: Option<PathBuf>,
     /// The pipeline's `output_prefix`.
     #[arg(long, default_value = "zinfer/out")]
     output_prefix: String,
@@ -319,7 +325,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 
 fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
     let runtime = runtime()?;
-    let client = runtime.block_on(Client::connect(&args.connect))?;
+    let client = runtime.block_on(Client::connect_with(&args.connect, args.zenoh_config.as_deref()))?;
     let timeout = Duration::from_millis(args.timeout_ms);
     if let Some(address) = &args.prometheus {
         zinfer_fleet::exporter::serve(address, runtime.handle(), client.session(), &args.prefix, timeout)?;
@@ -339,10 +345,12 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
         args.prefix
     );
     let rows = zinfer_fleet::table::rows(&before, &after, interval);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", zinfer_fleet::table::render(&rows));
+    let text = if args.json { serde_json::to_string_pretty(&rows)? + "\n" } else { zinfer_fleet::table::render(&rows) };
+    // A reader that stops early (`| head`) is not an error.
+    use std::io::Write as _;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => return Err(error.into()),
+        _ => {}
     }
     runtime.block_on(client.close());
     Ok(())
@@ -350,7 +358,7 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
 
 async fn send(args: &SendArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let client = Client::connect(&args.connect).await?;
+    let client = Client::connect_with(&args.connect, args.zenoh_config.as_deref()).await?;
     let id = args.id.clone().unwrap_or_else(|| format!("send-{}", std::process::id()));
     let result = if args.query {
         client.query(&args.key, &id, args.format.encode(&id, &args.text), timeout).await?

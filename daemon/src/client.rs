@@ -80,7 +80,17 @@ pub struct Pending {
 impl Client {
     /// Connects to `endpoint` (e.g. `tcp/127.0.0.1:7447`).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let mut config = zenoh::Config::default();
+        Self::connect_with(endpoint, None).await
+    }
+
+    /// Connects to `endpoint` with the settings of a native zenoh config file (`zenoh_config`: TLS certificates,
+    /// user and password, as a secured fabric needs); endpoint, mode and scouting are this client's own.
+    pub async fn connect_with(endpoint: &str, zenoh_config: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        let mut config = match zenoh_config {
+            Some(file) => zenoh::Config::from_file(file)
+                .map_err(|error| ClientError::Zenoh(format!("{}: {error}", file.display())))?,
+            None => zenoh::Config::default(),
+        };
         let set = |config: &mut zenoh::Config, key: &str, value: String| {
             config.insert_json5(key, &value).map_err(|error| ClientError::Zenoh(format!("{key}: {error}")))
         };

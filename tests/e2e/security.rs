@@ -167,6 +167,28 @@ async fn over_tls_only_clients_that_trust_the_ca_get_through() {
     let plain = open("client", &[("connect/endpoints", format!("[\"tcp/127.0.0.1:{port}\"]"))]).await;
     assert_shut_out(plain, &prefix).await;
     assert_eq!(received(&client, &prefix).await, 2, "only the authorised put and query reached the daemon");
+
+    // zinferd's own client joins with a zenoh config file of its own, and cannot without it.
+    let client_config = pki.dir.path().join("client-zenoh.json5");
+    std::fs::write(
+        &client_config,
+        format!("{{ transport: {{ link: {{ tls: {{ root_ca_certificate: {} }} }} }} }}", json(&pki.path("ca.pem"))),
+    )
+    .expect("write the client's zenoh config");
+    let send = |with_config: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"));
+        command.args(["send", "--query", "--key", &keys::infer(&prefix, "secure"), "--connect", &router_endpoint]);
+        command.args(["--timeout-ms", "3000"]);
+        if with_config {
+            command.arg("--zenoh-config").arg(&client_config);
+        }
+        command.arg("a fine film").output().expect("run zinferd send")
+    };
+    let with = send(true);
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    let printed: proto::Result = serde_json::from_slice(&with.stdout).expect("send prints the result");
+    assert_eq!(printed.outcome, proto::outcome::OK);
+    assert!(!send(false).status.success(), "without the CA, zinferd send cannot reach the pipeline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
