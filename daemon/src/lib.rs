@@ -11,11 +11,16 @@
 //!                                     telemetry::metrics ─▶ telemetry (<prefix>/telemetry, /status, /alive)
 //! ```
 //!
+//! A query on `<prefix>/infer/<pipeline>` enters the same ingress and queue as a published message and leaves the
+//! egress as its reply. With a pipeline's `share` set, `io::share` decides at the ingress which of the daemons
+//! serving that pipeline takes each message (docs/fleet.md).
+//!
 //! - [`config`] reads layered TOML and `ZINFER_*` overrides and validates them.
 //! - [`pipeline`] builds stages through the registry and runs them on a worker thread that owns the model:
 //!   deadlines, earliest-deadline-first order, overload policies and dynamic batching live in its worker.
 //! - [`memory`] probes what each model costs at start-up and governs RSS against the budget while running.
-//! - [`io`] holds the zenoh session, the ingress and the egress.
+//! - [`io`] holds the zenoh session, the ingress (subscriber and queryable), the egress (results and replies) and
+//!   the membership of daemons that share a pipeline.
 //! - [`telemetry`] counts, samples and publishes.
 //! - [`service`] runs it all as a long-running service: configuration generations swapped on reload (SIGHUP),
 //!   worker health and the systemd watchdog, and the drain at shutdown; [`signals`] maps Unix signals onto it.
