@@ -353,8 +353,8 @@ fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
 fn admit_query(gate: &Mutex<Gate>, ids: &IdGenerator, base: &OwnedKeyExpr, pipeline: &str, query: Query) {
     let (arrived, arrived_wall) = (Instant::now(), SystemTime::now());
     // The reply goes on the query's own key when that is one key; a query with wildcards gets it on the pipeline's.
-    let concrete = !query.key_expr().as_str().contains('*');
-    let reply_key = if concrete { query.key_expr().clone().into_owned().into() } else { base.clone() };
+    let reply_key =
+        if query.key_expr().is_wild() { base.clone() } else { query.key_expr().clone().into_owned().into() };
     let deadline_ms = query.parameters().get(DEADLINE_PARAMETER).and_then(|value| value.trim().parse().ok());
     let key = reply_key.as_str().to_owned();
     let (payload, encoding, attachment) =
@@ -400,48 +400,25 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
     let size = arrival.payload.map_or(0, ZBytes::len);
     // A payload that could never be queued is not copied out of zenoh: only its head, where its id is.
     let too_large = size > admission.max_payload;
+    // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`. A querier
+    // waits for its reply, so a refused query is still read (its head only, for the id) and told at once.
     let accepted = admission.metrics.try_receive();
-    let copy = |limit: Option<usize>| {
-        let Some(payload) = arrival.payload else { return Vec::new() };
-        match limit {
-            Some(limit) => {
-                let mut head = Vec::with_capacity(limit);
-                // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
-                let _ = payload.reader().take(limit as u64).read_to_end(&mut head);
-                head
-            }
-            None => payload.to_bytes().into_owned(),
-        }
-    };
-    let attachment_id = attachment_id(arrival.attachment);
-    if !accepted {
-        // Refused (counted, no outcome) when the pipeline owes too many outcomes already; see `try_receive`. A
-        // querier waits for its reply, so a query is told at once (its head is read for the id, no more).
-        if let Some(reply) = arrival.reply {
-            admission.metrics.record_query_refused();
-            let message = RawMessage {
-                key: arrival.key.to_owned(),
-                payload: copy(Some(PEEK_BYTES)),
-                encoding: arrival.encoding,
-                attachment_id: attachment_id.clone(),
-            };
-            let id = admission.decoder.peek_id(&message).or(attachment_id).unwrap_or_else(|| ids.next());
-            let reason = refuse_reason::IN_FLIGHT_LIMIT;
-            let refusal = Refusal { id: &id, key: arrival.key, pipeline: admission.metrics.name(), daemon: ids.zid() };
-            refuse_query(reply, refusal, outcome::DROPPED, reason, admission.encoding);
-        }
+    if !accepted && arrival.reply.is_none() {
         return;
     }
-    if arrival.reply.is_some() {
-        admission.metrics.record_query();
-    }
-    let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
-    let message = RawMessage {
-        key: arrival.key.to_owned(),
-        payload: copy(too_large.then_some(PEEK_BYTES)),
-        encoding: arrival.encoding,
-        attachment_id,
+    let payload = match arrival.payload {
+        // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
+        Some(payload) if too_large || !accepted => {
+            let mut head = Vec::with_capacity(PEEK_BYTES);
+            let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
+            head
+        }
+        Some(payload) => payload.to_bytes().into_owned(),
+        None => Vec::new(),
     };
+    let attachment_id = attachment_id(arrival.attachment);
+    let fallback_id = attachment_id.clone().unwrap_or_else(|| ids.next());
+    let message = RawMessage { key: arrival.key.to_owned(), payload, encoding: arrival.encoding, attachment_id };
     let envelope = Envelope {
         message,
         arrived: arrival.arrived,
@@ -450,6 +427,18 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
         reply: arrival.reply,
         deadline_ms: arrival.deadline_ms,
     };
+    if !accepted {
+        admission.metrics.record_query_refused();
+        let id = envelope.sender_id(admission.decoder.as_ref());
+        let refusal = Refusal { id: &id, key: arrival.key, pipeline: admission.metrics.name(), daemon: ids.zid() };
+        if let Some(reply) = envelope.reply {
+            refuse_query(reply, refusal, outcome::DROPPED, refuse_reason::IN_FLIGHT_LIMIT, admission.encoding);
+        }
+        return;
+    }
+    if envelope.reply.is_some() {
+        admission.metrics.record_query();
+    }
     if too_large {
         let detail = format!(
             "payload of {size} bytes exceeds the pipeline's queue_bytes ({} bytes); it was not read",
