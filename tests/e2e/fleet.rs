@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, text_pipeline};
+use crate::support::{Daemon, WAIT, base_config, base_config_connected, free_port, text_pipeline};
 
 /// Two daemons under one prefix, each serving its own input, the second connected to the first.
 struct Fleet {
@@ -24,11 +24,7 @@ async fn two_daemons(tag: &str) -> Fleet {
         &(base_config(first_port, &prefix) + &text_pipeline("alpha", &format!("in/{tag}/a/**"), "", "", "")),
         first_port,
     );
-    let second_config = base_config(second_port, &prefix).replacen(
-        "multicast_scouting",
-        &format!("connect = [\"tcp/127.0.0.1:{first_port}\"]\nmulticast_scouting"),
-        1,
-    );
+    let second_config = base_config_connected(second_port, first_port, &prefix);
     let second =
         Daemon::start(&(second_config + &text_pipeline("beta", &format!("in/{tag}/b/**"), "", "", "")), second_port);
     Fleet { first, second, prefix }

@@ -9,8 +9,8 @@ use zinfer_proto::{self as proto, Message, drop_reason, expire_reason, keys, out
 use zinferd::client::RequestFormat;
 
 use crate::support::{
-    Daemon, TextDaemon, WAIT, base_config, free_port, golden, int8_tolerance, start_text, status, text_pipeline,
-    wait_for_stats,
+    Daemon, TextDaemon, WAIT, base_config, base_config_connected, free_port, golden, int8_tolerance, start_text,
+    status, text_pipeline, wait_for_stats,
 };
 
 /// Every reply a `get` on `key` receives until zenoh ends it (the final reply, or the timeout).
@@ -266,30 +266,13 @@ async fn with_two_daemons_on_one_prefix_a_query_runs_on_one_of_them() {
     let prefix = format!("zt/qtwo/{first_port}");
     let pipeline = text_pipeline("two", "in/qtwo/**", "", "", "");
     let first = Daemon::start(&(base_config(first_port, &prefix) + &pipeline), first_port);
-    let second_config = base_config(second_port, &prefix).replacen(
-        "multicast_scouting",
-        &format!("connect = [\"tcp/127.0.0.1:{first_port}\"]\nmulticast_scouting"),
-        1,
-    );
+    let second_config = base_config_connected(second_port, first_port, &prefix);
     let second = Daemon::start(&(second_config + &pipeline), second_port);
     let client = first.client().await;
     let session = client.session();
-    let status_key = keys::status(&prefix);
     let queries_by_daemon = || async {
-        let replies = session
-            .get(&status_key)
-            .target(zenoh::query::QueryTarget::All)
-            .consolidation(zenoh::query::ConsolidationMode::None)
-            .timeout(WAIT)
-            .await
-            .expect("status get");
-        let mut counts = Vec::new();
-        while let Ok(reply) = replies.recv_async().await {
-            let bytes = reply.result().expect("a status reply").payload().to_bytes().into_owned();
-            let snapshot: proto::Telemetry = serde_json::from_slice(&bytes).expect("a JSON snapshot");
-            counts.push(snapshot.pipelines[0].queries);
-        }
-        counts
+        let snapshots = zinfer_fleet::gather(session, &prefix, WAIT).await.expect("gather the daemons' status");
+        snapshots.iter().map(|snapshot| snapshot.pipelines[0].queries).collect::<Vec<u64>>()
     };
     // Both daemons reachable: each answers status.
     let deadline = std::time::Instant::now() + WAIT;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use zinfer_proto::{self as proto, keys};
 use zinferd::client::{RequestFormat, decode_result};
 
-use crate::support::{Daemon, WAIT, base_config_behind, free_port, text_pipeline};
+use crate::support::{Daemon, WAIT, base_config_behind, free_port, text_pipeline, try_open_session, try_status};
 
 /// A CA and the certificates it signed, as PEM files in a folder.
 struct Pki {
@@ -43,16 +43,25 @@ impl Pki {
     }
 }
 
-/// Opens a zenoh session of `mode` with `keys` (JSON5 values), multicast scouting off; `None` if zenoh refuses to
-/// open it (a client that cannot connect to its router).
+/// A session of `mode` with `keys`, or `None` if zenoh refuses to open it (a client that cannot connect to its
+/// router).
 async fn open(mode: &str, keys: &[(&str, String)]) -> Option<zenoh::Session> {
-    let mut config = zenoh::Config::default();
-    config.insert_json5("mode", &format!("\"{mode}\"")).expect("mode");
-    config.insert_json5("scouting/multicast/enabled", "false").expect("multicast off");
-    for (key, value) in keys {
-        config.insert_json5(key, value).unwrap_or_else(|error| panic!("{key} = {value}: {error}"));
+    try_open_session(mode, keys).await.ok()
+}
+
+/// A router listening on `endpoint` over TLS with the PKI's router certificate; with `mtls`, it also demands a
+/// client certificate signed by the PKI's CA.
+async fn tls_router(pki: &Pki, endpoint: &str, mtls: bool) -> zenoh::Session {
+    let mut keys = vec![
+        ("listen/endpoints", format!("[{}]", json(endpoint))),
+        ("transport/link/tls/listen_certificate", json(&pki.path("router.pem"))),
+        ("transport/link/tls/listen_private_key", json(&pki.path("router.key"))),
+    ];
+    if mtls {
+        keys.push(("transport/link/tls/root_ca_certificate", json(&pki.path("ca.pem"))));
+        keys.push(("transport/link/tls/enable_mtls", "true".to_owned()));
     }
-    tokio::time::timeout(WAIT, zenoh::open(config)).await.expect("zenoh::open returns").ok()
+    open("router", &keys).await.expect("the router opens")
 }
 
 fn json(value: &str) -> String {
@@ -127,11 +136,7 @@ async fn assert_shut_out(session: Option<zenoh::Session>, prefix: &str) {
 
 /// The daemon's count of accepted messages, read by an authorised session.
 async fn received(session: &zenoh::Session, prefix: &str) -> u64 {
-    let replies = session.get(keys::status(prefix)).timeout(WAIT).await.expect("status get");
-    let reply = replies.recv_async().await.expect("a status reply");
-    let snapshot: proto::Telemetry =
-        serde_json::from_slice(&reply.result().expect("ok").payload().to_bytes()).expect("a snapshot");
-    snapshot.pipelines[0].received
+    try_status(session, prefix).await.expect("a status reply").pipelines[0].received
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,16 +145,7 @@ async fn over_tls_only_clients_that_trust_the_ca_get_through() {
     let port = free_port();
     let router_endpoint = format!("tls/127.0.0.1:{port}");
     let prefix = format!("zt/tls/{port}");
-    let _router = open(
-        "router",
-        &[
-            ("listen/endpoints", format!("[{}]", json(&router_endpoint))),
-            ("transport/link/tls/listen_certificate", json(&pki.path("router.pem"))),
-            ("transport/link/tls/listen_private_key", json(&pki.path("router.key"))),
-        ],
-    )
-    .await
-    .expect("the router opens");
+    let _router = tls_router(&pki, &router_endpoint, false).await;
     let native =
         format!(r#"{{ transport: {{ link: {{ tls: {{ root_ca_certificate: {} }} }} }} }}"#, json(&pki.path("ca.pem")));
     let daemon = daemon_behind(&router_endpoint, &prefix, &native, pki.dir.path());
@@ -197,18 +193,7 @@ async fn with_mutual_tls_a_client_without_a_certificate_gets_nothing_through() {
     let port = free_port();
     let router_endpoint = format!("tls/127.0.0.1:{port}");
     let prefix = format!("zt/mtls/{port}");
-    let _router = open(
-        "router",
-        &[
-            ("listen/endpoints", format!("[{}]", json(&router_endpoint))),
-            ("transport/link/tls/root_ca_certificate", json(&pki.path("ca.pem"))),
-            ("transport/link/tls/listen_certificate", json(&pki.path("router.pem"))),
-            ("transport/link/tls/listen_private_key", json(&pki.path("router.key"))),
-            ("transport/link/tls/enable_mtls", "true".to_owned()),
-        ],
-    )
-    .await
-    .expect("the router opens");
+    let _router = tls_router(&pki, &router_endpoint, true).await;
     let native = format!(
         r#"{{ transport: {{ link: {{ tls: {{ root_ca_certificate: {}, enable_mtls: true,
             connect_certificate: {}, connect_private_key: {} }} }} }} }}"#,

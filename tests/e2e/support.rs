@@ -49,6 +49,16 @@ pub fn base_config(port: u16, prefix: &str) -> String {
         + &service_tables(prefix)
 }
 
+/// As [`base_config`] for a peer that also connects to the daemon listening on `peer_port` (two daemons under one
+/// prefix, reaching each other without a router).
+pub fn base_config_connected(port: u16, peer_port: u16, prefix: &str) -> String {
+    base_config(port, prefix).replacen(
+        "multicast_scouting",
+        &format!("connect = [\"tcp/127.0.0.1:{peer_port}\"]\nmulticast_scouting"),
+        1,
+    )
+}
+
 /// As [`base_config`] for a daemon in client mode behind the router at `router`: it listens on nothing (zinferd's
 /// default listen endpoint would otherwise apply) and reaches everything through that router.
 pub fn base_config_behind(router: &str, prefix: &str) -> String {
@@ -331,6 +341,12 @@ pub async fn open_client(router: &str) -> zenoh::Session {
 }
 
 async fn open_session(mode: &str, keys: &[(&str, String)]) -> zenoh::Session {
+    try_open_session(mode, keys).await.unwrap_or_else(|error| panic!("open a {mode} session: {error}"))
+}
+
+/// A zenoh session of `mode` with `keys` (JSON5 values) and multicast scouting off, or zenoh's refusal to open it
+/// (e.g. a client that cannot connect to its router).
+pub async fn try_open_session(mode: &str, keys: &[(&str, String)]) -> Result<zenoh::Session, zenoh::Error> {
     let mut config = zenoh::Config::default();
     config.insert_json5("mode", &format!("\"{mode}\"")).expect("mode");
     config.insert_json5("scouting/multicast/enabled", "false").expect("multicast off");
@@ -340,7 +356,6 @@ async fn open_session(mode: &str, keys: &[(&str, String)]) -> zenoh::Session {
     tokio::time::timeout(WAIT, zenoh::open(config))
         .await
         .unwrap_or_else(|_| panic!("a {mode} session did not open within {WAIT:?}"))
-        .unwrap_or_else(|error| panic!("open a {mode} session: {error}"))
 }
 
 /// Polls status until `done` holds for the first pipeline (bounded).
