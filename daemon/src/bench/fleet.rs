@@ -228,24 +228,20 @@ async fn lone_round_trips(
     daemon.settled_rss().await?;
     let client = Client::connect(&daemon.endpoint).await?;
     client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
-    let mut round = 0;
-    let summary = {
-        let mut samples = Vec::with_capacity(iterations);
-        for index in 0..iterations + 20 {
-            round += 1;
-            let id = format!("{name}-{round}");
-            let started = Instant::now();
-            let pending = client
-                .request(key, &settings.output_prefix, &id, "a fine and moving film", RequestFormat::Json)
-                .await?;
-            pending.result(Duration::from_secs(10)).await?;
-            // The first 20 warm the path up.
-            if index >= 20 {
-                samples.push(started.elapsed());
-            }
+    // The first 20 warm the path up.
+    const WARM_UP: usize = 20;
+    let mut samples = Vec::with_capacity(iterations);
+    for index in 0..WARM_UP + iterations {
+        let id = format!("{name}-{index}");
+        let started = Instant::now();
+        let pending =
+            client.request(key, &settings.output_prefix, &id, "a fine and moving film", RequestFormat::Json).await?;
+        pending.result(Duration::from_secs(10)).await?;
+        if index >= WARM_UP {
+            samples.push(started.elapsed());
         }
-        Summary::of(samples)
-    };
+    }
+    let summary = Summary::of(samples);
     client.close().await;
     daemon.stop();
     Ok(summary)
