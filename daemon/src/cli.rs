@@ -225,7 +225,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Check) => {
             let config = zinferd::config::load(&config_files(&cli))?;
-            let pipelines = zinferd::build_pipelines(&config, &zinferd::default_registry())?;
+            let pipelines = zinferd::build_pipelines(&config, &std::sync::Arc::new(zinferd::default_registry()))?;
             zinferd::check_memory(&config, &pipelines)?;
             for (settings, pipeline) in config.pipelines.iter().zip(&pipelines) {
                 println!(
@@ -238,6 +238,24 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     settings.manifest.model.display(),
                     pipeline.model().providers()
                 );
+                match pipeline.golden() {
+                    Some((report, spec)) => {
+                        let failures = report.failures(spec);
+                        println!(
+                            "  golden inputs ({}): {report}; tolerance: top-1 >= {}, deviation <= {}, mean <= {}: {}",
+                            spec.file.display(),
+                            spec.min_agreement,
+                            spec.max_deviation,
+                            spec.max_mean_deviation,
+                            if failures.is_empty() {
+                                "pass".to_owned()
+                            } else {
+                                format!("FAIL ({})", failures.join("; "))
+                            }
+                        );
+                    }
+                    None => println!("  golden inputs: none (no [golden] in the manifest, or drift_guard = \"off\")"),
+                }
             }
             println!("configuration OK ({} pipeline(s))", pipelines.len());
             Ok(())

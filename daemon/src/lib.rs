@@ -90,7 +90,7 @@ pub fn load_onnxruntime(config: &Config) -> Result<OrtEnvironment, Error> {
 }
 
 /// Builds every pipeline (loading ONNX Runtime and the models): everything `run` does before touching the network.
-pub fn build_pipelines(config: &Config, registry: &Registry) -> Result<Vec<Pipeline>, Error> {
+pub fn build_pipelines(config: &Config, registry: &Arc<Registry>) -> Result<Vec<Pipeline>, Error> {
     if config.pipelines.is_empty() {
         tracing::warn!("the configuration has no [[pipeline]]; zinferd will only publish telemetry");
         return Ok(Vec::new());

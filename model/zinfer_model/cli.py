@@ -19,6 +19,8 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   export-shipped  write models/<name>/ (model.onnx, tokenizer.json, manifest.toml, README.md, predictions)
   recipe          all of the above; completed steps are skipped
   bench           the efficiency report (zinfer_model.bench; its own options follow)
+  golden          golden inputs for zinferd's drift guard, for an already shipped text package:
+                  golden --package models/<name> [--predictions FILE]   (export-shipped writes them itself)
 
 The sensor model (a transformer over six-axis smartwatch windows) has its own steps:
   python -m zinfer_model sensor --help
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench  # type: ignore[attr-defined]
 
         return int(bench.main(argv[1:]) or 0)
+
+    if argv and argv[0] == "golden":
+        return golden_main(argv[1:])
 
     if argv and argv[0] == "sensor":  # the sensor model's recipe and table (zinfer_model.sensor)
         from .sensor.cli import main as sensor_main
@@ -71,6 +76,26 @@ def main(argv: list[str] | None = None) -> int:
             run_step(run, step)
 
     return run_guarded(steps)
+
+
+def golden_main(argv: list[str]) -> int:
+    """Writes golden.json and the manifest's [golden] table into a shipped text package, from the fp32
+    probabilities its predictions file recorded."""
+    import json
+    import tomllib
+
+    from .golden import from_predictions
+
+    parser = argparse.ArgumentParser(prog="python -m zinfer_model golden", description=golden_main.__doc__)
+    parser.add_argument("--package", type=Path, required=True, help="the package folder (models/<name>)")
+    parser.add_argument("--predictions", type=Path,
+                        help="JSON lines with `text` and fp32 `probs` (default: <package>/test_predictions.jsonl)")
+    args = parser.parse_args(argv)
+    manifest = tomllib.loads((args.package / "manifest.toml").read_text(encoding="utf-8"))
+    predictions = args.predictions or args.package / "test_predictions.jsonl"
+    result = from_predictions(args.package, predictions, int(manifest.get("max_length", 128)))
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def run_guarded(work) -> int:

@@ -85,7 +85,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let config = crate::config::load(&options.config)?;
     let index = super::pipeline_index(&config, options.pipeline.as_deref())?;
     let settings = config.pipelines[index].clone();
-    let registry = crate::default_registry();
+    let registry = std::sync::Arc::new(crate::default_registry());
     let mut pipelines = crate::build_pipelines(&config, &registry)?;
     let mut pipeline = pipelines.swap_remove(index);
     let iterations = options.iterations.max(1);

@@ -74,7 +74,7 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let settings = config.pipelines[index].clone();
     let spec = settings.manifest.sensor.clone().context("the pipeline's model has no [sensor] table")?;
     let (window, channels, hop) = (spec.window, spec.channels.len(), spec.hop);
-    let registry = crate::default_registry();
+    let registry = std::sync::Arc::new(crate::default_registry());
     let mut pipelines = crate::build_pipelines(&config, &registry)?;
     let mut pipeline = pipelines.swap_remove(index);
     let rounds = options.warmup + options.windows.max(1);

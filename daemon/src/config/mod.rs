@@ -21,7 +21,9 @@ use config::{Environment, File, FileFormat};
 use zinfer_ort::SessionConfig;
 use zinfer_stage_api::ModelManifest;
 
-pub use raw::{CongestionPolicy, OverloadPolicy, PriorityLevel, ShareMode, StageSpec, WireEncoding, ZenohMode};
+pub use raw::{
+    CongestionPolicy, DriftGuardMode, OverloadPolicy, PriorityLevel, ShareMode, StageSpec, WireEncoding, ZenohMode,
+};
 use raw::{RawConfig, RawPipeline};
 
 /// The validated configuration.
@@ -131,6 +133,10 @@ pub struct PipelineConfig {
     /// Sessions of the model that run batches side by side (each with `session.intra_threads` threads); `None` for
     /// the default, [`crate::DEFAULT_INSTANCES`].
     pub instances: Option<usize>,
+    /// What a model that fails its golden inputs does to the pipeline.
+    pub drift_guard: DriftGuardMode,
+    /// Run the golden inputs again this often while serving (between messages); `None`: only at start-up and reload.
+    pub drift_check_every: Option<std::time::Duration>,
     /// The folder relative paths in this pipeline's stage tables are resolved against.
     pub base_dir: PathBuf,
     /// The key of this pipeline's table, e.g. `pipeline[0]`.
@@ -494,9 +500,18 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     if raw.session.intra_threads == Some(0) {
         return Err(err("session.intra_threads", "must be at least 1 (leave it out for one per physical core)".into()));
     }
+    if raw.drift_check_every_s == Some(0) {
+        return Err(err("drift_check_every_s", "must be at least 1 (leave it out to check only at start-up)".into()));
+    }
     let manifest_key = format!("{key}.model");
     let manifest_path = origins.resolve(&manifest_key, &raw.model);
     let manifest = ModelManifest::load(&manifest_path).map_err(|error| err("model", error.to_string()))?;
+    if raw.drift_check_every_s.is_some() && (manifest.golden.is_none() || raw.drift_guard == DriftGuardMode::Off) {
+        return Err(err(
+            "drift_check_every_s",
+            "needs golden inputs to run: a model manifest with a [golden] table, and drift_guard not \"off\"".into(),
+        ));
+    }
     Ok(PipelineConfig {
         name: raw.name,
         input: raw.input,
@@ -518,6 +533,8 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         postprocess: raw.postprocess,
         session: raw.session,
         instances: raw.instances,
+        drift_guard: raw.drift_guard,
+        drift_check_every: raw.drift_check_every_s.map(std::time::Duration::from_secs),
         base_dir: origins.base_dir_of(key),
         key: key.to_owned(),
     })

@@ -188,6 +188,22 @@ pub struct RawPipeline {
     #[serde(default)]
     pub session: SessionConfig,
     pub instances: Option<usize>,
+    #[serde(default)]
+    pub drift_guard: DriftGuardMode,
+    pub drift_check_every_s: Option<u64>,
+}
+
+/// `drift_guard`: what a model that fails its golden inputs (the manifest's `[golden]`) does to its pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftGuardMode {
+    /// Refuse the model: start-up fails, a reload keeps the serving generation.
+    #[default]
+    Refuse,
+    /// Log the failure and serve anyway.
+    Warn,
+    /// Do not run the golden inputs.
+    Off,
 }
 
 fn default_output_prefix() -> String {

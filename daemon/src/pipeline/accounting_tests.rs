@@ -79,7 +79,9 @@ pub(super) fn pipeline(max_batch: usize) -> super::Pipeline {
         );
     std::fs::write(&path, text).expect("write config");
     let config = crate::config::load(&[path]).expect("valid config");
-    crate::build_pipelines(&config, &crate::default_registry()).expect("the fixture pipeline builds").remove(0)
+    crate::build_pipelines(&config, &std::sync::Arc::new(crate::default_registry()))
+        .expect("the fixture pipeline builds")
+        .remove(0)
 }
 
 fn payload(rng: &mut Rng, id: &str) -> Vec<u8> {

@@ -2,12 +2,14 @@
 //! ONNX Runtime, and the start-up check that the two fit together.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use zinfer_ort::{Model, OrtEnvironment};
 use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
+use super::golden::{DriftGuard, GoldenReport};
 use super::{ModelIdentity, Pipeline};
-use crate::config::{Config, ConfigError, PipelineConfig, StageSpec};
+use crate::config::{Config, ConfigError, DriftGuardMode, PipelineConfig, StageSpec};
 
 /// The input length warm-ups assume when a text model's manifest gives no `max_length`.
 const DEFAULT_LONGEST_INPUT: usize = 512;
@@ -35,7 +37,7 @@ pub struct Defaults {
 pub fn build(
     config: &Config,
     index: usize,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     ort: &OrtEnvironment,
     defaults: Defaults,
 ) -> Result<Pipeline, ConfigError> {
@@ -112,6 +114,7 @@ pub fn build(
     }
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
+    let drift = check_golden(config, pipeline, registry, &mut model)?;
     Ok(Pipeline {
         decoder: decoder.into(),
         preprocess,
@@ -122,7 +125,49 @@ pub fn build(
         memory,
         max_rows: pipeline.max_batch,
         calibration,
+        drift,
     })
+}
+
+/// Runs the model's golden inputs (see [`super::golden`]) on the first instance: the others are the same file in
+/// the same ONNX Runtime. With `drift_guard = "refuse"` a model outside its tolerance is a start-up error, and at a
+/// reload an error that keeps the serving generation.
+fn check_golden(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    registry: &Arc<Registry>,
+    model: &mut Model,
+) -> Result<Option<(DriftGuard, GoldenReport)>, ConfigError> {
+    let key = format!("{}.model", pipeline.key);
+    let guard = DriftGuard::for_pipeline(pipeline, registry).map_err(|reason| config.error_at(&key, reason))?;
+    let Some(mut guard) = guard else { return Ok(None) };
+    let manifest = &pipeline.manifest;
+    let report = guard.check(model).map_err(|reason| {
+        config.error_at(&key, format!("the golden inputs of {} could not run: {reason}", manifest.path.display()))
+    })?;
+    let failures = report.failures(guard.spec());
+    if failures.is_empty() {
+        tracing::info!(pipeline = %pipeline.name, model = %manifest.name, %report, "golden inputs reproduced");
+    } else if pipeline.drift_guard == DriftGuardMode::Refuse {
+        return Err(config.error_at(
+            &key,
+            format!(
+                "model {} {} ({}) does not reproduce its golden inputs ({report}): {}. The file, the ONNX Runtime \
+                 build or this CPU changes its answers: reinstall the model package, or use the ONNX Runtime it was \
+                 made with; `drift_guard = \"warn\"` serves it anyway",
+                manifest.name,
+                manifest.version,
+                manifest.model.display(),
+                failures.join("; ")
+            ),
+        ));
+    } else {
+        tracing::warn!(
+            pipeline = %pipeline.name, model = %manifest.name, %report, failures = ?failures,
+            "the model does not reproduce its golden inputs; serving it anyway (drift_guard = \"warn\")"
+        );
+    }
+    Ok(Some((guard, report)))
 }
 
 /// The model identity published in results.

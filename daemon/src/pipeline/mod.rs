@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod deadline;
+pub mod golden;
 pub mod outcome;
 pub mod queue;
 pub mod runner;
@@ -89,6 +90,8 @@ pub struct Pipeline {
     max_rows: usize,
     /// Runs timed at start-up: (elements of an item's largest input, batch size, duration).
     calibration: Vec<(usize, usize, std::time::Duration)>,
+    /// The model's golden inputs, and what they measured at start-up.
+    drift: Option<(golden::DriftGuard, golden::GoldenReport)>,
 }
 
 /// What processing one envelope yields.
@@ -238,6 +241,19 @@ impl Pipeline {
     /// The model, for direct measurements.
     pub fn model_mut(&mut self) -> &mut Model {
         &mut self.model
+    }
+
+    /// What the golden inputs measured at start-up, with the manifest's tolerance; `None` if the model has none
+    /// (or `drift_guard` is off).
+    pub fn golden(&self) -> Option<(&golden::GoldenReport, &zinfer_stage_api::GoldenSpec)> {
+        self.drift.as_ref().map(|(guard, report)| (report, guard.spec()))
+    }
+
+    /// Runs the golden inputs again if a periodic check is due (see [`golden::DriftGuard::due`]), on the worker's
+    /// own model: the report, or why the inputs could not run.
+    pub fn drift_check_if_due(&mut self, idle: bool) -> Option<Result<golden::GoldenReport, String>> {
+        let (guard, _) = self.drift.as_mut().filter(|(guard, _)| guard.due(idle))?;
+        Some(guard.check(&mut self.model))
     }
 
     /// Runs only the preprocessing stages on an item (benchmarks measure the model on their output).

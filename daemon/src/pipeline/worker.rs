@@ -221,6 +221,7 @@ impl Worker {
             if !self.conclude_finished(false) {
                 return;
             }
+            self.drift_check_if_due(queue);
             if self.waiting.is_empty() {
                 match queue.recv_timeout(HEARTBEAT) {
                     Ok(envelope) => arrived.push(envelope),
@@ -256,6 +257,28 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Runs the model's golden inputs again when `drift_check_every_s` says so: between messages, while the worker
+    /// is idle if it ever is (see [`super::golden::DriftGuard::due`]). Messages that arrive meanwhile wait for it.
+    fn drift_check_if_due(&mut self, queue: &Receiver) {
+        let idle = self.waiting.is_empty() && queue.is_empty();
+        let Some(run) = self.pipeline.drift_check_if_due(idle) else { return };
+        let Some((_, spec)) = self.pipeline.golden() else { return };
+        match &run {
+            Ok(report) if report.failures(spec).is_empty() => {
+                tracing::debug!(pipeline = %self.context.metrics.name(), %report, "golden inputs reproduced");
+            }
+            Ok(report) => tracing::error!(
+                pipeline = %self.context.metrics.name(), %report, failures = ?report.failures(spec),
+                "the model no longer reproduces its golden inputs (it keeps serving; see telemetry `drift`)"
+            ),
+            Err(error) => tracing::error!(
+                pipeline = %self.context.metrics.name(), %error, "the golden inputs could not run"
+            ),
+        }
+        self.context.metrics.record_drift_check(&run, spec);
+        self.context.metrics.beat();
     }
 
     /// Answers the batches the other instances finished (waiting for one if `wait` and one is running); false if

@@ -94,6 +94,9 @@ impl Generation {
                 },
                 settings.max_in_flight,
             ));
+            if let Some((report, spec)) = pipeline.golden() {
+                metrics.record_drift_check(&Ok(report.clone()), spec);
+            }
             let overload = match settings.overload {
                 config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
                 config::OverloadPolicy::Latest => {

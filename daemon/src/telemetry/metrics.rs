@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use zinfer_proto as proto;
 
+use zinfer_stage_api::GoldenSpec;
+
 use super::names::STAGES;
 use crate::pipeline::ModelIdentity;
+use crate::pipeline::golden::GoldenReport;
 use crate::pipeline::outcome::{Outcome, Verdict, micros};
 
 /// What telemetry says about a pipeline that does not change while it runs.
@@ -65,6 +68,8 @@ pub struct PipelineMetrics {
     created: Instant,
     detail: Mutex<Detail>,
     latency: Mutex<Latency>,
+    /// The golden inputs' runs: their counts and the last one, and when it ran.
+    drift: Mutex<Option<(proto::DriftCheck, Instant)>>,
 }
 
 /// Latency histograms as of the last snapshot, and empty ones to swap for those the egress filled since.
@@ -118,7 +123,34 @@ impl PipelineMetrics {
                 latency: histograms(),
             }),
             latency: Mutex::new(Latency { totals: histograms(), spare: histograms() }),
+            drift: Mutex::new(None),
         }
+    }
+
+    /// A run of the model's golden inputs: its report, or why it could not run; judged against `spec`.
+    pub fn record_drift_check(&self, run: &Result<GoldenReport, String>, spec: &GoldenSpec) {
+        let mut drift = self.drift.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = drift.take().map(|(check, _)| check).unwrap_or_default();
+        let mut check = proto::DriftCheck {
+            checks: previous.checks + 1,
+            failures: previous.failures,
+            min_agreement: spec.min_agreement,
+            max_deviation_allowed: spec.max_deviation,
+            max_mean_deviation_allowed: spec.max_mean_deviation,
+            ..Default::default()
+        };
+        match run {
+            Ok(report) => {
+                check.cases = report.cases as u32;
+                check.agreeing = report.agreeing as u32;
+                check.max_deviation = report.max_deviation;
+                check.mean_deviation = report.mean_deviation;
+                check.passed = report.failures(spec).is_empty();
+            }
+            Err(error) => check.error = error.clone(),
+        }
+        check.failures += u64::from(!check.passed);
+        *drift = Some((check, Instant::now()));
     }
 
     /// Accepts a message (counts it received) unless the pipeline already owes `max_in_flight` outcomes; then it is
@@ -326,6 +358,12 @@ impl PipelineMetrics {
             queries_refused: self.queries_refused.load(Ordering::Relaxed),
             shared_elsewhere: self.shared_elsewhere.load(Ordering::Relaxed),
             share_members: self.share_members.load(Ordering::Relaxed),
+            drift: self
+                .drift
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .map(|(check, at)| proto::DriftCheck { age_ms: at.elapsed().as_millis() as u64, ..check.clone() }),
         }
     }
 }

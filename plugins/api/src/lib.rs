@@ -68,6 +68,7 @@
 //! #     let manifest = Box::leak(Box::new(zinfer_stage_api::ModelManifest {
 //! #         path: "m.toml".into(), name: "m".into(), version: "1".into(), task: "t".into(), model: "m.onnx".into(),
 //! #         tokenizer: None, max_length: None, labels: vec!["a".into()], output: None, sha256: None, sensor: None,
+//! #         golden: None,
 //! #     }));
 //! #     BuildContext { manifest, base_dir: std::path::Path::new(".") }
 //! # }
@@ -81,7 +82,7 @@ mod tensor;
 
 pub use error::{BuildError, Reason, StageError};
 pub use item::{ClassScore, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Window};
-pub use manifest::{ManifestError, ModelManifest, SensorSpec};
+pub use manifest::{GoldenSpec, ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
 pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec, f16};
 

@@ -33,6 +33,36 @@ pub struct ModelManifest {
     pub sha256: Option<String>,
     /// How to feed a sensor model: its `[sensor]` table.
     pub sensor: Option<SensorSpec>,
+    /// The model's golden inputs and how closely it must reproduce their reference outputs: its `[golden]` table.
+    pub golden: Option<GoldenSpec>,
+}
+
+/// Golden inputs that travel with a model, and the tolerance its answers on them must meet where it runs.
+///
+/// The model toolkit writes them: inputs from the validation split, the reference outputs of the fp32 model the
+/// shipped (int8) file was made from, and tolerances derived from what the int8 model itself scored when it was
+/// made. A different ONNX Runtime build, a CPU whose int8 kernels round differently, or a wrong file pushed by an
+/// update shows up as answers outside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenSpec {
+    /// The golden file (JSON: `cases`, each an input and its reference `scores`).
+    pub file: PathBuf,
+    /// Least fraction of cases whose top-1 class must match the reference (classifiers only).
+    pub min_agreement: f64,
+    /// Largest difference allowed between any score and its reference (probabilities for a classifier).
+    pub max_deviation: f64,
+    /// Largest mean, over the cases, of each case's largest score difference.
+    pub max_mean_deviation: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGolden {
+    file: PathBuf,
+    #[serde(default)]
+    min_agreement: f64,
+    max_deviation: f64,
+    max_mean_deviation: f64,
 }
 
 /// A sensor model's input: which channels, at what rate, in windows of what length, normalised how.
@@ -70,6 +100,7 @@ struct RawManifest {
     output: Option<String>,
     sha256: Option<String>,
     sensor: Option<SensorSpec>,
+    golden: Option<RawGolden>,
 }
 
 fn default_task() -> String {
@@ -151,6 +182,7 @@ impl ModelManifest {
                 return Err(invalid("[sensor]: `window`, `hop` and `sample_rate_hz` must be positive".to_owned()));
             }
         }
+        let golden = raw.golden.map(|golden| resolve_golden(golden, dir, path)).transpose()?;
         Ok(Self {
             path: path.to_owned(),
             name: raw.name,
@@ -163,8 +195,40 @@ impl ModelManifest {
             output: raw.output,
             sha256: raw.sha256.map(|hash| hash.to_ascii_lowercase()),
             sensor: raw.sensor,
+            golden,
         })
     }
+}
+
+fn resolve_golden(raw: RawGolden, dir: &Path, path: &Path) -> Result<GoldenSpec, ManifestError> {
+    let file = dir.join(&raw.file);
+    if !file.is_file() {
+        return Err(ManifestError::MissingFile { path: path.to_owned(), key: "golden.file", file });
+    }
+    let fraction = |value: f64| (0.0..=1.0).contains(&value);
+    if !fraction(raw.min_agreement) {
+        return Err(ManifestError::Parse {
+            path: path.to_owned(),
+            message: format!(
+                "[golden]: `min_agreement` is a fraction of the cases, 0 to 1 (got {})",
+                raw.min_agreement
+            ),
+        });
+    }
+    for (key, value) in [("max_deviation", raw.max_deviation), ("max_mean_deviation", raw.max_mean_deviation)] {
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(ManifestError::Parse {
+                path: path.to_owned(),
+                message: format!("[golden]: `{key}` must be a finite number, 0 or more (got {value})"),
+            });
+        }
+    }
+    Ok(GoldenSpec {
+        file,
+        min_agreement: raw.min_agreement,
+        max_deviation: raw.max_deviation,
+        max_mean_deviation: raw.max_mean_deviation,
+    })
 }
 
 #[cfg(test)]
@@ -200,6 +264,21 @@ mod tests {
             let error = ModelManifest::parse(&sensor(mean), &path).expect_err("a non-finite mean");
             assert!(error.to_string().contains("`mean` must be a finite number"), "{mean}: {error}");
         }
+
+        std::fs::write(dir.join("g.json"), b"{}").expect("write");
+        let golden = |agreement: &str| {
+            format!(
+                "{ok}[golden]\nfile = \"g.json\"\nmin_agreement = {agreement}\nmax_deviation = 0.2\n\
+                 max_mean_deviation = 0.05\n"
+            )
+        };
+        let spec = ModelManifest::parse(&golden("0.9"), &path).expect("a golden table").golden.expect("golden");
+        assert_eq!((spec.file, spec.min_agreement), (dir.join("g.json"), 0.9));
+        let error = ModelManifest::parse(&golden("1.5"), &path).expect_err("agreement above 1");
+        assert!(error.to_string().contains("`min_agreement` is a fraction"), "{error}");
+        let error = ModelManifest::parse(&golden("0.9").replace("g.json", "absent.json"), &path)
+            .expect_err("a missing golden file");
+        assert!(error.to_string().contains("golden.file"), "{error}");
 
         let typo = format!("{ok}lables = []\n");
         let error = ModelManifest::parse(&typo, &path).expect_err("unknown key");
