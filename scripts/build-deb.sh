@@ -126,6 +126,7 @@ for path in ./usr/bin/zinferd ./usr/lib/systemd/system/zinferd.service ./etc/zin
     "./usr/lib/zinfer/libonnxruntime.so.$ORT_VERSION" ./usr/lib/zinfer/libonnxruntime.so \
     ./usr/share/zinfer/models/zinfer-sentiment-small/model.onnx ./usr/share/zinfer/models/zinfer-sentiment-small/manifest.toml \
     ./usr/share/zinfer/models/zinfer-sentiment-small/tokenizer.json ./usr/share/zinfer/examples/cuda.conf \
+    ./usr/share/zinfer/models/zinfer-sentiment-small/golden.json ./usr/share/zinfer/models/zinfer-watch-small/golden.json \
     ./usr/share/zinfer/models/zinfer-watch-small/model.onnx ./usr/share/zinfer/models/zinfer-watch-small/manifest.toml \
     ./usr/share/zinfer/examples/conf.d/50-sensor.toml \
     ./usr/share/doc/zinfer/onnxruntime/LICENSE; do

@@ -619,6 +619,7 @@ def step_export_shipped(run: Run) -> None:
     sha = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     (out / "manifest.toml").write_text(manifest_text(c["name"], c["version"], sha, run.max_length, LABELS),
                                        encoding="utf-8")
+    golden_made = write_golden(run, out)
     torch_p = softmax(pred["prune_torch"])
     # int8 probabilities at batch 1 without padding, as zinferd runs one text: dynamic quantization scales the
     # activations by each batch's range, so a text batched with others can come out slightly different
@@ -643,7 +644,24 @@ def step_export_shipped(run: Run) -> None:
     run.write_metrics("export-shipped", {"out": str(out), "sha256": sha, "files": files,
                                          "int8_batch1_vs_torch": batch1, "int8_batched_vs_batch1": batched_vs_batch1,
                                          "test_accuracy_int8": ev["test"]["onnx_int8"]["accuracy"],
+                                         "golden": golden_made,
                                          "seconds": time.time() - t0})
+
+
+def write_golden(run: Run, out: Path) -> dict:
+    """zinferd's drift guard inputs (zinfer_model.golden) for the package in `out`: validation texts with the
+    probabilities of the fp32 PyTorch model the int8 file was exported from; adds [golden] to its manifest."""
+    from .golden import versions, write_text_package
+
+    model, tok, _ = load_model(run.dir / "prune" / "model")
+    val = run.splits().val
+    reference = softmax(torch_logits(model, encode(tok, val, run.max_length)))
+    about = {"inputs": f"validation texts ({len(val)} in the split), spread over the reference's confidence",
+             "reference": "probabilities of the fp32 PyTorch model (prune step) the int8 file was exported from",
+             "made_with": versions()}
+    result = write_text_package(out, [text for text, _ in val], reference, run.max_length, about)
+    run.log(f"export-shipped: golden.json: {result}")
+    return result
 
 
 STEP_FUNCS = {"teacher": step_teacher, "shrink": step_shrink, "vocab": step_vocab, "prune": step_prune,

@@ -22,7 +22,7 @@ use zinferd::client::{RequestFormat, decode_result};
 
 use crate::support::{
     Daemon, WAIT, base_config, base_config_behind, fixture_manifest, free_port, open_client, open_router, ort_library,
-    repo_root, stall_pipeline, status, text_pipeline, try_status, wait_for_stats,
+    repo_root, stall_pipeline, status, text_pipeline, try_status, wait_for_service, wait_for_stats,
 };
 
 /// Time between two messages of a [`Stream`]: ~100 msg/s, well inside what the fixture model serves on 2 cores.
@@ -178,25 +178,6 @@ async fn quiet(daemon: &mut Daemon, session: &zenoh::Session, prefix: &str, name
             return snapshot;
         }
         assert!(Instant::now() < deadline, "`{name}` still has messages in flight after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls status through `session` until its service state satisfies `done`; returns that state.
-async fn wait_for_service(
-    daemon: &mut Daemon,
-    session: &zenoh::Session,
-    prefix: &str,
-    done: impl Fn(&proto::ServiceState) -> bool,
-) -> proto::ServiceState {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        daemon.assert_running();
-        let service = try_status(session, prefix).await.and_then(|snapshot| snapshot.service);
-        match service {
-            Some(service) if done(&service) => return service,
-            last => assert!(Instant::now() < deadline, "the service state did not change in {WAIT:?}: {last:?}"),
-        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

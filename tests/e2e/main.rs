@@ -12,6 +12,7 @@ mod check;
 mod classify;
 mod custom_stage;
 mod deadlines;
+mod drift;
 mod faults;
 mod fleet;
 mod instances;

@@ -358,6 +358,25 @@ pub async fn try_open_session(mode: &str, keys: &[(&str, String)]) -> Result<zen
         .unwrap_or_else(|_| panic!("a {mode} session did not open within {WAIT:?}"))
 }
 
+/// Polls status through `session` until its service state satisfies `done`; returns that state.
+pub async fn wait_for_service(
+    daemon: &mut Daemon,
+    session: &zenoh::Session,
+    prefix: &str,
+    done: impl Fn(&proto::ServiceState) -> bool,
+) -> proto::ServiceState {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        daemon.assert_running();
+        let service = try_status(session, prefix).await.and_then(|snapshot| snapshot.service);
+        match service {
+            Some(service) if done(&service) => return service,
+            last => assert!(Instant::now() < deadline, "the service state did not change in {WAIT:?}: {last:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls status until `done` holds for the first pipeline (bounded).
 pub async fn wait_for_stats(
     client: &Client,

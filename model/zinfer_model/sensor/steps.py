@@ -29,6 +29,7 @@ import torch
 from ..importance import global_keep, layer_keep, top_k
 from ..metrics import agreement, paired_bootstrap, summary
 from ..onnx_tools import quantize_int8, session
+from .. import golden
 from .. import steps as text_steps
 from ..steps import REPO_ROOT, Run
 from ..train import TrainSpec, clear_checkpoints, fit, kd_logits
@@ -428,9 +429,10 @@ def step_export(run: SensorRun) -> None:
     q = run.metrics("quantize")
     shutil.copyfile(run.dir / q["files"]["prune_int8"], out / "model.onnx")
     sha = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
-    (out / "manifest.toml").write_text(manifest_text(c["name"], c["version"], sha, watch.labels, watch.channels,
-                                                     sd.SAMPLE_RATE_HZ, window, hop, d["mean"], d["std"]),
-                                       encoding="utf-8")
+    manifest = manifest_text(c["name"], c["version"], sha, watch.labels, watch.channels, sd.SAMPLE_RATE_HZ, window,
+                             hop, d["mean"], d["std"])
+    golden_made, tol = write_golden(run, out)
+    (out / "manifest.toml").write_text(golden.with_golden_table(manifest, tol), encoding="utf-8")
     # the daemon's fixtures: test-split recordings, in dataset order
     sess = session(out / "model.onnx")
     test_recs = d["recordings"]["test"]
@@ -457,8 +459,30 @@ def step_export(run: SensorRun) -> None:
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     run.log(f"export: wrote {out} {files}")
     run.write_metrics("export", {"out": str(out), "sha256": sha, "files": files, "fixtures": fixtures,
+                                 "golden": {"made": golden_made, "tolerance": tol},
                                  "batched_vs_batch1_test": batching,
                                  "seconds": time.time() - t0})
+
+
+def write_golden(run: SensorRun, out: Path) -> tuple[dict, dict]:
+    """zinferd's drift guard inputs (zinfer_model.golden): golden.CASES validation windows, raw, with the
+    probabilities of the fp32 PyTorch model the shipped int8 file was exported from; measured against the shipped
+    file at batch 1. Returns what the int8 file scored and the tolerance."""
+    d = run.data()
+    val = d["views"]["val"]
+    model, _ = sm.load(run.dir / "prune" / "model")
+    reference = softmax_f32(logits(model, val)).astype(np.float64)
+    picks = golden.select(reference)
+    raw = d["windows"]["val"].x[picks]
+    int8 = golden.sensor_probs(out / "model.onnx", raw, d["mean"], d["std"], sm.INPUT_NAME, sm.OUTPUT_NAME)
+    about = {"inputs": f"{len(picks)} validation windows ({len(val)} in the split), raw readings, spread over the "
+                       "reference's confidence",
+             "reference": "probabilities of the fp32 PyTorch model (prune step) the int8 file was exported from",
+             "made_with": golden.versions()}
+    tol = golden.write(out, [{"samples": w} for w in raw], reference[picks], int8, about)
+    made = golden.compare(int8, reference[picks])
+    run.log(f"export: golden.json: {made}, tolerance {tol}")
+    return made, tol
 
 
 STEP_FUNCS = {"original": step_original, "student": step_student, "prune": step_prune, "quantize": step_quantize,
