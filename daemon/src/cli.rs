@@ -239,7 +239,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     pipeline.model().providers()
                 );
                 match pipeline.golden() {
-                    Some((report, spec)) => {
+                    Some((Ok(report), spec)) => {
                         let failures = report.failures(spec);
                         println!(
                             "  golden inputs ({}): {report}; tolerance: top-1 >= {}, deviation <= {}, mean <= {}: {}",
@@ -253,6 +253,9 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                                 format!("FAIL ({})", failures.join("; "))
                             }
                         );
+                    }
+                    Some((Err(error), spec)) => {
+                        println!("  golden inputs ({}): FAIL (could not run: {error})", spec.file.display());
                     }
                     None => println!("  golden inputs: none (no [golden] in the manifest, or drift_guard = \"off\")"),
                 }

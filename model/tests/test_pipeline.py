@@ -43,7 +43,11 @@ def test_tiny_recipe_end_to_end(tmp_path):
 
     manifest = tomllib.loads((out / "manifest.toml").read_text(encoding="utf-8"))
     fixture = tomllib.loads((REPO / "models" / "fixture" / "manifest.toml").read_text(encoding="utf-8"))
-    assert set(manifest) == set(fixture)  # the daemon denies unknown keys
+    assert set(manifest) == set(fixture) | {"golden"}  # the daemon denies unknown keys
+    golden_doc = json.loads((out / manifest["golden"]["file"]).read_text(encoding="utf-8"))
+    assert golden_doc["tolerance"] == {k: v for k, v in manifest["golden"].items() if k != "file"}
+    assert len(golden_doc["cases"]) == min(32, len(run.splits().val)) and "validation" in golden_doc["about"]["inputs"]
+    assert all(set(case) == {"text", "scores"} for case in golden_doc["cases"])
     assert manifest["name"] == "zinfer-test-tiny" and manifest["task"] == "text-classification"
     assert manifest["model"] == "model.onnx" and manifest["tokenizer"] == "tokenizer.json"
     assert manifest["labels"] == ["negative", "positive"] and manifest["output"] == "logits"

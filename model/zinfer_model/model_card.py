@@ -58,6 +58,7 @@ FFN neurons, and quantizing to int8**. Served by zinferd through ONNX Runtime.
 | `tokenizer.json` | WordPiece tokenizer (BERT uncased normalizer) trimmed to {vo['trimmed_vocab']:,} pieces ({tok_size:,} bytes); no padding or truncation configured |
 | `manifest.toml` | what the daemon reads: labels (`negative` = logits column 0, `positive` = column 1), max length {r['max_length']}, sha256 of `model.onnx` |
 | `test_predictions.jsonl` | one line per test-split review ({ev['test_rows']:,}): `text`, gold `label`, `probs` of the PyTorch student that was exported (fp32; softmax of its logits, `[negative, positive]`), its `pred`, and `int8_probs` from `model.onnx` in ONNX Runtime (Python, batch 1, no padding, truncation {r['max_length']}) |
+| `golden.json` | zinferd's drift guard: 32 texts with the probabilities of the fp32 PyTorch model this file was exported from, what this file scored against them when made (batch 1), and the tolerance the manifest's `[golden]` table states (zinferd refuses the model outside it) |
 
 ## Architecture
 

@@ -215,6 +215,29 @@ fn a_model_with_perturbed_weights_is_refused_at_start_up() {
     }
 }
 
+/// A pipeline whose stages refuse the golden inputs (texts over its token limit, with `overflow = "reject"`) cannot
+/// vouch for its model: refused under "refuse", saying which stage refused; served under "warn", and `check` says
+/// the inputs could not run.
+#[test]
+fn golden_inputs_the_stages_refuse_are_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = repo_root().join("models/zinfer-sentiment-small/manifest.toml");
+    let port = free_port();
+    let strict = (base_config(port, &format!("zt/driftstrict/{port}"))
+        + &shipped_pipeline("default.toml", &manifest, "s", ""))
+        .replace("type = \"tokenize\"", "type = \"tokenize\"\noverflow = \"reject\"\nmax_length = 8")
+        .replace("buckets = [16, 32, 64, 128]", "");
+    let output = zinferd(&["check"], &write_config(dir.path(), &strict));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("could not run") && stderr.contains("the `tokenize` stage refused it"), "{stderr}");
+    let warn = strict.replace("output_prefix", "drift_guard = \"warn\"\noutput_prefix");
+    let output = zinferd(&["check"], &write_config(dir.path(), &warn));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("FAIL (could not run: golden case"), "{stdout}");
+}
+
 /// A reload into the perturbed file fails and generation 1 keeps answering, with the same scores as before; once
 /// the good file is back, the reload succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,6 +174,31 @@ fn errors_name_the_file_and_key() {
 }
 
 #[test]
+fn a_periodic_drift_check_needs_golden_inputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let load = |manifest: &str, keys: &str| {
+        let text = pipeline_toml(&repo().join(manifest).display().to_string())
+            .replace("[[pipeline.preprocess]]", &format!("{keys}\n[[pipeline.preprocess]]"));
+        load_with_env(&[write(dir.path(), "drift.toml", &text)], Some(HashMap::new()))
+    };
+    let shipped = "models/zinfer-sentiment-small/manifest.toml";
+    let config = load(shipped, "drift_check_every_s = 60").expect("golden inputs to run");
+    let pipeline = &config.pipelines[0];
+    assert_eq!(pipeline.drift_check_every, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(pipeline.drift_guard, DriftGuardMode::Refuse, "the default");
+    for (manifest, keys, reason) in [
+        ("models/fixture/manifest.toml", "drift_check_every_s = 60", "needs golden inputs"),
+        (shipped, "drift_guard = \"off\"\ndrift_check_every_s = 60", "needs golden inputs"),
+        (shipped, "drift_check_every_s = 0", "at least 1"),
+        (shipped, "drift_guard = \"loose\"", "loose"),
+    ] {
+        let error = load(manifest, keys).expect_err(keys);
+        assert!(error.key.as_deref().is_some_and(|key| key.starts_with("pipeline[0].drift_")), "{error}");
+        assert!(error.reason.contains(reason), "{keys}: {error}");
+    }
+}
+
+#[test]
 fn duplicate_pipeline_names_are_rejected() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = repo().join("models/fixture/manifest.toml").display().to_string();

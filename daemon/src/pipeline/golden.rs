@@ -60,6 +60,9 @@ pub struct DriftGuard {
     last: Instant,
 }
 
+/// One run of the golden inputs: what it measured, or why a case could not run.
+pub type GoldenRun = Result<GoldenReport, String>;
+
 /// What one run of the golden inputs measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GoldenReport {
@@ -165,7 +168,7 @@ impl DriftGuard {
     /// Runs every golden input through fresh preprocessing stages and `model`, one at a time (the references were
     /// made at batch 1: dynamic int8 quantization scales activations by each run's range). An error means a case
     /// could not run at all (a stage refused it, the model failed).
-    pub fn check(&mut self, model: &mut Model) -> Result<GoldenReport, String> {
+    pub fn check(&mut self, model: &mut Model) -> GoldenRun {
         self.last = Instant::now();
         let started = Instant::now();
         let mut stages = (self.stages)()?;
@@ -214,13 +217,17 @@ impl DriftGuard {
         stages: &mut [Box<dyn Stage>],
         model: &mut Model,
     ) -> Result<Vec<f64>, String> {
-        let mut item = Item::new(format!("golden-{index}"), format!("zinfer/golden/{index}"), case.input.clone());
-        for stage in stages.iter_mut() {
-            stage
-                .process(&mut item)
-                .map_err(|error| format!("golden case {index}: the `{}` stage refused it: {error}", stage.name()))?;
+        let key = format!("zinfer/golden/{index}");
+        let mut inputs = Vec::new();
+        for input in frames(&case.input) {
+            let mut item = Item::new(format!("golden-{index}"), key.clone(), input);
+            for stage in stages.iter_mut() {
+                stage.process(&mut item).map_err(|error| {
+                    format!("golden case {index}: the `{}` stage refused it: {error}", stage.name())
+                })?;
+            }
+            inputs.extend(super::model_inputs(&item).map(<[_]>::to_vec));
         }
-        let inputs: Vec<_> = super::model_inputs(&item).collect();
         let [features] = inputs.as_slice() else {
             return Err(format!(
                 "golden case {index}: preprocessing made {} model inputs of it, not one (a sensor case must be one \
@@ -239,6 +246,22 @@ impl DriftGuard {
         })?;
         let values: Vec<f64> = values.iter().map(|&value| f64::from(value)).collect();
         Ok(if self.classifier { softmax(&values) } else { values })
+    }
+}
+
+/// How a golden input reaches the stages: a text whole; a sensor window one sample per frame, as the sparsest
+/// stream would send it, so that no frame-size limit of the pipeline (`validate`'s `max_samples`) refuses it. The
+/// frames share the case's key: a windowing stage cuts the window from them.
+fn frames(input: &Input) -> Vec<Input> {
+    match input {
+        Input::Samples(samples) if samples.width > 0 => samples
+            .values
+            .chunks(samples.width)
+            .map(|sample| {
+                Input::Samples(Samples { width: samples.width, values: sample.to_vec(), ..Samples::default() })
+            })
+            .collect(),
+        other => vec![other.clone()],
     }
 }
 

@@ -9,6 +9,8 @@
 //! bounded [`queue`], in earliest-deadline-first order; with `instances` > 1, [`runner`] threads own the further
 //! sessions and run the batches the worker hands them ([`Job`]). [`deadline`] decides when a message can no longer make it.
 //! [`outcome`] is what every accepted message becomes: a result, an error, an expiry, or a drop notice.
+//! [`golden`] runs the model's golden inputs where it serves: at build time (start-up, reload) and, if asked,
+//! from the worker between messages.
 
 pub mod build;
 pub mod deadline;
@@ -91,7 +93,7 @@ pub struct Pipeline {
     /// Runs timed at start-up: (elements of an item's largest input, batch size, duration).
     calibration: Vec<(usize, usize, std::time::Duration)>,
     /// The model's golden inputs, and what they measured at start-up.
-    drift: Option<(golden::DriftGuard, golden::GoldenReport)>,
+    drift: Option<(golden::DriftGuard, golden::GoldenRun)>,
 }
 
 /// What processing one envelope yields.
@@ -245,13 +247,13 @@ impl Pipeline {
 
     /// What the golden inputs measured at start-up, with the manifest's tolerance; `None` if the model has none
     /// (or `drift_guard` is off).
-    pub fn golden(&self) -> Option<(&golden::GoldenReport, &zinfer_stage_api::GoldenSpec)> {
-        self.drift.as_ref().map(|(guard, report)| (report, guard.spec()))
+    pub fn golden(&self) -> Option<(&golden::GoldenRun, &zinfer_stage_api::GoldenSpec)> {
+        self.drift.as_ref().map(|(guard, run)| (run, guard.spec()))
     }
 
     /// Runs the golden inputs again if a periodic check is due (see [`golden::DriftGuard::due`]), on the worker's
     /// own model: the report, or why the inputs could not run.
-    pub fn drift_check_if_due(&mut self, idle: bool) -> Option<Result<golden::GoldenReport, String>> {
+    pub fn drift_check_if_due(&mut self, idle: bool) -> Option<golden::GoldenRun> {
         let (guard, _) = self.drift.as_mut().filter(|(guard, _)| guard.due(idle))?;
         Some(guard.check(&mut self.model))
     }

@@ -94,8 +94,8 @@ impl Generation {
                 },
                 settings.max_in_flight,
             ));
-            if let Some((report, spec)) = pipeline.golden() {
-                metrics.record_drift_check(&Ok(report.clone()), spec);
+            if let Some((run, spec)) = pipeline.golden() {
+                metrics.record_drift_check(run, spec);
             }
             let overload = match settings.overload {
                 config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,

@@ -24,7 +24,7 @@ use zinfer_stage_api::GoldenSpec;
 
 use super::names::STAGES;
 use crate::pipeline::ModelIdentity;
-use crate::pipeline::golden::GoldenReport;
+use crate::pipeline::golden::GoldenRun;
 use crate::pipeline::outcome::{Outcome, Verdict, micros};
 
 /// What telemetry says about a pipeline that does not change while it runs.
@@ -128,7 +128,7 @@ impl PipelineMetrics {
     }
 
     /// A run of the model's golden inputs: its report, or why it could not run; judged against `spec`.
-    pub fn record_drift_check(&self, run: &Result<GoldenReport, String>, spec: &GoldenSpec) {
+    pub fn record_drift_check(&self, run: &GoldenRun, spec: &GoldenSpec) {
         let mut drift = self.drift.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = drift.take().map(|(check, _)| check).unwrap_or_default();
         let mut check = proto::DriftCheck {

@@ -115,6 +115,7 @@ whole heads and FFN neurons, and quantizing to int8**. Served by zinferd's senso
 | `model.onnx` | int8 dynamic-quantized ONNX (opset {q['opset']}), {size:,} bytes, sha256 `{sha}`; input `frames` float32 `[batch, {r['data']['window']}, {len(watch.channels)}]` (batch dynamic; axis 1 time, sample-major; axis 2 channel in manifest order), **already normalised**; output `logits` float32 `[batch, {len(watch.labels)}]` |
 | `manifest.toml` | what the daemon reads: labels (index = logits column), channel order, sample rate, window {r['data']['window']} / hop {r['data']['hop']}, per-channel `mean`/`std` |
 | `test_recording.json`, `test_recording_b.json` | end-to-end fixtures: test-split recordings (raw samples, float32) and this model's output for every window (see below) |
+| `golden.json` | zinferd's drift guard: 32 validation windows (raw readings) with the probabilities of the fp32 PyTorch model this file was exported from, what this file scored against them when made, and the tolerance the manifest's `[golden]` table states (zinferd refuses the model outside it) |
 
 **Input contract.** The daemon takes {r['data']['window']} consecutive samples of the channels
 `{", ".join(watch.channels)}` (accelerometer in g, gyroscope in rad/s, as the dataset records them), computes
