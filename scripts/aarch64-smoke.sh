@@ -15,11 +15,12 @@
 #
 # Usage: scripts/aarch64-smoke.sh [--aarch64-bin PATH] [--x86-bin PATH]
 #   --aarch64-bin  use this aarch64 zinferd instead of building one
-#                  (default: build into $CARGO_TARGET_DIR, default target/pkg, release, with nice -n 10)
+#                  (default: scripts/zigbuild.sh --arch arm64, the packaged build: release, against glibc 2.28, into
+#                  $CARGO_TARGET_DIR, default target/pkg, with nice -n 10)
 #   --x86-bin      the x86_64 zinferd to compare with (default: the newest of target/release, target/debug and
 #                  $CARGO_TARGET_DIR/release, else a release build into $CARGO_TARGET_DIR)
-# Installs what is missing with apt-get (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user) and the Rust
-# target with rustup.
+# Installs what is missing: qemu-user with apt-get; cargo-zigbuild, zig and the Rust target through
+# scripts/zigbuild.sh.
 #
 # TOLERANCE (absolute, on softmax probabilities): 0.005. Measured: at most 7e-9 (texts below, neoverse-n1 model).
 # The int8 matrix products accumulate exactly in int32 on both architectures, so differences come from the float
@@ -84,7 +85,6 @@ phase_end() { TIMINGS[$PHASE]=$(( SECONDS - PHASE_T0 )); PHASES+=("$PHASE"); }
 # --- 1. Tools -------------------------------------------------------------------------------------------------------
 phase_start "tools"
 missing=()
-command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 QEMU="$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)"
 [[ -n "$QEMU" ]] || missing+=(qemu-user)
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -92,16 +92,13 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     QEMU="$(command -v qemu-aarch64 || command -v qemu-aarch64-static)"
 fi
-rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE" >&2
 phase_end
 
 # --- 2. Builds -----------------------------------------------------------------------------------------------------
 phase_start "aarch64 build"
 if [[ -z "$AARCH64_BIN" ]]; then
-    # The linker only for this build (env, not .cargo/config.toml): host builds are unaffected.
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
-        nice -n 10 cargo build --release --locked -p zinferd --target "$TRIPLE" >&2
-    AARCH64_BIN="$CARGO_TARGET_DIR/$TRIPLE/release/zinferd"
+    # The packaged build: against the glibc baseline, with cargo-zigbuild (the Rust target and tools on first use).
+    AARCH64_BIN="$(scripts/zigbuild.sh --arch arm64 | tail -n 1)"
 fi
 [[ -x "$AARCH64_BIN" ]] || fail "no aarch64 binary at $AARCH64_BIN"
 readelf -h "$AARCH64_BIN" | grep -q 'Machine: *AArch64' || fail "$AARCH64_BIN is not an aarch64 binary"

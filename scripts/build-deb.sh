@@ -23,8 +23,9 @@
 #
 # Output: target/pkg/debian/zinfer_<version>-1_<arch>.deb (its path is the last line of stdout).
 # Builds in CARGO_TARGET_DIR (default target/pkg, so it does not contend with a developer's target/ lock), with
-# nice -n 10. Installs what is missing: cargo-deb (pinned, `cargo install --locked`, a few minutes once), and for
-# arm64 the cross linker (Debian's gcc-aarch64-linux-gnu, libc6-dev-arm64-cross) and the Rust target.
+# nice -n 10. Installs what is missing: cargo-deb (pinned, `cargo install --locked`, a few minutes once), and through
+# scripts/zigbuild.sh cargo-zigbuild and zig (PyPI) and the Rust target: the binary is linked against glibc 2.28,
+# the floor of the bundled ONNX Runtime, so the package installs on Ubuntu 20.04 (JetPack 5) too.
 # Time on 2 cores (busy with other builds), from clean: amd64 ~11 min, arm64 ~9.5 min, plus ~1.5 min once for
 # cargo-deb; afterwards only what changed is recompiled. The checks, lintian and the smoke test take ~10-20 s.
 set -euo pipefail
@@ -61,18 +62,8 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 command -v dpkg-deb >/dev/null || fail "dpkg-deb is missing (Debian's dpkg)"
 command -v readelf >/dev/null || { step "installing binutils"; apt_install binutils; }
-target_args=()
 if [[ "$ARCH" != "$host_arch" ]]; then
     [[ "$host_arch" == amd64 && "$ARCH" == arm64 ]] || fail "cross builds are set up for amd64 -> arm64 only"
-    if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
-        step "installing the aarch64 cross toolchain (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross)"
-        apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    fi
-    rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE" >&2
-    # Only for this build: a normal `cargo build` of the host is unaffected.
-    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-    export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-    target_args=(--target "$TRIPLE")
 fi
 
 # --- ONNX Runtime: the library and its notices from the pinned wheel ---------------------------------------------
@@ -107,11 +98,14 @@ fi
 # --- Build and package ---------------------------------------------------------------------------------------------
 out_dir="$CARGO_TARGET_DIR/debian"
 mkdir -p "$out_dir"
-step "cargo deb --variant $ARCH ${target_args[*]} (release build in $CARGO_TARGET_DIR)"
+# The binary is built against the glibc baseline by scripts/zigbuild.sh, which also proves it (and the bundled
+# library) needs nothing newer; cargo-deb then only packages it.
+step "release build of zinferd for $ARCH against the glibc baseline (scripts/zigbuild.sh)"
 start=$SECONDS
+scripts/zigbuild.sh --arch "$ARCH" --with-library ".ort/$ORT_ARCH/lib/libonnxruntime.so.$ORT_VERSION" >/dev/null
 # --no-strip: the release profile already strips symbols (strip = "symbols"), and the host's strip may not know
-# the target's ELF. --locked: the same dependency versions as CI.
-nice -n 10 cargo deb -p zinferd --variant "$ARCH" "${target_args[@]}" --no-strip --output "$out_dir" -- --locked >&2
+# the target's ELF.
+nice -n 10 cargo deb -p zinferd --variant "$ARCH" --target "$TRIPLE" --no-build --no-strip --output "$out_dir" >&2
 step "built in $(( SECONDS - start )) s"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 deb="$out_dir/zinfer_${version}-1_${ARCH}.deb"
@@ -122,6 +116,8 @@ info="$(dpkg-deb -I "$deb")"
 contents="$(dpkg-deb -c "$deb")"
 grep -q "^ Architecture: $ARCH$" <<<"$info" || fail "Architecture is not $ARCH"
 grep -q "^ Package: zinfer$" <<<"$info" || fail "Package is not zinfer"
+baseline="$(sed -n 's/^GLIBC_BASELINE="\(.*\)"$/\1/p' scripts/zigbuild.sh)"
+grep -q "^ Depends: libc6 (>= $baseline)," <<<"$info" || fail "Depends does not start with libc6 (>= $baseline), the build's glibc baseline"
 for path in ./usr/bin/zinferd ./usr/lib/systemd/system/zinferd.service ./etc/zinfer/zinferd.toml ./etc/zinfer/conf.d/README \
     "./usr/lib/zinfer/libonnxruntime.so.$ORT_VERSION" ./usr/lib/zinfer/libonnxruntime.so \
     ./usr/share/zinfer/models/zinfer-sentiment-small/model.onnx ./usr/share/zinfer/models/zinfer-sentiment-small/manifest.toml \

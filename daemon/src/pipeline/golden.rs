@@ -16,6 +16,7 @@
 //! reference probabilities: the top-1 class of each case, and each probability's difference. For any other model,
 //! the raw output values' differences.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,6 +174,12 @@ impl DriftGuard {
     /// could not run at all (a stage refused it, the model failed).
     pub fn check(&mut self, model: &mut Model) -> GoldenRun {
         self.last = Instant::now();
+        // Stages may be a user's plugins: one that panics on a golden input fails the run, not the worker.
+        catch_unwind(AssertUnwindSafe(|| self.run_all(model)))
+            .unwrap_or_else(|_| Err("a stage or the model panicked on a golden input".to_owned()))
+    }
+
+    fn run_all(&self, model: &mut Model) -> GoldenRun {
         let started = Instant::now();
         let mut stages = (self.stages)()?;
         let building = started.elapsed();
@@ -368,6 +375,32 @@ mod tests {
         assert!((probabilities[0] - 0.843_794_7).abs() < 1e-6, "{probabilities:?}");
         assert_eq!(top1(&probabilities), Some(0));
         assert_eq!(top1(&softmax(&[1000.0, 1001.0])), Some(1), "no overflow");
+    }
+
+    /// A user's stage that panics on a golden input fails the run with a reason; the caller (the worker) goes on.
+    #[test]
+    fn a_stage_that_panics_fails_the_run_not_the_caller() {
+        struct Panics;
+        impl Stage for Panics {
+            fn name(&self) -> &str {
+                "panics"
+            }
+            fn process(&mut self, _: &mut Item) -> Result<(), zinfer_stage_api::StageError> {
+                panic!("a user's stage panicked on purpose")
+            }
+        }
+        let mut pipeline = super::super::accounting_tests::pipeline(1);
+        let mut guard = DriftGuard {
+            cases: vec![GoldenCase { input: Input::Text("fine".into()), scores: vec![0.5, 0.5] }],
+            spec: spec(),
+            classifier: true,
+            output: None,
+            stages: Box::new(|| Ok(vec![Box::new(Panics) as Box<dyn Stage>])),
+            every: None,
+            last: Instant::now(),
+        };
+        let error = guard.check(pipeline.model_mut()).expect_err("the run fails");
+        assert!(error.contains("panicked"), "{error}");
     }
 
     #[test]

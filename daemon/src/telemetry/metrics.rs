@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use zinfer_proto as proto;
-
 use zinfer_stage_api::GoldenSpec;
 
 use super::names::STAGES;
