@@ -19,8 +19,8 @@
 #                  $CARGO_TARGET_DIR, default target/pkg, with nice -n 10)
 #   --x86-bin      the x86_64 zinferd to compare with (default: the newest of target/release, target/debug and
 #                  $CARGO_TARGET_DIR/release, else a release build into $CARGO_TARGET_DIR)
-# Installs what is missing: qemu-user with apt-get; cargo-zigbuild, zig and the Rust target through
-# scripts/zigbuild.sh.
+# Installs what is missing: qemu-user, the arm64 C/C++ runtime (libc6-arm64-cross, libstdc++6-arm64-cross) and
+# kernel headers (linux-libc-dev-arm64-cross) with apt-get; cargo-zigbuild, zig and the Rust target through scripts/zigbuild.sh.
 #
 # TOLERANCE (absolute, on softmax probabilities): 0.005. Measured: at most 7e-9 (texts below, neoverse-n1 model).
 # The int8 matrix products accumulate exactly in int32 on both architectures, so differences come from the float
@@ -85,6 +85,10 @@ phase_end() { TIMINGS[$PHASE]=$(( SECONDS - PHASE_T0 )); PHASES+=("$PHASE"); }
 # --- 1. Tools -------------------------------------------------------------------------------------------------------
 phase_start "tools"
 missing=()
+# The emulated process's loader and C/C++ runtime (qemu's -L sysroot below): Debian's arm64 cross runtime packages.
+[[ -f /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]] || missing+=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross)
+# The aarch64 system call numbers, to name those qemu's strace does not (step 7).
+[[ -f /usr/aarch64-linux-gnu/include/asm-generic/unistd.h ]] || missing+=(linux-libc-dev-arm64-cross)
 QEMU="$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)"
 [[ -n "$QEMU" ]] || missing+=(qemu-user)
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -278,6 +282,18 @@ allowed_families=" $(sed -n 's/^RestrictAddressFamilies=//p' systemd/zinferd.ser
 while read -r family; do
     [[ "$allowed_families" == *" $family "* ]] || fail "the aarch64 daemon opened a $family socket, not in RestrictAddressFamilies="
 done < <(sed -nE 's/.* socket\(PF_([A-Z0-9]+),.*/AF_\1/p' "$WORK/aarch64.strace" | sort -u)
+phase_end
+
+# --- 8. The drift guard on a CPU model whose int8 results are wrong -----------------------------------------------------
+# With qemu's "max" CPU model (SVE) ONNX Runtime returns wrong scores (see QEMU_CPU above). The daemon started above
+# ran the golden inputs at start-up and passed (it would not be serving otherwise); on "max" the same check must
+# refuse the model. Measured with ONNX Runtime 1.31.1 and qemu 7.2: the sentiment model matched 23/32 top-1 classes,
+# largest probability difference 0.548 (tolerance 0.180). If this passes one day, qemu or ONNX Runtime changed.
+phase_start "drift guard under QEMU_CPU=max"
+QEMU_CPU=max ORT_DYLIB_PATH="$ORT_ARM" timeout 600 "$QEMU" -L "$SYSROOT" "$AARCH64_BIN" --config "$WORK/smoke.toml" check \
+    > "$WORK/max-check.log" 2>&1 && fail "zinferd check passed under QEMU_CPU=max: the drift guard did not see the wrong scores"
+grep -q "does not reproduce its golden inputs" "$WORK/max-check.log" || fail "zinferd check failed under QEMU_CPU=max, not by the drift guard"
+log "QEMU_CPU=max: refused: $(grep -o 'top-1 [0-9]*/[0-9]*, largest deviation [0-9.]*' "$WORK/max-check.log" | head -n 1)"
 phase_end
 
 log "timings (s): $(for p in "${PHASES[@]}"; do printf '%s %s; ' "$p" "${TIMINGS[$p]}"; done)"
