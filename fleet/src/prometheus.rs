@@ -193,6 +193,36 @@ fn add_pipeline(out: &mut Exposition, daemon: &Labels, pipeline: &proto::Pipelin
     for (name, help, value) in gauges {
         out.add(name, Gauge, help, labels.clone(), value as f64);
     }
+    // The drift guard (the model's golden inputs): what a fleet alerts on when a board's model changes its answers.
+    if let Some(drift) = &pipeline.drift {
+        let (runs, failed) = (
+            "Runs of the model's golden inputs since start-up (the start-up run included).",
+            "Runs of the golden inputs outside the manifest's tolerance, or that could not run.",
+        );
+        out.add("zinfer_pipeline_drift_checks_total", Counter, runs, labels.clone(), drift.checks as f64);
+        out.add("zinfer_pipeline_drift_failures_total", Counter, failed, labels.clone(), drift.failures as f64);
+        let gauges: [(&'static str, &'static str, f64); 4] = [
+            ("zinfer_pipeline_drift_passed", "1 if the last run met the tolerance.", f64::from(u8::from(drift.passed))),
+            (
+                "zinfer_pipeline_drift_agreement",
+                "Fraction of golden inputs whose top-1 class matched the reference at the last run.",
+                if drift.cases == 0 { 0.0 } else { f64::from(drift.agreeing) / f64::from(drift.cases) },
+            ),
+            (
+                "zinfer_pipeline_drift_max_deviation",
+                "Largest score difference from the reference at the last run.",
+                drift.max_deviation,
+            ),
+            (
+                "zinfer_pipeline_drift_mean_deviation",
+                "Mean over the golden inputs of each one's largest score difference, at the last run.",
+                drift.mean_deviation,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            out.add(name, Gauge, help, labels.clone(), value);
+        }
+    }
     for latency in &pipeline.latency {
         let stage = labels.with("stage", &latency.stage);
         for (quantile, micros) in [("0.5", latency.p50_us), ("0.95", latency.p95_us), ("0.99", latency.p99_us)] {
@@ -239,6 +269,14 @@ mod tests {
                 completed: 7,
                 dropped_by_reason: [("queue_full".to_owned(), 3)].into(),
                 latency: vec![proto::LatencyStats { stage: "total".into(), p99_us: 1500, ..Default::default() }],
+                drift: Some(proto::DriftCheck {
+                    checks: 3,
+                    failures: 1,
+                    cases: 32,
+                    agreeing: 30,
+                    max_deviation: 0.25,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -249,5 +287,8 @@ mod tests {
         // The parser hands label values back as written, escapes included.
         assert_eq!(value_of(&text, "zinfer_daemon_info", "host", r#"host \"1\""#), 1.0);
         assert!((value_of(&text, "zinfer_pipeline_latency_seconds", "quantile", "0.99") - 0.0015).abs() < 1e-12);
+        assert_eq!(value_of(&text, "zinfer_pipeline_drift_failures_total", "pipeline", "sentiment"), 1.0);
+        assert_eq!(value_of(&text, "zinfer_pipeline_drift_passed", "pipeline", "sentiment"), 0.0);
+        assert_eq!(value_of(&text, "zinfer_pipeline_drift_agreement", "pipeline", "sentiment"), 0.9375);
     }
 }
