@@ -58,6 +58,11 @@ impl Model {
             .and_then(|builder| builder.with_optimization_level(optimization(config.optimization)).map_err(Into::into))
             .and_then(|builder| builder.with_memory_pattern(config.memory_pattern).map_err(Into::into))
             .map_err(|error: ort::Error| session_error(error.to_string()))?;
+        let builder = config.config_entries.iter().try_fold(builder, |builder, (key, value)| {
+            builder.with_config_entry(key, value).map_err(|error| {
+                session_error(format!("session config entry `{key}` = \"{value}\": {}", ort::Error::<()>::from(error)))
+            })
+        })?;
         let (mut builder, providers) = register_providers(builder, config);
         let session = builder.commit_from_file(path).map_err(|error| session_error(error.to_string()))?;
         let signature_error = |reason: String| OrtError::Signature { path: path.display().to_string(), reason };

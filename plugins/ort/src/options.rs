@@ -65,6 +65,11 @@ pub struct SessionConfig {
     /// it. Warm-ups are exempt.
     #[serde(default = "default_run_timeout_ms")]
     pub run_timeout_ms: u64,
+    /// ONNX Runtime session configuration entries, passed as they are (`SessionOptions::AddConfigEntry`), for the
+    /// knobs zinferd has no key of its own for, e.g. `"session.disable_prepacking" = "1"`. ONNX Runtime's
+    /// `onnxruntime_session_options_config_keys.h` lists them.
+    #[serde(default)]
+    pub config_entries: std::collections::BTreeMap<String, String>,
 }
 
 fn default_run_timeout_ms() -> u64 {
@@ -81,6 +86,7 @@ impl Default for SessionConfig {
             memory_pattern: true,
             execution_providers: default_providers(),
             run_timeout_ms: default_run_timeout_ms(),
+            config_entries: Default::default(),
         }
     }
 }

@@ -166,3 +166,19 @@ fn dimensions_the_stages_declare_shape_the_warm_up() {
     let (elements, _) = model.time_run(1, 64).expect("run at the declared length");
     assert_eq!(elements, 7, "the declared dimension wins over the length");
 }
+
+/// `config_entries` reach ONNX Runtime as they are: a harmless one loads and runs; one that tells it the file is in
+/// ORT format fails the load of an .onnx file, naming the file.
+#[test]
+fn session_config_entries_reach_onnx_runtime() {
+    let with = |key: &str, value: &str| SessionConfig {
+        config_entries: [(key.to_owned(), value.to_owned())].into(),
+        ..SessionConfig::default()
+    };
+    let mut model = common::load_with("models/fixture/model.onnx", &with("session.disable_prepacking", "1"));
+    model.warm_up(1, 8).expect("a run with prepacking off");
+    let error = common::try_load_with("models/fixture/model.onnx", &with("session.load_model_format", "ORT"))
+        .err()
+        .expect("an .onnx file read as ORT format fails");
+    assert!(error.to_string().contains("model.onnx"), "{error}");
+}
