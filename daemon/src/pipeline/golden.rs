@@ -12,9 +12,10 @@
 //! Every check builds the preprocessing stages afresh: a stage with per-stream state (the sensor `window` stage)
 //! must see each golden input as a stream of its own, and the serving stages must not see them at all.
 //!
-//! What is compared: for a classifier (a manifest with labels), the softmax of the model's output with the
-//! reference probabilities: the top-1 class of each case, and each probability's difference. For any other model,
-//! the raw output values' differences.
+//! What is compared: for a classifier (a manifest with labels), the top-1 class of each case; and each score's
+//! difference from the reference, where the score is the softmax of the model's output (a model that outputs logits,
+//! the default for a classifier) or the output itself (`compare = "raw"` in `[golden]`: a model that outputs
+//! probabilities, or one without classes).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -257,7 +258,7 @@ impl DriftGuard {
             format!("golden case {index}: the model has no float32 output {}", self.output.as_deref().unwrap_or(""))
         })?;
         let values: Vec<f64> = values.iter().map(|&value| f64::from(value)).collect();
-        Ok(if self.classifier { softmax(&values) } else { values })
+        Ok(if self.spec.softmax { softmax(&values) } else { values })
     }
 }
 
@@ -348,7 +349,8 @@ mod tests {
     use super::*;
 
     fn spec() -> GoldenSpec {
-        GoldenSpec { file: "g.json".into(), min_agreement: 0.9, max_deviation: 0.2, max_mean_deviation: 0.05 }
+        let file = "g.json".into();
+        GoldenSpec { file, min_agreement: 0.9, max_deviation: 0.2, max_mean_deviation: 0.05, softmax: true }
     }
 
     fn report(agreeing: usize, max_deviation: f64, mean_deviation: f64) -> GoldenReport {

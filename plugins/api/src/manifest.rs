@@ -53,6 +53,9 @@ pub struct GoldenSpec {
     pub max_deviation: f64,
     /// Largest mean, over the cases, of each case's largest score difference.
     pub max_mean_deviation: f64,
+    /// Whether the references are the softmax of the model's output (a classifier that outputs logits) or the
+    /// output itself (a model that outputs probabilities, or no classes at all).
+    pub softmax: bool,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +66,14 @@ struct RawGolden {
     min_agreement: f64,
     max_deviation: f64,
     max_mean_deviation: f64,
+    compare: Option<GoldenCompare>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum GoldenCompare {
+    Softmax,
+    Raw,
 }
 
 /// A sensor model's input: which channels, at what rate, in windows of what length, normalised how.
@@ -182,7 +193,8 @@ impl ModelManifest {
                 return Err(invalid("[sensor]: `window`, `hop` and `sample_rate_hz` must be positive".to_owned()));
             }
         }
-        let golden = raw.golden.map(|golden| resolve_golden(golden, dir, path)).transpose()?;
+        let classifier = !raw.labels.is_empty();
+        let golden = raw.golden.map(|golden| resolve_golden(golden, dir, path, classifier)).transpose()?;
         Ok(Self {
             path: path.to_owned(),
             name: raw.name,
@@ -200,7 +212,8 @@ impl ModelManifest {
     }
 }
 
-fn resolve_golden(raw: RawGolden, dir: &Path, path: &Path) -> Result<GoldenSpec, ManifestError> {
+/// `compare` defaults to "softmax" for a manifest with labels (the toolkit's models output logits), "raw" otherwise.
+fn resolve_golden(raw: RawGolden, dir: &Path, path: &Path, classifier: bool) -> Result<GoldenSpec, ManifestError> {
     let file = dir.join(&raw.file);
     if !file.is_file() {
         return Err(ManifestError::MissingFile { path: path.to_owned(), key: "golden.file", file });
@@ -228,6 +241,7 @@ fn resolve_golden(raw: RawGolden, dir: &Path, path: &Path) -> Result<GoldenSpec,
         min_agreement: raw.min_agreement,
         max_deviation: raw.max_deviation,
         max_mean_deviation: raw.max_mean_deviation,
+        softmax: raw.compare.map_or(classifier, |compare| compare == GoldenCompare::Softmax),
     })
 }
 
@@ -273,7 +287,9 @@ mod tests {
             )
         };
         let spec = ModelManifest::parse(&golden("0.9"), &path).expect("a golden table").golden.expect("golden");
-        assert_eq!((spec.file, spec.min_agreement), (dir.join("g.json"), 0.9));
+        assert_eq!((spec.file, spec.min_agreement, spec.softmax), (dir.join("g.json"), 0.9, true));
+        let raw = golden("0.9") + "compare = \"raw\"\n";
+        assert!(!ModelManifest::parse(&raw, &path).expect("compare").golden.expect("golden").softmax);
         let error = ModelManifest::parse(&golden("1.5"), &path).expect_err("agreement above 1");
         assert!(error.to_string().contains("`min_agreement` is a fraction"), "{error}");
         let error = ModelManifest::parse(&golden("0.9").replace("g.json", "absent.json"), &path)
