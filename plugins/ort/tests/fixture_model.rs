@@ -177,8 +177,9 @@ fn session_config_entries_reach_onnx_runtime() {
     };
     let mut model = common::load_with("models/fixture/model.onnx", &with("session.disable_prepacking", "1"));
     model.warm_up(1, 8).expect("a run with prepacking off");
-    let error = common::try_load_with("models/fixture/model.onnx", &with("session.load_model_format", "ORT"))
-        .err()
-        .expect("an .onnx file read as ORT format fails");
+    let Err(error) = common::try_load_with("models/fixture/model.onnx", &with("session.load_model_format", "ORT"))
+    else {
+        panic!("an .onnx file read as ORT format must fail to load");
+    };
     assert!(error.to_string().contains("model.onnx"), "{error}");
 }
