@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use zinferd::client::RequestFormat;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, ort_library, repo_root, status, wait_for_service};
+use crate::support::{
+    Daemon, NotifySocket, WAIT, base_config, free_port, ort_library, repo_root, status, wait_for_service,
+};
 
 /// A copy of a shipped model package in a folder of its own, to damage.
 struct Package {
@@ -236,6 +238,27 @@ fn golden_inputs_the_stages_refuse_are_reported() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("FAIL (could not run: golden case"), "{stdout}");
+}
+
+/// Served under `drift_guard = "warn"`, a model outside its tolerance stays visible where an operator looks: the
+/// service's status line (`systemctl status`) names the pipeline and the failure, and telemetry counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_served_despite_failing_its_golden_inputs_shows_in_the_status_line() {
+    let package = Package::copy("zinfer-sentiment-small");
+    package.perturb(24);
+    let notify = NotifySocket::bind();
+    let port = free_port();
+    let prefix = format!("zt/driftwarn/{port}");
+    let config = base_config(port, &prefix)
+        + &shipped_pipeline("default.toml", &package.manifest(), "w", "drift_guard = \"warn\"");
+    let daemon = Daemon::start_with_env(&config, port, &notify.env(Duration::from_secs(3)));
+    let ready = notify.wait_for("READY=1", WAIT, |message| message.contains("READY=1"));
+    assert!(ready.contains("pipeline `w`: golden inputs FAILED: top-1 "), "{ready}");
+    let client = daemon.client().await;
+    let drift = status(&client, &prefix).await.pipelines[0].drift.clone().expect("drift");
+    assert_eq!((drift.checks, drift.failures, drift.passed), (1, 1, false), "{drift:?}");
+    assert!(daemon.log().contains("serving it anyway"), "{}", daemon.log());
+    client.close().await;
 }
 
 /// A reload into the perturbed file fails and generation 1 keeps answering, with the same scores as before; once

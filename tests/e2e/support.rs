@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use zinfer_proto as proto;
@@ -469,4 +471,90 @@ pub fn rss_bytes(pid: u32) -> u64 {
     let (rss, _) = zinferd::memory::process_memory(&pid.to_string()).expect("the daemon's /proc status");
     assert!(rss > 0, "a VmRSS line in /proc/{pid}/status");
     rss
+}
+
+/// The service manager's end of the notify protocol: every datagram the daemon sends, in order, with the time it
+/// arrived (empty strings are read timeouts that keep the reader polling).
+pub struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    messages: Receiver<(Instant, String)>,
+}
+
+impl NotifySocket {
+    pub fn bind() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+        let (sender, messages) = channel();
+        // Ends when the test drops the receiver (the next send fails).
+        std::thread::spawn(move || {
+            let mut buffer = vec![0; 4096];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(length) => {
+                        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                        if sender.send((Instant::now(), message)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        if sender.send((Instant::now(), String::new())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { _dir: dir, path, messages }
+    }
+
+    pub fn env(&self, watchdog: Duration) -> Vec<(&'static str, String)> {
+        vec![("NOTIFY_SOCKET", self.path.display().to_string()), ("WATCHDOG_USEC", watchdog.as_micros().to_string())]
+    }
+
+    /// The next datagram that satisfies `wanted`, within `within`.
+    pub fn wait_for(&self, what: &str, within: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        self.wait_for_stamped(what, within, |_, message| wanted(message)).1
+    }
+
+    /// The next datagram that satisfies `wanted`, within `within`, and when it arrived; `wanted` sees every
+    /// datagram before it too.
+    pub fn wait_for_stamped(
+        &self,
+        what: &str,
+        within: Duration,
+        mut wanted: impl FnMut(Instant, &str) -> bool,
+    ) -> (Instant, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok((at, message)) if !message.is_empty() && wanted(at, &message) => return (at, message),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no notification {what} within {within:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("the notify socket reader stopped"),
+            }
+        }
+    }
+
+    /// Every datagram that arrives during `period`.
+    pub fn collect(&self, period: Duration) -> Vec<String> {
+        self.collect_stamped(period).into_iter().map(|(_, message)| message).collect()
+    }
+
+    /// Every datagram that arrives during `period`, and when.
+    pub fn collect_stamped(&self, period: Duration) -> Vec<(Instant, String)> {
+        let deadline = Instant::now() + period;
+        let mut all = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.messages.recv_timeout(left) {
+                Ok((at, message)) if !message.is_empty() => all.push((at, message)),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        all
+    }
 }

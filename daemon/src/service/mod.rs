@@ -464,6 +464,11 @@ impl Service {
         for (name, silent) in stalled {
             line.push_str(&stalled_note(name, *silent));
         }
+        for metrics in metrics {
+            if let Some(problem) = metrics.drift_problem() {
+                line.push_str(&format!("; pipeline `{}`: golden inputs FAILED: {problem}", metrics.name()));
+            }
+        }
         if let Some(error) = self.telemetry.last_reload_error() {
             line.push_str(&format!("; last reload FAILED: {error}"));
         }

@@ -152,6 +152,20 @@ impl PipelineMetrics {
         *drift = Some((check, Instant::now()));
     }
 
+    /// For the service's status line: what is wrong with the model's last run of its golden inputs, if anything.
+    pub fn drift_problem(&self) -> Option<String> {
+        let drift = self.drift.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (check, _) = drift.as_ref().filter(|(check, _)| !check.passed)?;
+        Some(if check.error.is_empty() {
+            format!(
+                "top-1 {}/{}, largest deviation {:.3} (allowed {})",
+                check.agreeing, check.cases, check.max_deviation, check.max_deviation_allowed
+            )
+        } else {
+            format!("could not run: {}", check.error)
+        })
+    }
+
     /// Accepts a message (counts it received) unless the pipeline already owes `max_in_flight` outcomes; then it is
     /// counted refused instead and gets no outcome. Returns whether it was accepted.
     pub fn try_receive(&self) -> bool {
