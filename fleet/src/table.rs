@@ -39,6 +39,9 @@ pub struct Row {
     pub last_reload_ms: u64,
     /// How long the daemon has run.
     pub uptime_ms: u64,
+    /// The drift guard: the pipelines whose last run of their model's golden inputs failed (empty: all passed);
+    /// `None` when no pipeline's model has golden inputs.
+    pub drift_failing: Option<Vec<String>>,
 }
 
 /// The rows of the daemons in `after`, with rates from `before`, gathered `interval` earlier.
@@ -50,6 +53,10 @@ pub fn rows(before: &[proto::Telemetry], after: &[proto::Telemetry], interval: D
             let service = snapshot.service.clone().unwrap_or_default();
             let memory = snapshot.memory.clone().unwrap_or_default();
             let current = snapshot.pipelines.iter().filter(|pipeline| pipeline.generation == service.generation);
+            let guarded: Vec<_> =
+                current.clone().filter_map(|pipeline| Some((&pipeline.name, pipeline.drift.as_ref()?))).collect();
+            let drift_failing = (!guarded.is_empty())
+                .then(|| guarded.iter().filter(|(_, drift)| !drift.passed).map(|(name, _)| (*name).clone()).collect());
             let p99_us = current
                 .clone()
                 .flat_map(|pipeline| &pipeline.latency)
@@ -79,6 +86,7 @@ pub fn rows(before: &[proto::Telemetry], after: &[proto::Telemetry], interval: D
                 last_reload: service.last_reload,
                 last_reload_ms: service.last_reload_ms,
                 uptime_ms: snapshot.uptime_ms,
+                drift_failing,
             }
         })
         .collect()
@@ -105,7 +113,7 @@ fn rate(before: &proto::Telemetry, after: &proto::Telemetry, interval: Duration)
 /// The rows as an aligned text table with a header.
 pub fn render(rows: &[Row]) -> String {
     let header = ["DAEMON", "HOST", "BOARD", "GEN", "PIPELINES", "MSG/S", "P99 MS", "RSS/BUDGET MIB", "PRESSURE"];
-    let header = header.into_iter().chain(["TEMP C", "LAST RELOAD"]).map(str::to_owned).collect::<Vec<_>>();
+    let header = header.into_iter().chain(["TEMP C", "LAST RELOAD", "DRIFT"]).map(str::to_owned).collect::<Vec<_>>();
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let mut lines = vec![header];
     for row in rows {
@@ -125,6 +133,11 @@ pub fn render(rows: &[Row]) -> String {
             or_dash(&row.pressure),
             row.temperature_celsius.map_or_else(|| "-".to_owned(), |celsius| format!("{celsius:.0}")),
             or_dash(&row.last_reload),
+            match &row.drift_failing {
+                None => "-".to_owned(),
+                Some(failing) if failing.is_empty() => "ok".to_owned(),
+                Some(failing) => format!("FAIL:{}", failing.join(",")),
+            },
         ]);
     }
     let widths: Vec<usize> = (0..lines[0].len())
@@ -182,5 +195,21 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("DAEMON") && lines[1].starts_with("a ") && lines[2].starts_with("b "), "{text}");
         assert!(lines[1].contains("board-1") && lines[1].contains("sentiment"), "{text}");
+        assert!(lines[0].ends_with("DRIFT") && lines[1].ends_with(" -"), "no golden inputs: {text}");
+    }
+
+    #[test]
+    fn the_drift_column_names_the_failing_pipelines() {
+        let with_drift = |passed: bool| {
+            let mut snapshot = snapshot("a", 1, 0, 1);
+            snapshot.pipelines[0].drift = Some(proto::DriftCheck { passed, ..Default::default() });
+            snapshot
+        };
+        let rows = rows(&[], &[with_drift(true), with_drift(false)], Duration::from_secs(1));
+        assert_eq!(rows[0].drift_failing, Some(Vec::new()));
+        assert_eq!(rows[1].drift_failing, Some(vec!["sentiment".to_owned()]));
+        let text = render(&rows);
+        assert!(text.lines().nth(1).is_some_and(|line| line.ends_with(" ok")), "{text}");
+        assert!(text.lines().nth(2).is_some_and(|line| line.ends_with(" FAIL:sentiment")), "{text}");
     }
 }
