@@ -239,11 +239,12 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     pipeline.model().providers()
                 );
                 match pipeline.golden() {
-                    Some((Ok(report), spec)) => {
-                        let failures = report.failures(spec);
+                    Some((run, spec)) => {
+                        let failures = zinferd::pipeline::golden::failures(run, spec);
                         println!(
-                            "  golden inputs ({}): {report}; tolerance: top-1 >= {}, deviation <= {}, mean <= {}: {}",
+                            "  golden inputs ({}): {}; tolerance: top-1 >= {}, deviation <= {}, mean <= {}: {}",
                             spec.file.display(),
+                            zinferd::pipeline::golden::summary(run),
                             spec.min_agreement,
                             spec.max_deviation,
                             spec.max_mean_deviation,
@@ -253,9 +254,6 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                                 format!("FAIL ({})", failures.join("; "))
                             }
                         );
-                    }
-                    Some((Err(error), spec)) => {
-                        println!("  golden inputs ({}): FAIL (could not run: {error})", spec.file.display());
                     }
                     None => println!("  golden inputs: none (no [golden] in the manifest, or drift_guard = \"off\")"),
                 }

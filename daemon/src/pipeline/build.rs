@@ -7,7 +7,7 @@ use std::sync::Arc;
 use zinfer_ort::{Model, OrtEnvironment};
 use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
-use super::golden::{DriftGuard, GoldenRun};
+use super::golden::{self, DriftGuard, GoldenRun};
 use super::{ModelIdentity, Pipeline};
 use crate::config::{Config, ConfigError, DriftGuardMode, PipelineConfig, StageSpec};
 
@@ -144,14 +144,8 @@ fn check_golden(
     let Some(mut guard) = guard else { return Ok(None) };
     let manifest = &pipeline.manifest;
     let run = guard.check(model);
-    let failures = match &run {
-        Ok(report) => report.failures(guard.spec()),
-        Err(reason) => vec![format!("its golden inputs could not run: {reason}")],
-    };
-    let shown = match &run {
-        Ok(report) => report.to_string(),
-        Err(_) => "not run".to_owned(),
-    };
+    let failures = golden::failures(&run, guard.spec());
+    let shown = golden::summary(&run);
     if failures.is_empty() {
         tracing::info!(pipeline = %pipeline.name, model = %manifest.name, report = %shown, "golden inputs reproduced");
     } else if pipeline.drift_guard == DriftGuardMode::Refuse {

@@ -32,7 +32,7 @@ use crate::config::{PipelineConfig, StageSpec};
 #[derive(Debug, Clone)]
 struct GoldenCase {
     input: Input,
-    scores: Vec<f32>,
+    scores: Vec<f64>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +116,20 @@ impl GoldenReport {
         }
         failures
     }
+}
+
+/// Why `run` fails `spec`, in words: each broken tolerance, or why it could not run at all; empty if it passed.
+/// Start-up, the worker's periodic runs, telemetry and `zinferd check` all judge a run by this.
+pub fn failures(run: &GoldenRun, spec: &GoldenSpec) -> Vec<String> {
+    match run {
+        Ok(report) => report.failures(spec),
+        Err(reason) => vec![format!("could not run: {reason}")],
+    }
+}
+
+/// A run in a few words for logs: its report, or "not run".
+pub fn summary(run: &GoldenRun) -> String {
+    run.as_ref().map_or_else(|_| "not run".to_owned(), ToString::to_string)
 }
 
 impl std::fmt::Display for GoldenReport {
@@ -205,13 +219,12 @@ impl DriftGuard {
             let deviation = scores
                 .iter()
                 .zip(&case.scores)
-                .map(|(&score, &reference)| (score - f64::from(reference)).abs())
+                .map(|(&score, &reference)| (score - reference).abs())
                 .fold(0.0, f64::max);
             // A NaN score is as far from its reference as a score can be.
             let deviation =
                 if deviation.is_nan() || scores.iter().any(|score| score.is_nan()) { f64::INFINITY } else { deviation };
-            if !self.classifier || top1(&scores) == top1(&case.scores.iter().map(|&s| f64::from(s)).collect::<Vec<_>>())
-            {
+            if !self.classifier || top1(&scores) == top1(&case.scores) {
                 report.agreeing += 1;
             }
             if deviation > report.max_deviation {
@@ -315,7 +328,7 @@ fn load_cases(path: &Path, manifest: &ModelManifest) -> Result<Vec<GoldenCase>, 
                 }
                 _ => return Err(at(format!("case {index} needs exactly one of `text` and `samples`"))),
             };
-            Ok(GoldenCase { input, scores: case.scores })
+            Ok(GoldenCase { input, scores: case.scores.into_iter().map(f64::from).collect() })
         })
         .collect()
 }

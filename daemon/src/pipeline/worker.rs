@@ -265,17 +265,14 @@ impl Worker {
         let idle = self.waiting.is_empty() && queue.is_empty();
         let Some(run) = self.pipeline.drift_check_if_due(idle) else { return };
         let Some((_, spec)) = self.pipeline.golden() else { return };
-        match &run {
-            Ok(report) if report.failures(spec).is_empty() => {
-                tracing::debug!(pipeline = %self.context.metrics.name(), %report, "golden inputs reproduced");
-            }
-            Ok(report) => tracing::error!(
-                pipeline = %self.context.metrics.name(), %report, failures = ?report.failures(spec),
+        let (failures, report) = (super::golden::failures(&run, spec), super::golden::summary(&run));
+        if failures.is_empty() {
+            tracing::debug!(pipeline = %self.context.metrics.name(), %report, "golden inputs reproduced");
+        } else {
+            tracing::error!(
+                pipeline = %self.context.metrics.name(), %report, ?failures,
                 "the model no longer reproduces its golden inputs (it keeps serving; see telemetry `drift`)"
-            ),
-            Err(error) => tracing::error!(
-                pipeline = %self.context.metrics.name(), %error, "the golden inputs could not run"
-            ),
+            );
         }
         self.context.metrics.record_drift_check(&run, spec);
         self.context.metrics.beat();
