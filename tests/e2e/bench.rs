@@ -3,32 +3,16 @@
 //! daemon's ratio to the model run per window. Smoke tests of the benchmarks' plumbing; they assert nothing about
 //! speed.
 
-use std::process::Command;
-
-use crate::support::{base_config, free_port, ort_library, repo_root, text_pipeline};
+use crate::support::{base_config, free_port, repo_root, run_bench, text_pipeline};
 
 #[test]
 fn bench_latency_reports_the_floor_and_the_daemons_stages() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("zinferd.toml");
-    let text =
+    let config =
         base_config(free_port(), "zt/bench") + &text_pipeline("bench", "in/bench/**", "", "buckets = [16, 32]", "");
-    std::fs::write(&config, text).expect("write config");
-    let json = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_zinferd"))
-        .current_dir(dir.path())
-        .env("ORT_DYLIB_PATH", ort_library())
-        .args(["--config", &config.to_string_lossy(), "bench", "latency", "--iterations", "20", "--warmup", "2"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run zinferd bench latency");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (stdout, report) = run_bench(Some(&config), &["latency", "--iterations", "20", "--warmup", "2"]);
     assert!(stdout.starts_with("CPU: "), "the CPU line first:\n{stdout}");
     assert!(stdout.contains("(the floor)") && stdout.contains("daemon's total / floor"), "{stdout}");
 
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
     assert_eq!(report["floor"]["count"], 20, "{report}");
     assert_eq!(report["round_trip"]["count"], 20, "{report}");
     assert!(report["padded"]["count"] == 20, "the text has a bucket, so the padded runs are timed: {report}");
@@ -45,8 +29,6 @@ fn bench_latency_reports_the_floor_and_the_daemons_stages() {
 
 #[test]
 fn bench_sensor_reports_the_daemons_ratio_to_the_model_run() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("zinferd.toml");
     let manifest = repo_root().join("models/zinfer-watch-small/manifest.toml");
     let pipeline = format!(
         "[[pipeline]]\nname = \"watch\"\ninput = \"sensor/bench/**\"\noutput_prefix = \"out\"\nmodel = \"{}\"\n\
@@ -54,15 +36,8 @@ fn bench_sensor_reports_the_daemons_ratio_to_the_model_run() {
          [[pipeline.preprocess]]\ntype = \"window\"\n[[pipeline.postprocess]]\ntype = \"classify\"\ntop_k = 3\n",
         manifest.display()
     );
-    std::fs::write(&config, base_config(free_port(), "zt/benchsensor") + &pipeline).expect("write config");
-    let output = Command::new(env!("CARGO_BIN_EXE_zinferd"))
-        .current_dir(dir.path())
-        .env("ORT_DYLIB_PATH", ort_library())
-        .args(["--config", &config.to_string_lossy(), "bench", "sensor", "--iterations", "20", "--warmup", "2"])
-        .output()
-        .expect("run zinferd bench sensor");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let config = base_config(free_port(), "zt/benchsensor") + &pipeline;
+    let (stdout, _) = run_bench(Some(&config), &["sensor", "--iterations", "20", "--warmup", "2"]);
     assert!(stdout.starts_with("CPU: "), "the CPU line first:\n{stdout}");
     assert!(stdout.contains("daemon's total / model run (median)"), "{stdout}");
     assert!(stdout.contains("frames of that run not answered ok: none"), "{stdout}");

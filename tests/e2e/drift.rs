@@ -11,7 +11,8 @@ use std::time::Duration;
 use zinferd::client::RequestFormat;
 
 use crate::support::{
-    Daemon, NotifySocket, WAIT, base_config, free_port, ort_library, repo_root, status, wait_for_service,
+    Daemon, NotifySocket, WAIT, base_config, free_port, ort_library, repo_root, shipped_pipeline, status,
+    wait_for_service,
 };
 
 /// A copy of a shipped model package in a folder of its own, to damage.
@@ -137,21 +138,6 @@ fn varint(bytes: &[u8], at: &mut usize) -> u64 {
         }
     }
     value
-}
-
-/// The pipeline table of a shipped configuration (`configs/<file>`), on `manifest`, reading `in/<name>/**` and
-/// publishing under `out/`, with `extra` keys.
-fn shipped_pipeline(file: &str, manifest: &Path, name: &str, extra: &str) -> String {
-    let config = std::fs::read_to_string(repo_root().join("configs").join(file)).expect("a shipped config");
-    let table = &config[config.find("[[pipeline]]").expect("a pipeline")..];
-    let model_line = table.lines().find(|line| line.starts_with("model = ")).expect("a model line");
-    let input_line = table.lines().find(|line| line.starts_with("input = ")).expect("an input line");
-    let name_line = table.lines().find(|line| line.starts_with("name = ")).expect("a name line");
-    table
-        .replacen(model_line, &format!("model = \"{}\"\n{extra}", manifest.display()), 1)
-        .replacen(input_line, &format!("input = \"in/{name}/**\""), 1)
-        .replacen(name_line, &format!("name = \"{name}\""), 1)
-        .replace("output_prefix = \"zinfer/out\"", "output_prefix = \"out\"")
 }
 
 fn write_config(dir: &Path, config: &str) -> PathBuf {

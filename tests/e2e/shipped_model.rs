@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use zinfer_proto::outcome;
 
-use crate::support::{Daemon, WAIT, base_config, free_port, next_result, repo_root};
+use crate::support::{Daemon, WAIT, base_config, free_port, next_result, repo_root, shipped_pipeline};
 
 #[derive(serde::Deserialize)]
 struct Prediction {
@@ -26,12 +26,7 @@ async fn the_shipped_model_agrees_with_its_pytorch_source_on_the_test_split() {
     let port = free_port();
     let prefix = format!("zt/shipped/{port}");
     // The default configuration's pipeline, with a queue that holds the whole split.
-    let default = std::fs::read_to_string(repo_root().join("configs/default.toml")).expect("default.toml");
-    let pipeline = &default[default.find("[[pipeline]]").expect("a pipeline")..];
-    let pipeline = pipeline
-        .replace("../models/", &format!("{}/models/", repo_root().display()))
-        .replace("input = \"zinfer/in/text/**\"", "input = \"in/shipped/**\"\nqueue_capacity = 5000")
-        .replace("output_prefix = \"zinfer/out\"", "output_prefix = \"out\"");
+    let pipeline = shipped_pipeline("default.toml", &folder.join("manifest.toml"), "shipped", "queue_capacity = 5000");
     let daemon = Daemon::start(&(base_config(port, &prefix) + &pipeline), port);
     let client = daemon.client().await;
     client.wait_for_subscriber("in/shipped/x", WAIT).await.expect("zinferd subscribes");

@@ -72,6 +72,21 @@ fn service_tables(prefix: &str) -> String {
     format!("[telemetry]\nprefix = \"{prefix}\"\ninterval_ms = 100\n\n[daemon]\ndrain_timeout_ms = 20000\n\n")
 }
 
+/// The pipeline table of a shipped configuration (`configs/<file>`), on `manifest`, reading `in/<name>/**` and
+/// publishing under `out/`, with `extra` keys.
+pub fn shipped_pipeline(file: &str, manifest: &Path, name: &str, extra: &str) -> String {
+    let config = std::fs::read_to_string(repo_root().join("configs").join(file)).expect("a shipped config");
+    let table = &config[config.find("[[pipeline]]").expect("a pipeline")..];
+    let model_line = table.lines().find(|line| line.starts_with("model = ")).expect("a model line");
+    let input_line = table.lines().find(|line| line.starts_with("input = ")).expect("an input line");
+    let name_line = table.lines().find(|line| line.starts_with("name = ")).expect("a name line");
+    table
+        .replacen(model_line, &format!("model = \"{}\"\n{extra}", manifest.display()), 1)
+        .replacen(input_line, &format!("input = \"in/{name}/**\""), 1)
+        .replacen(name_line, &format!("name = \"{name}\""), 1)
+        .replace("output_prefix = \"zinfer/out\"", "output_prefix = \"out\"")
+}
+
 /// A text pipeline on the fixture model, with extra keys appended to its table (`extra`) and extra stage options.
 pub fn text_pipeline(name: &str, input: &str, extra: &str, tokenize: &str, decode: &str) -> String {
     format!(
@@ -557,4 +572,23 @@ impl NotifySocket {
         }
         all
     }
+}
+
+/// Runs `zinferd [--config <config>] bench <args> --json <report>` in a temp dir, with the tests' ONNX Runtime;
+/// asserts that it succeeded and returns what it printed and its JSON report.
+pub fn run_bench(config: Option<&str>, args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zinferd"));
+    command.current_dir(dir.path()).env("ORT_DYLIB_PATH", ort_library());
+    if let Some(config) = config {
+        let path = dir.path().join("zinferd.toml");
+        std::fs::write(&path, config).expect("write config");
+        command.arg("--config").arg(&path);
+    }
+    let output = command.arg("bench").args(args).arg("--json").arg(&json).output().expect("run zinferd bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    (stdout, report)
 }

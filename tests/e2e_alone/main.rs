@@ -210,23 +210,9 @@ async fn reloads_of_the_shipped_model_do_not_ratchet_rss_up() {
 #[test]
 fn bench_fleet_measures_one_and_two_daemons_and_the_router() {
     let _alone = ALONE.blocking_lock();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("zinferd.toml");
-    let text = base_config(free_port(), "zt/benchfleet") + &text_pipeline("bench", "in/bench/**", "", "", "");
-    std::fs::write(&config, text).expect("write config");
-    let json = dir.path().join("report.json");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"))
-        .current_dir(dir.path())
-        .env("ORT_DYLIB_PATH", crate::support::ort_library())
-        .args(["--config", &config.to_string_lossy(), "bench", "fleet", "--iterations", "20"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run zinferd bench fleet");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let config = base_config(free_port(), "zt/benchfleet") + &text_pipeline("bench", "in/bench/**", "", "", "");
+    let (stdout, report) = support::run_bench(Some(&config), &["fleet", "--iterations", "20"]);
     assert!(stdout.starts_with("CPU: ") && stdout.contains("scaling 2 over 1"), "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
     assert!(report["capacity_one_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
     assert!(report["capacity_two_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
     let split: Vec<u64> = serde_json::from_value(report["split"].clone()).expect("split");
@@ -239,17 +225,7 @@ fn bench_fleet_measures_one_and_two_daemons_and_the_router() {
 #[test]
 fn bench_router_reports_its_levels() {
     let _alone = ALONE.blocking_lock();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("report.json");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zinferd"))
-        .current_dir(dir.path())
-        .args(["bench", "router", "--sessions", "2", "--seconds", "0.5", "--json"])
-        .arg(&json)
-        .output()
-        .expect("run zinferd bench router");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    let (_, report) = support::run_bench(None, &["router", "--sessions", "2", "--seconds", "0.5"]);
     let levels = report["levels"].as_array().expect("levels");
     assert!(!levels.is_empty() && levels[0]["offered_per_s"] == 10_000.0, "{report}");
     assert!(levels[0]["delivered_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
