@@ -74,3 +74,46 @@ def test_tiny_recipe_end_to_end(tmp_path):
         run_step(Run(recipe, tmp_path / "run", export_dir=out), step)
     after = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")[len(before):]
     assert after.count("already complete") == len(STEPS)
+
+
+def test_seeds_share_one_teacher_and_validation_alone_chooses(tmp_path):
+    """A ladder rung's recipe: its teacher comes from another recipe's run (not retrained), each student seed runs
+    in its own directory, and the shipped file is the seed with the best validation accuracy."""
+    from zinfer_model.steps import SEED_STEPS, run_recipe_step
+
+    base_recipe = merge(load_recipe(None), TINY)
+    base = Run(base_recipe, tmp_path / "runs" / "base")
+    run_step(base, "teacher")
+    teacher_metrics = (tmp_path / "runs" / "base" / "teacher" / "metrics.json").read_text(encoding="utf-8")
+
+    rung = merge(base_recipe, {"name": "rung", "seeds": [0, 1], "teacher": {"from_run": "base"},
+                               "shrink": {"hidden": 16, "heads": 1, "intermediate": 32, "layers": [1]}})
+    out = tmp_path / "shipped"
+    run = Run(rung, tmp_path / "runs" / "rung", export_dir=out)
+    for step in STEPS:
+        run_recipe_step(run, step)
+    assert not (tmp_path / "runs" / "rung" / "teacher").exists()  # shared, not retrained
+    assert (tmp_path / "runs" / "base" / "teacher" / "metrics.json").read_text(encoding="utf-8") == teacher_metrics
+    for seed in (0, 1):
+        sub = tmp_path / "runs" / "rung" / f"seed-{seed}"
+        assert all((sub / step / "metrics.json").is_file() for step in SEED_STEPS), seed
+        assert json.loads((sub / "recipe.json").read_text(encoding="utf-8"))["recipe"]["seed"] == seed
+
+    select = run.metrics("select")
+    vals = {s["seed"]: s["val_int8"] for s in select["seeds"]}
+    assert set(vals) == {0, 1}
+    assert select["chosen_seed"] == max(sorted(vals), key=lambda n: vals[n])
+    tests = [s["test_int8"] for s in select["seeds"]]
+    assert abs(select["test_int8_mean"] - sum(tests) / 2) < 1e-12
+    chosen_int8 = tmp_path / "runs" / "rung" / f"seed-{select['chosen_seed']}" / "quantize" / "model.int8.onnx"
+    assert (out / "model.onnx").read_bytes() == chosen_int8.read_bytes()
+    assert "student seeds on one teacher" in (out / "README.md").read_text(encoding="utf-8")
+
+    # a rung whose teacher table differs from the run it borrows from is refused, naming the table
+    other = merge(rung, {"teacher": {"lr": 1e-2}})
+    try:
+        Run(other, tmp_path / "runs" / "other")
+    except SystemExit as e:
+        assert "[teacher]" in str(e)
+    else:
+        raise AssertionError("a mismatched shared teacher was accepted")

@@ -16,6 +16,7 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   prune           remove whole heads and FFN neurons by importance, then a recovery fine-tune
   quantize        ONNX export, ORT optimizer fusions, dynamic int8 quantization, agreement checks
   evaluate        test-split accuracy/macro-F1 of every stage; ONNX vs PyTorch agreement
+  select          with `seeds`: the student seed to ship, by validation accuracy only (test mean ± spread kept)
   export-shipped  write models/<name>/ (model.onnx, tokenizer.json, manifest.toml, README.md, predictions)
   recipe          all of the above; completed steps are skipped
   bench           the efficiency report (zinfer_model.bench; its own options follow)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .recipe import load_recipe
-    from .steps import Run, run_step
+    from .steps import Run, run_recipe_step
 
     def steps() -> None:
         recipe = load_recipe(args.recipe, args.quick)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                    (recipe["name"] + ("-quick" if args.quick else "")))
         run = Run(recipe, run_dir, force=args.force, export_dir=args.export_dir, threads=args.threads)
         for step in (STEPS if args.step == "recipe" else [args.step]):
-            run_step(run, step)
+            run_recipe_step(run, step)
 
     return run_guarded(steps)
 

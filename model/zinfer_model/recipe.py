@@ -12,10 +12,12 @@ from pathlib import Path
 DEFAULTS: dict = {
     "name": "default",
     "seed": 0,
+    "seeds": [],  # student seeds (shrink … evaluate once each, in <run-dir>/seed-<n>/); [] = just `seed`
     "threads": 2,
     "max_length": 128,
     "data": {"dataset": "rotten_tomatoes", "split_seed": 0, "train_limit": 0, "val_limit": 0, "test_limit": 0},
     "teacher": {
+        "from_run": "",  # another run directory (beside this one) whose teacher this recipe shares
         "init": "pretrained",  # "pretrained" (all-MiniLM-L6-v2 from its package) or "random" (tests)
         "hidden": 384, "layers": 6, "heads": 12, "intermediate": 1536,  # only for init = "random"
         "epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1, "dropout": 0.1,
@@ -39,7 +41,8 @@ DEFAULTS: dict = {
     "quantize": {"opset": 17, "optimize": True, "per_channel": True, "reduce_range": False,
                  "fp32_tolerance": 1e-4, "optimized_tolerance": 1e-3, "min_int8_agreement": 0.97},
     "evaluate": {"latency_seq": 64, "latency_runs": 50},
-    "export": {"name": "zinfer-sentiment-small", "version": "0.1.0", "out": "models/zinfer-sentiment-small"},
+    "export": {"name": "zinfer-sentiment-small", "version": "0.1.0", "out": "models/zinfer-sentiment-small",
+               "role": "zinfer's default model"},
     "quick": {
         "data": {"train_limit": 256, "val_limit": 96, "test_limit": 96},
         "teacher": {"epochs": 1, "max_steps_per_epoch": 4},

@@ -38,16 +38,22 @@ from .train import TrainSpec, attention_kl, augment_ids, clear_checkpoints, fit,
 from .vocab import check_same_tokens, trim_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STEPS = ["teacher", "shrink", "vocab", "prune", "quantize", "evaluate", "export-shipped"]
+STEPS = ["teacher", "shrink", "vocab", "prune", "quantize", "evaluate", "select", "export-shipped"]
+# the steps a recipe with `seeds` runs once per student seed, each in <run-dir>/seed-<n>/ on the shared teacher
+SEED_STEPS = ["shrink", "vocab", "prune", "quantize", "evaluate"]
 
 
 class Run:
     """A run directory, its recipe and shared state (data splits, logging, metrics files)."""
 
     def __init__(self, recipe: dict, run_dir: Path, force: bool = False, export_dir: Path | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, teacher_dir: Path | None = None):
         self.recipe = recipe
         self.dir = Path(run_dir)
+        # where the teacher step lives: this run, another recipe's run (teacher.from_run: rungs of one ladder
+        # share their teacher), or the parent run of a seed
+        from_run = recipe.get("teacher", {}).get("from_run") or ""
+        self.teacher_dir = Path(teacher_dir) if teacher_dir else (self.dir.parent / from_run if from_run else self.dir)
         self.force = force
         self.quick = recipe["quick"]
         self.seed = int(recipe["seed"])
@@ -67,10 +73,39 @@ class Run:
         # float summation order): on a busy machine 1 thread can be several times faster than 2, because
         # OpenMP threads that lose their core stall each other at every barrier
         self.threads = int(threads or recipe["threads"])
+        if from_run and not teacher_dir:
+            self._check_shared_teacher()
         torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed)
+
+    def _check_shared_teacher(self) -> None:
+        """A teacher shared with another recipe's run must have been trained exactly as this recipe says."""
+        saved = self.teacher_dir / "recipe.json"
+        if not saved.exists():
+            raise SystemExit(f"teacher.from_run: {self.teacher_dir} is not a run directory; run that recipe's "
+                             "teacher step first (e.g. `python -m zinfer_model teacher --recipe "
+                             "model/recipes/default.toml`)")
+        theirs = json.loads(saved.read_text(encoding="utf-8"))["recipe"]
+        ours = self.recipe
+        same_teacher = {k: v for k, v in ours["teacher"].items() if k != "from_run"} == \
+            {k: v for k, v in theirs["teacher"].items() if k != "from_run"}
+        for what, equal in (("[teacher]", same_teacher), ("[data]", ours["data"] == theirs["data"]),
+                            ("max_length", ours["max_length"] == theirs["max_length"]),
+                            ("quick", ours["quick"] == theirs["quick"])):
+            if not equal:
+                raise SystemExit(f"teacher.from_run: {self.teacher_dir} trained its teacher with another {what} "
+                                 "than this recipe; make them equal or train this recipe's own teacher")
+
+    def seed_runs(self) -> list["Run"]:
+        """The recipe's student seeds, each a run in <run-dir>/seed-<n>/ on this run's teacher; without `seeds`,
+        the run itself."""
+        seeds = [int(n) for n in self.recipe.get("seeds") or []]
+        if not seeds:
+            return [self]
+        return [Run({**self.recipe, "seed": n, "seeds": []}, self.dir / f"seed-{n}", force=self.force,
+                    threads=self.threads, teacher_dir=self.teacher_dir) for n in seeds]
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -82,19 +117,22 @@ class Run:
     def cfg(self, step: str) -> dict:
         return self.recipe[step]
 
+    def step_path(self, step: str) -> Path:
+        return (self.teacher_dir if step == "teacher" else self.dir) / step
+
     def step_dir(self, step: str) -> Path:
         d = self.dir / step
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def done(self, step: str) -> bool:
-        path = self.dir / step / "metrics.json"
+        path = self.step_path(step) / "metrics.json"
         return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("complete", False)
 
     def metrics(self, step: str) -> dict:
-        path = self.dir / step / "metrics.json"
+        path = self.step_path(step) / "metrics.json"
         if not path.exists():
-            raise SystemExit(f"step {step!r} has not run in {self.dir}: run it first")
+            raise SystemExit(f"step {step!r} has not run in {path.parent.parent}: run it first")
         return json.loads(path.read_text(encoding="utf-8"))
 
     def write_metrics(self, step: str, metrics: dict) -> None:
@@ -138,6 +176,9 @@ def original_tokenizer_path() -> Path:
 # ------------------------------------------------------------------------------------------------- teacher
 def step_teacher(run: Run) -> None:
     c = run.cfg("teacher")
+    if run.teacher_dir != run.dir:
+        raise SystemExit(f"the teacher comes from {run.teacher_dir} (teacher.from_run) and its teacher step is not "
+                         "complete: run that recipe's teacher step first")
     out = run.step_dir("teacher")
     t0 = time.time()
     if c["init"] == "pretrained":
@@ -206,7 +247,7 @@ def step_shrink(run: Run) -> None:
     c = run.cfg("shrink")
     out = run.step_dir("shrink")
     t0 = time.time()
-    teacher, tok, _ = load_model(run.dir / "teacher" / "model")
+    teacher, tok, _ = load_model(run.step_path("teacher") / "model")
     for p in teacher.parameters():
         p.requires_grad_(False)
     s = run.splits()
@@ -344,7 +385,7 @@ def step_prune(run: Run) -> None:
     if cache.exists():
         t_logits = torch.from_numpy(np.load(cache))
     else:
-        teacher, ttok, _ = load_model(run.dir / "teacher" / "model")
+        teacher, ttok, _ = load_model(run.step_path("teacher") / "model")
         t_logits = torch.from_numpy(torch_logits(teacher, encode(ttok, s.train, run.max_length)))
         np.save(cache, t_logits.numpy())
         del teacher
@@ -534,7 +575,7 @@ def step_evaluate(run: Run) -> None:
     onnx_files: dict[str, Path] = {}
     qdir = run.dir / "quantize"
     for step in ("teacher", "shrink", "vocab", "prune"):
-        model, tok, _ = load_model(run.dir / step / "model")
+        model, tok, _ = load_model(run.step_path(step) / "model")
         enc = encode(tok, test_rows, run.max_length)
         logits[f"{step}_torch"] = torch_logits(model, enc)
         params[step] = count_params(model)
@@ -587,6 +628,40 @@ def step_evaluate(run: Run) -> None:
     run.write_metrics("evaluate", {**res, "seconds": time.time() - t0})
 
 
+# -------------------------------------------------------------------------------------------------- select
+def step_select(run: Run) -> None:
+    """Chooses the student seed to ship by the validation accuracy of its int8 file alone; the test accuracies of
+    all seeds are reported (mean ± spread against the teacher), never used to choose."""
+    t0 = time.time()
+    rows = []
+    for sub in run.seed_runs():
+        q, ev = sub.metrics("quantize"), sub.metrics("evaluate")
+        rows.append({"seed": sub.seed, "dir": str(sub.dir.relative_to(run.dir)),
+                     "val_int8": q["val_int8"]["accuracy"], "test_int8": ev["test"]["onnx_int8"]["accuracy"],
+                     "test_teacher": ev["test"]["teacher_torch"]["accuracy"]})
+    chosen = max(rows, key=lambda r: (r["val_int8"], -r["seed"]))  # a tie goes to the lowest seed
+    tests = np.asarray([r["test_int8"] for r in rows])
+    teacher = rows[0]["test_teacher"]
+    res = {"seeds": rows, "chosen_seed": chosen["seed"], "chosen_dir": chosen["dir"],
+           "test_int8_mean": float(tests.mean()), "test_int8_std": float(tests.std(ddof=1)) if len(rows) > 1 else 0.0,
+           "test_int8_min": float(tests.min()), "test_int8_max": float(tests.max()), "test_teacher": teacher,
+           "mean_gap_points": 100 * (teacher - float(tests.mean()))}
+    for r in rows:
+        run.log(f"select: seed {r['seed']}: val {r['val_int8']:.4f}, test {r['test_int8']:.4f}")
+    run.log(f"select: seed {chosen['seed']} (best validation); test mean {res['test_int8_mean']:.4f} ± "
+            f"{res['test_int8_std']:.4f}, {res['mean_gap_points']:.2f} points below the teacher's {teacher:.4f}")
+    run.write_metrics("select", {**res, "seconds": time.time() - t0})
+
+
+def chosen_run(run: Run) -> Run:
+    """The seed run that `select` chose (the run itself for a recipe without `seeds`)."""
+    chosen = run.metrics("select")["chosen_dir"]
+    for sub in run.seed_runs():
+        if str(sub.dir.relative_to(run.dir)) == chosen:
+            return sub
+    raise SystemExit(f"select chose {chosen!r}, which is not one of this recipe's seeds: run select again")
+
+
 # ------------------------------------------------------------------------------------------ export-shipped
 def manifest_text(name: str, version: str, sha256: str, max_length: int, labels: list[str]) -> str:
     """The manifest zinferd reads (same keys and layout as models/fixture/manifest.toml)."""
@@ -610,6 +685,8 @@ def step_export_shipped(run: Run) -> None:
 
     c = run.cfg("export")
     out = run.export_dir or (run.dir / "export" / c["name"] if run.quick else REPO_ROOT / c["out"])
+    parent, select = run, run.metrics("select")
+    run = chosen_run(parent)  # from here on: the chosen seed's artifacts
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ev = run.metrics("evaluate")
@@ -638,13 +715,13 @@ def step_export_shipped(run: Run) -> None:
             f.write(json.dumps({"text": text, "label": LABELS[label], "probs": [float(v) for v in p],
                                 "pred": LABELS[int(np.argmax(p))], "int8_probs": [float(v) for v in q]},
                                ensure_ascii=False) + "\n")
-    (out / "README.md").write_text(model_card(run, c, sha, out, batch1), encoding="utf-8")
+    (out / "README.md").write_text(model_card(run, c, sha, out, batch1, select), encoding="utf-8")
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     run.log(f"export-shipped: wrote {out} {files}")
-    run.write_metrics("export-shipped", {"out": str(out), "sha256": sha, "files": files,
+    parent.write_metrics("export-shipped", {"out": str(out), "sha256": sha, "files": files,
                                          "int8_batch1_vs_torch": batch1, "int8_batched_vs_batch1": batched_vs_batch1,
                                          "test_accuracy_int8": ev["test"]["onnx_int8"]["accuracy"],
-                                         "golden": golden_made,
+                                         "golden": golden_made, "seed": run.seed,
                                          "seconds": time.time() - t0})
 
 
@@ -665,7 +742,14 @@ def write_golden(run: Run, out: Path) -> dict:
 
 
 STEP_FUNCS = {"teacher": step_teacher, "shrink": step_shrink, "vocab": step_vocab, "prune": step_prune,
-              "quantize": step_quantize, "evaluate": step_evaluate, "export-shipped": step_export_shipped}
+              "quantize": step_quantize, "evaluate": step_evaluate, "select": step_select,
+              "export-shipped": step_export_shipped}
+
+
+def run_recipe_step(run: Run, step: str) -> None:
+    """Runs one step of the text recipe: a student step once per seed of a recipe with `seeds`."""
+    for target in (run.seed_runs() if step in SEED_STEPS else [run]):
+        run_step(target, step)
 
 
 def run_step(run: Run, step: str, funcs: dict | None = None) -> None:
