@@ -257,6 +257,28 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     }
                     None => println!("  golden inputs: none (no [golden] in the manifest, or drift_guard = \"off\")"),
                 }
+                if let Some(ladder) = &settings.ladder {
+                    for (index, rung) in ladder.rungs.iter().enumerate() {
+                        println!(
+                            "  ladder rung {}: model {} {} ({}), built and warmed up{}",
+                            index + 1,
+                            rung.name,
+                            rung.version,
+                            rung.model.display(),
+                            if rung.golden.is_some() && settings.drift_guard != zinferd::config::DriftGuardMode::Off {
+                                ", golden inputs checked"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    println!(
+                        "  ladder: one rung down after {} ms of memory pressure or missed deadlines, up after {} ms \
+                         without",
+                        ladder.down_after.as_millis(),
+                        ladder.up_after.as_millis()
+                    );
+                }
             }
             println!("configuration OK ({} pipeline(s))", pipelines.len());
             Ok(())

@@ -17,7 +17,8 @@
 //!
 //! - [`config`] reads layered TOML and `ZINFER_*` overrides and validates them.
 //! - [`pipeline`] builds stages through the registry and runs them on a worker thread that owns the model:
-//!   deadlines, earliest-deadline-first order, overload policies and dynamic batching live in its worker.
+//!   deadlines, earliest-deadline-first order, overload policies and dynamic batching live in its worker, and so
+//!   does the model ladder, which steps to a smaller model for the same task under pressure and back.
 //! - [`memory`] probes what each model costs at start-up and governs RSS against the budget while running.
 //! - [`io`] holds the zenoh session, the ingress (subscriber and queryable), the egress (results and replies) and
 //!   the membership of daemons that share a pipeline.

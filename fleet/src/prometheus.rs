@@ -223,6 +223,32 @@ fn add_pipeline(out: &mut Exposition, daemon: &Labels, pipeline: &proto::Pipelin
             out.add(name, Gauge, help, labels.clone(), value);
         }
     }
+    // The model ladder: which rung serves, how often it stepped, and what each rung answered.
+    if let Some(ladder) = &pipeline.ladder {
+        let help = "Index of the ladder rung that serves new messages (0: the pipeline's largest model).";
+        out.add("zinfer_pipeline_ladder_rung", Gauge, help, labels.clone(), f64::from(ladder.active));
+        for (direction, steps) in [("down", ladder.steps_down), ("up", ladder.steps_up)] {
+            let help = "Steps between the ladder's models: down under pressure, up once it is gone.";
+            out.add(
+                "zinfer_pipeline_ladder_steps_total",
+                Counter,
+                help,
+                labels.with("direction", direction),
+                steps as f64,
+            );
+        }
+        for rung in &ladder.rungs {
+            let model = rung.model.as_ref().map_or("", |model| model.name.as_str());
+            let help = "Results (ok) each model of the ladder produced since the pipeline started.";
+            out.add(
+                "zinfer_pipeline_ladder_completed_total",
+                Counter,
+                help,
+                labels.with("model", model),
+                rung.completed as f64,
+            );
+        }
+    }
     for latency in &pipeline.latency {
         let stage = labels.with("stage", &latency.stage);
         for (quantile, micros) in [("0.5", latency.p50_us), ("0.95", latency.p95_us), ("0.99", latency.p99_us)] {
@@ -277,6 +303,21 @@ mod tests {
                     max_deviation: 0.25,
                     ..Default::default()
                 }),
+                ladder: Some(proto::Ladder {
+                    rungs: vec![
+                        proto::Rung {
+                            model: Some(proto::ModelRef { name: "big".into(), version: "1".into() }),
+                            completed: 5,
+                        },
+                        proto::Rung {
+                            model: Some(proto::ModelRef { name: "small".into(), version: "1".into() }),
+                            completed: 2,
+                        },
+                    ],
+                    active: 1,
+                    steps_down: 1,
+                    steps_up: 0,
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -290,5 +331,8 @@ mod tests {
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_failures_total", "pipeline", "sentiment"), 1.0);
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_passed", "pipeline", "sentiment"), 0.0);
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_agreement", "pipeline", "sentiment"), 0.9375);
+        assert_eq!(value_of(&text, "zinfer_pipeline_ladder_rung", "pipeline", "sentiment"), 1.0);
+        assert_eq!(value_of(&text, "zinfer_pipeline_ladder_steps_total", "direction", "down"), 1.0);
+        assert_eq!(value_of(&text, "zinfer_pipeline_ladder_completed_total", "model", "small"), 2.0);
     }
 }

@@ -16,6 +16,7 @@ mod drift;
 mod faults;
 mod fleet;
 mod instances;
+mod ladder;
 mod memory;
 mod overload;
 mod providers;

@@ -137,10 +137,24 @@ pub struct PipelineConfig {
     pub drift_guard: DriftGuardMode,
     /// Run the golden inputs again this often while serving (between messages); `None`: only at start-up and reload.
     pub drift_check_every: Option<std::time::Duration>,
+    /// Smaller models the pipeline steps down to under pressure; `None`: `model` alone.
+    pub ladder: Option<LadderConfig>,
     /// The folder relative paths in this pipeline's stage tables are resolved against.
     pub base_dir: PathBuf,
     /// The key of this pipeline's table, e.g. `pipeline[0]`.
     pub key: String,
+}
+
+/// `[pipeline.ladder]`, validated: the models below the pipeline's `model`, and when to step between them (see
+/// [`crate::pipeline::ladder`]).
+#[derive(Debug, Clone)]
+pub struct LadderConfig {
+    /// The manifests below `model`, largest first (files checked; same task and labels as `model`).
+    pub rungs: Vec<ModelManifest>,
+    /// Pressure this long steps one rung down.
+    pub down_after: Duration,
+    /// No pressure this long steps one rung up.
+    pub up_after: Duration,
 }
 
 /// A configuration error: which file, which key, what is wrong.
@@ -512,6 +526,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
             "needs golden inputs to run: a model manifest with a [golden] table, and drift_guard not \"off\"".into(),
         ));
     }
+    let ladder = raw.ladder.map(|ladder| validate_ladder(ladder, &manifest, key, origins)).transpose()?;
     Ok(PipelineConfig {
         name: raw.name,
         input: raw.input,
@@ -535,8 +550,53 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         instances: raw.instances,
         drift_guard: raw.drift_guard,
         drift_check_every: raw.drift_check_every_s.map(std::time::Duration::from_secs),
+        ladder,
         base_dir: origins.base_dir_of(key),
         key: key.to_owned(),
+    })
+}
+
+/// Checks `[pipeline.ladder]`: each rung a manifest for the same task and labels as the pipeline's `model`, so that
+/// the pipeline's stages and its results mean the same whichever rung serves.
+fn validate_ladder(
+    raw: raw::RawLadder,
+    top: &ModelManifest,
+    key: &str,
+    origins: &Origins,
+) -> Result<LadderConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.ladder.{field}"), reason);
+    if raw.rungs.is_empty() {
+        return Err(err("rungs", "lists no model: name at least one smaller model, or leave [ladder] out".into()));
+    }
+    if raw.down_after_ms == 0 || raw.up_after_ms == 0 {
+        let field = if raw.down_after_ms == 0 { "down_after_ms" } else { "up_after_ms" };
+        return Err(err(field, "must be at least 1".into()));
+    }
+    let mut rungs = Vec::with_capacity(raw.rungs.len());
+    for (index, path) in raw.rungs.iter().enumerate() {
+        let rung_key = format!("{key}.ladder.rungs");
+        let field = format!("rungs[{index}]");
+        let manifest =
+            ModelManifest::load(&origins.resolve(&rung_key, path)).map_err(|error| err(&field, error.to_string()))?;
+        if manifest.task != top.task || manifest.labels != top.labels || manifest.sensor != top.sensor {
+            return Err(err(
+                &field,
+                format!(
+                    "model {} is not for the same task as `model` ({}): a rung must have the same task, labels and \
+                     sensor layout, so that the pipeline's stages and results mean the same on every rung",
+                    manifest.name, top.name
+                ),
+            ));
+        }
+        if manifest.path == top.path || rungs.iter().any(|rung: &ModelManifest| rung.path == manifest.path) {
+            return Err(err(&field, format!("model {} is already on the ladder", manifest.name)));
+        }
+        rungs.push(manifest);
+    }
+    Ok(LadderConfig {
+        rungs,
+        down_after: Duration::from_millis(raw.down_after_ms),
+        up_after: Duration::from_millis(raw.up_after_ms),
     })
 }
 

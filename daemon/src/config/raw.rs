@@ -191,6 +191,27 @@ pub struct RawPipeline {
     #[serde(default)]
     pub drift_guard: DriftGuardMode,
     pub drift_check_every_s: Option<u64>,
+    pub ladder: Option<RawLadder>,
+}
+
+/// `[pipeline.ladder]`: smaller models for the same task that the pipeline steps down to under pressure.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLadder {
+    /// Model manifests below `model`, largest first.
+    pub rungs: Vec<PathBuf>,
+    #[serde(default = "default_ladder_down_after_ms")]
+    pub down_after_ms: u64,
+    #[serde(default = "default_ladder_up_after_ms")]
+    pub up_after_ms: u64,
+}
+
+fn default_ladder_down_after_ms() -> u64 {
+    2_000
+}
+
+fn default_ladder_up_after_ms() -> u64 {
+    30_000
 }
 
 /// `drift_guard`: what a model that fails its golden inputs (the manifest's `[golden]`) does to its pipeline.

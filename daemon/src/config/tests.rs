@@ -288,3 +288,37 @@ fn a_client_does_not_listen_unless_told_to() {
     assert!(!native.contains("tcp/127.0.0.1:7447"), "a client must not listen on zinferd's default: {native}");
     assert!(native.contains("tcp/127.0.0.1:7998"), "{native}");
 }
+
+#[test]
+fn a_ladder_names_smaller_models_for_the_same_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let load = |ladder: &str| {
+        let text = pipeline_toml(&repo().join("models/zinfer-sentiment-small/manifest.toml").display().to_string())
+            + &format!("[pipeline.ladder]\n{ladder}\n");
+        load_with_env(&[write(dir.path(), "ladder.toml", &text)], Some(HashMap::new()))
+    };
+    let fixture = repo().join("models/fixture/manifest.toml").display().to_string();
+    let config = load(&format!("rungs = [\"{fixture}\"]\ndown_after_ms = 500")).expect("a valid ladder");
+    let ladder = config.pipelines[0].ladder.as_ref().expect("the ladder");
+    assert_eq!(ladder.rungs.iter().map(|rung| rung.name.as_str()).collect::<Vec<_>>(), ["zinfer-fixture-tiny-bert"]);
+    assert_eq!(ladder.down_after, std::time::Duration::from_millis(500));
+    assert_eq!(ladder.up_after, std::time::Duration::from_secs(30), "the default");
+
+    let watch = repo().join("models/zinfer-watch-small/manifest.toml").display().to_string();
+    let shipped = repo().join("models/zinfer-sentiment-small/manifest.toml").display().to_string();
+    for (ladder, key, reason) in [
+        ("rungs = []".to_owned(), "pipeline[0].ladder.rungs", "lists no model"),
+        (String::new(), "pipeline[0].ladder.rungs", "missing"),
+        (format!("rungs = [\"{watch}\"]"), "pipeline[0].ladder.rungs[0]", "not for the same task"),
+        (format!("rungs = [\"{shipped}\"]"), "pipeline[0].ladder.rungs[0]", "already on the ladder"),
+        (format!("rungs = [\"{fixture}\", \"{fixture}\"]"), "pipeline[0].ladder.rungs[1]", "already on the ladder"),
+        ("rungs = [\"nowhere/manifest.toml\"]".to_owned(), "pipeline[0].ladder.rungs[0]", "nowhere"),
+        (format!("rungs = [\"{fixture}\"]\nup_after_ms = 0"), "pipeline[0].ladder.up_after_ms", "at least 1"),
+        (format!("rungs = [\"{fixture}\"]\nsideways = 1"), "pipeline[0]", "sideways"),
+    ] {
+        let error = load(&ladder).expect_err(&ladder);
+        assert!(error.key.as_deref().is_some_and(|at| at.starts_with(key)), "{ladder}: {error}");
+        assert!(error.reason.contains(reason), "{ladder}: {error}");
+        assert!(error.file.as_deref().is_some_and(|file| file.ends_with("ladder.toml")), "{ladder}: {error}");
+    }
+}

@@ -38,8 +38,8 @@ pub struct Route {
     pub congestion_control: CongestionPolicy,
     /// zenoh priority for results.
     pub priority: PriorityLevel,
-    /// The model named in results.
-    pub model: ModelIdentity,
+    /// The models named in results: the pipeline's, then its ladder's smaller ones (never empty).
+    pub models: Vec<ModelIdentity>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
     /// The pipeline's stage types, in order, to name the per-stage timings.
@@ -97,7 +97,8 @@ impl Reply {
 pub async fn publish(session: zenoh::Session, route: Route, mut outcomes: UnboundedReceiver<Outcome>) {
     let daemon = session.zid().to_string();
     while let Some(mut outcome) = outcomes.recv().await {
-        let mut result = outcome.to_result(&route.name, &route.model, &route.stages);
+        let model = route.models.get(outcome.rung).or(route.models.first());
+        let mut result = outcome.to_result(&route.name, model, &route.stages);
         result.daemon.clone_from(&daemon);
         let (bytes, encoding) = encode(&result, route.encoding);
         // Counted before the put, so a client that has seen a result finds it in the next status reply.

@@ -513,6 +513,7 @@ fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
         arrived: envelope.arrived,
         deadline: None,
         reply: envelope.reply,
+        rung: 0,
     };
     if admission.outcomes.send(outcome).is_err() {
         tracing::error!(pipeline = admission.pipeline, "the publisher is gone; an accepted message gets no outcome");

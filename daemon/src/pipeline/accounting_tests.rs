@@ -44,7 +44,7 @@ struct Ledger {
 
 impl Ledger {
     fn answer(&mut self, metrics: &PipelineMetrics, identity: &ModelIdentity, outcome: Outcome) {
-        metrics.record_outcome(&outcome, &outcome.to_result("p", identity, &[]));
+        metrics.record_outcome(&outcome, &outcome.to_result("p", Some(identity), &[]));
         match self.outcomes.get_mut(&outcome.id) {
             Some(count) => *count += 1,
             None => self.strangers.push(outcome.id),
@@ -110,6 +110,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
             name: "p".into(),
             input: "in/**".into(),
             model: identity.clone(),
+            ladder: Vec::new(),
             providers: Vec::new(),
             memory: Default::default(),
             session: Default::default(),
@@ -162,6 +163,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
                 };
                 metrics.record_dequeued();
                 let outcome = Outcome {
+                    rung: 0,
                     pipeline: 0,
                     id: answered.fallback_id,
                     key: answered.message.key,

@@ -8,7 +8,7 @@ use zinfer_ort::{Model, OrtEnvironment};
 use zinfer_stage_api::{BuildContext, BuildError, ModelManifest, Registry, Stage};
 
 use super::golden::{self, DriftGuard, GoldenRun};
-use super::{ModelIdentity, Pipeline};
+use super::{ModelIdentity, Pipeline, Rung};
 use crate::config::{Config, ConfigError, DriftGuardMode, PipelineConfig, StageSpec};
 
 /// The input length warm-ups assume when a text model's manifest gives no `max_length`.
@@ -33,7 +33,8 @@ pub struct Defaults {
     pub instances: usize,
 }
 
-/// Builds pipeline `index` of `config`. Errors name the file and key at fault.
+/// Builds pipeline `index` of `config`: its decoder, and for its `model` and each model of its ladder the stages and
+/// the model. Errors name the file and key at fault.
 pub fn build(
     config: &Config,
     index: usize,
@@ -44,41 +45,77 @@ pub fn build(
     let pipeline = &config.pipelines[index];
     let key = &pipeline.key;
     let context = BuildContext { manifest: &pipeline.manifest, base_dir: &pipeline.base_dir };
-    let at =
-        |stage_key: String, error: BuildError| config.error_at(&stage_key_of(&stage_key, &error), error_text(error));
-
     let decoder = registry
         .build_decoder(&pipeline.decode.kind, &pipeline.decode.options, &context)
-        .map_err(|error| at(format!("{key}.decode"), error))?;
+        .map_err(|error| config.error_at(&stage_key_of(&format!("{key}.decode"), &error), error_text(error)))?;
+
+    let count = pipeline.instances.unwrap_or(defaults.instances).max(1);
+    let (first, instances, drift) =
+        build_rung(config, pipeline, &pipeline.manifest, &format!("{key}.model"), registry, ort, defaults, count)?;
+    let mut rungs = vec![first];
+    let ladder = match &pipeline.ladder {
+        None => None,
+        Some(ladder) => {
+            // Further rungs run on the worker's own thread: instances serve the first rung only.
+            for (rung, manifest) in ladder.rungs.iter().enumerate() {
+                let model_key = format!("{key}.ladder.rungs[{rung}]");
+                let (built, _, _) = build_rung(config, pipeline, manifest, &model_key, registry, ort, defaults, 1)?;
+                rungs.push(built);
+            }
+            Some(super::ladder::Ladder::new(rungs.len(), ladder.down_after, ladder.up_after))
+        }
+    };
+    Ok(Pipeline::new(decoder.into(), rungs, ladder, instances, pipeline.deadline_ms, pipeline.max_batch, drift))
+}
+
+/// What [`build_rung`] makes: the rung, its model's further instances, and its golden inputs' first run.
+type BuiltRung = (Rung, Vec<Model>, Option<(DriftGuard, GoldenRun)>);
+
+/// Builds the stages for `manifest`, loads `count` sessions of its model, warms them up and times them, and runs
+/// its golden inputs. Errors about the model name `model_key`.
+#[allow(clippy::too_many_arguments)]
+fn build_rung(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    manifest: &ModelManifest,
+    model_key: &str,
+    registry: &Arc<Registry>,
+    ort: &OrtEnvironment,
+    defaults: Defaults,
+    count: usize,
+) -> Result<BuiltRung, ConfigError> {
+    let key = &pipeline.key;
+    let context = BuildContext { manifest, base_dir: &pipeline.base_dir };
+    let at =
+        |stage_key: String, error: BuildError| config.error_at(&stage_key_of(&stage_key, &error), error_text(error));
     let preprocess = build_stages(registry, &pipeline.preprocess, &context, &format!("{key}.preprocess"), &at)?;
     let postprocess = build_stages(registry, &pipeline.postprocess, &context, &format!("{key}.postprocess"), &at)?;
 
     // What the stages feed the model: checked against its signature below, and the shape warm-ups use where the
     // model leaves a dimension open.
     let produced: Vec<_> = preprocess.iter().flat_map(|stage| stage.produces()).collect();
-    verify_checksum(pipeline).map_err(|reason| config.error_at(&format!("{key}.model"), reason))?;
+    verify_checksum(manifest).map_err(|reason| config.error_at(model_key, reason))?;
     // Load and warm up at the largest shape this pipeline will run, measuring what each costs in RSS.
     // Every instance is measured. Each holds its own copy of the weights: ONNX Runtime's container of pre-packed
     // weights, which sessions can share, made no difference with the shipped int8 models (their MatMulInteger
     // kernels pack nothing; the second sentiment instance cost 8.6 MB to load either way).
-    let (longest, _) = longest_input(&pipeline.manifest);
-    let count = pipeline.instances.unwrap_or(defaults.instances).max(1);
+    let (longest, _) = longest_input(manifest);
     let mut models = Vec::with_capacity(count);
     let mut memory = crate::memory::ModelMemory::default();
     for instance in 1..=count {
         let mut warm_up_error = None;
         let load = || {
-            let mut model = Model::load(ort, &pipeline.manifest.model, &pipeline.session, defaults.intra_threads)?;
+            let mut model = Model::load(ort, &manifest.model, &pipeline.session, defaults.intra_threads)?;
             model.declare_inputs(&produced);
             Ok::<_, zinfer_ort::OrtError>(model)
         };
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
             warm_up_error = model.warm_up(pipeline.max_batch, longest).err();
         })
-        .map_err(|error| config.error_at(&format!("{key}.model"), error.to_string()))?;
+        .map_err(|error| config.error_at(model_key, error.to_string()))?;
         if let Some(error) = warm_up_error {
             return Err(config.error_at(
-                &format!("{key}.model"),
+                model_key,
                 format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
             ));
         }
@@ -93,16 +130,15 @@ pub fn build(
         models.push(model);
     }
     let instances = models.split_off(1);
-    let Some(model) = models.pop() else { unreachable!("at least one instance is loaded") };
+    let Some(mut model) = models.pop() else { unreachable!("at least one instance is loaded") };
     // What a run costs here, alone and at max_batch, timed now so that deadlines and batching are judged by
     // measurements from the first message (the cost model's docs say why). A new shape allocates on its first run:
     // batch 1 runs once untimed; max_batch has just warmed up.
-    let mut model = model;
     // Timed on the first instance only: the others are the same model on the same machine.
     let mut calibration = Vec::new();
     let timed = |model: &mut Model, batch: usize| {
         model.time_run(batch, longest).map_err(|error| {
-            config.error_at(&format!("{key}.model"), format!("the timing run at {batch} × {longest} failed: {error}"))
+            config.error_at(model_key, format!("the timing run at {batch} × {longest} failed: {error}"))
         })
     };
     let (elements, took) = timed(&mut model, pipeline.max_batch)?;
@@ -114,19 +150,9 @@ pub fn build(
     }
     let consumed: Vec<_> = postprocess.iter().flat_map(|stage| stage.consumes()).collect();
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
-    let drift = check_golden(config, pipeline, registry, &mut model)?;
-    Ok(Pipeline {
-        decoder: decoder.into(),
-        preprocess,
-        model,
-        postprocess,
-        instances,
-        deadline_ms: pipeline.deadline_ms,
-        memory,
-        max_rows: pipeline.max_batch,
-        calibration,
-        drift,
-    })
+    let drift = check_golden(config, pipeline, manifest, model_key, registry, &mut model)?;
+    let identity = ModelIdentity { name: manifest.name.clone(), version: manifest.version.clone() };
+    Ok((Rung { identity, preprocess, model, postprocess, memory, calibration }, instances, drift))
 }
 
 /// Runs the model's golden inputs (see [`super::golden`]) on the first instance: the others are the same file in
@@ -136,13 +162,14 @@ pub fn build(
 fn check_golden(
     config: &Config,
     pipeline: &PipelineConfig,
+    manifest: &ModelManifest,
+    key: &str,
     registry: &Arc<Registry>,
     model: &mut Model,
 ) -> Result<Option<(DriftGuard, GoldenRun)>, ConfigError> {
-    let key = format!("{}.model", pipeline.key);
-    let guard = DriftGuard::for_pipeline(pipeline, registry).map_err(|reason| config.error_at(&key, reason))?;
+    let guard =
+        DriftGuard::for_pipeline(pipeline, manifest, registry).map_err(|reason| config.error_at(key, reason))?;
     let Some(mut guard) = guard else { return Ok(None) };
-    let manifest = &pipeline.manifest;
     let run = guard.check(model);
     let failures = golden::failures(&run, guard.spec());
     let shown = golden::summary(&run);
@@ -150,7 +177,7 @@ fn check_golden(
         tracing::info!(pipeline = %pipeline.name, model = %manifest.name, report = %shown, "golden inputs reproduced");
     } else if pipeline.drift_guard == DriftGuardMode::Refuse {
         return Err(config.error_at(
-            &key,
+            key,
             format!(
                 "model {} {} ({}) does not reproduce its golden inputs ({shown}): {}. The file, the ONNX Runtime \
                  build or this CPU changes its answers (or this pipeline's stages cannot feed them): reinstall the \
@@ -168,11 +195,6 @@ fn check_golden(
         );
     }
     Ok(Some((guard, run)))
-}
-
-/// The model identity published in results.
-pub fn identity(pipeline: &PipelineConfig) -> ModelIdentity {
-    ModelIdentity { name: pipeline.manifest.name.clone(), version: pipeline.manifest.version.clone() }
 }
 
 fn build_stages(
@@ -213,12 +235,12 @@ fn error_text(error: BuildError) -> String {
 }
 
 /// Checks the model file against the manifest's `sha256`, so a truncated or swapped file fails loudly at start-up.
-fn verify_checksum(pipeline: &PipelineConfig) -> Result<(), String> {
+fn verify_checksum(manifest: &ModelManifest) -> Result<(), String> {
     use sha2::Digest;
-    let Some(expected) = &pipeline.manifest.sha256 else {
+    let Some(expected) = &manifest.sha256 else {
         return Ok(());
     };
-    let path = &pipeline.manifest.model;
+    let path = &manifest.model;
     let mut file = std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];

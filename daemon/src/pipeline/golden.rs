@@ -151,9 +151,12 @@ impl std::fmt::Display for GoldenReport {
 impl DriftGuard {
     /// The guard of `pipeline`, if its manifest has golden inputs and its `drift_guard` is not off. Errors say
     /// what is wrong with the golden file.
-    pub fn for_pipeline(pipeline: &PipelineConfig, registry: &Arc<Registry>) -> Result<Option<Self>, String> {
+    pub fn for_pipeline(
+        pipeline: &PipelineConfig,
+        manifest: &ModelManifest,
+        registry: &Arc<Registry>,
+    ) -> Result<Option<Self>, String> {
         use crate::config::DriftGuardMode;
-        let manifest = &pipeline.manifest;
         let Some(spec) = manifest.golden.clone().filter(|_| pipeline.drift_guard != DriftGuardMode::Off) else {
             return Ok(None);
         };

@@ -10,11 +10,14 @@
 //! sessions and run the batches the worker hands them ([`Job`]). [`deadline`] decides when a message can no longer make it.
 //! [`outcome`] is what every accepted message becomes: a result, an error, an expiry, or a drop notice.
 //! [`golden`] runs the model's golden inputs where it serves: at build time (start-up, reload) and, if asked,
-//! from the worker between messages.
+//! from the worker between messages. A pipeline may hold several models for its task, a [`ladder`] of [`Rung`]s
+//! that the worker steps between under pressure; each rung has its own stages (its tokenizer), and a message runs
+//! on the rung that prepared it.
 
 pub mod build;
 pub mod deadline;
 pub mod golden;
+pub mod ladder;
 pub mod outcome;
 pub mod queue;
 pub mod runner;
@@ -77,23 +80,34 @@ pub struct ModelIdentity {
     pub version: String,
 }
 
-/// A built pipeline: decoder, stages and the model, ready to process envelopes on one thread.
+/// A built pipeline: decoder, stages and the model (or the models of its ladder), ready to process envelopes on one
+/// thread.
 pub struct Pipeline {
     decoder: Arc<dyn Decoder>,
-    preprocess: Vec<Box<dyn Stage>>,
-    model: Model,
-    postprocess: Vec<Box<dyn Stage>>,
-    /// Further sessions of the same model (`instances` − 1), run on threads of their own by the worker.
+    /// The pipeline's `model` first, then its ladder's smaller models: never empty.
+    rungs: Vec<Rung>,
+    /// When to step between the rungs; `None` without a ladder.
+    ladder: Option<ladder::Ladder>,
+    /// Further sessions of the first rung's model (`instances` − 1), run on threads of their own by the worker.
     instances: Vec<Model>,
     deadline_ms: Option<u64>,
-    memory: crate::memory::ModelMemory,
     /// The most rows one model run takes by default: `max_batch`, the shape the warm-up ran and the memory probe
     /// measured.
     max_rows: usize,
+    /// The first rung's golden inputs, and what they measured at start-up.
+    drift: Option<(golden::DriftGuard, golden::GoldenRun)>,
+}
+
+/// One model of a pipeline with the stages built for it (its manifest's tokenizer, labels…).
+pub struct Rung {
+    /// The model's name and version, as results name it.
+    pub identity: ModelIdentity,
+    preprocess: Vec<Box<dyn Stage>>,
+    model: Model,
+    postprocess: Vec<Box<dyn Stage>>,
+    memory: crate::memory::ModelMemory,
     /// Runs timed at start-up: (elements of an item's largest input, batch size, duration).
     calibration: Vec<(usize, usize, std::time::Duration)>,
-    /// The model's golden inputs, and what they measured at start-up.
-    drift: Option<(golden::DriftGuard, golden::GoldenRun)>,
 }
 
 /// What processing one envelope yields.
@@ -109,6 +123,8 @@ pub struct Processed {
     pub deadline: Option<Deadline>,
     /// The query its outcome answers (see [`Envelope::reply`]).
     pub reply: Option<Reply>,
+    /// The rung whose model produced the outcome, or would have (the one serving when it was decided).
+    pub rung: usize,
 }
 
 /// A decoded, preprocessed message waiting for the model.
@@ -124,6 +140,8 @@ pub struct Prepared {
     pub deadline: Option<Deadline>,
     /// The query its outcome answers, carried by the worker (see [`Envelope::reply`]).
     pub reply: Option<Reply>,
+    /// The rung whose stages prepared it, and whose model runs it.
+    pub rung: usize,
 }
 
 impl Prepared {
@@ -143,6 +161,8 @@ impl Prepared {
 #[derive(Debug)]
 pub struct Job {
     batch: Vec<Prepared>,
+    /// The rung every message of the batch was prepared by.
+    rung: usize,
     /// The most model inputs per run (`max_batch`, the shape the warm-up ran).
     rows: usize,
     outputs: Vec<Result<Vec<NamedTensor>, StageError>>,
@@ -156,7 +176,13 @@ impl Job {
     pub fn new(mut batch: Vec<Prepared>, rows: usize) -> Self {
         pad_to_common_length(&mut batch);
         let now = Instant::now();
-        Self { batch, rows: rows.max(1), outputs: Vec::new(), started: now, inferred: now }
+        let rung = batch.first().map_or(0, |prepared| prepared.rung);
+        Self { batch, rung, rows: rows.max(1), outputs: Vec::new(), started: now, inferred: now }
+    }
+
+    /// The rung whose model must run it.
+    pub fn rung(&self) -> usize {
+        self.rung
     }
 
     /// Runs `model` on every model input, `rows` at a time, calling `between_runs` after each run (the pipeline's
@@ -219,20 +245,54 @@ fn model_inputs(item: &Item) -> impl Iterator<Item = &[NamedTensor]> {
 }
 
 impl Pipeline {
-    /// The execution providers and thread count in force for the model.
+    /// A pipeline of `rungs` (the first is the pipeline's `model`; at least one), stepping between them by `ladder`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        decoder: Arc<dyn Decoder>,
+        rungs: Vec<Rung>,
+        ladder: Option<ladder::Ladder>,
+        instances: Vec<Model>,
+        deadline_ms: Option<u64>,
+        max_rows: usize,
+        drift: Option<(golden::DriftGuard, golden::GoldenRun)>,
+    ) -> Self {
+        assert!(!rungs.is_empty(), "a pipeline has a model");
+        Self { decoder, rungs, ladder, instances, deadline_ms, max_rows, drift }
+    }
+
+    /// The execution providers and thread count in force for the (first rung's) model.
     pub fn model(&self) -> &Model {
-        &self.model
+        &self.rungs[0].model
     }
 
-    /// What the model cost in RSS at start-up (load, and warm-up at the largest shape).
+    /// What the models cost in RSS at start-up (load, and warm-up at the largest shape), every rung together.
     pub fn memory(&self) -> crate::memory::ModelMemory {
-        self.memory
+        self.rungs.iter().fold(crate::memory::ModelMemory::default(), |mut sum, rung| {
+            sum.load_bytes += rung.memory.load_bytes;
+            sum.working_bytes += rung.memory.working_bytes;
+            sum
+        })
     }
 
-    /// Runs timed at start-up, to seed the worker's cost model: (elements of an item's largest input, batch size,
-    /// duration).
-    pub fn calibration(&self) -> &[(usize, usize, std::time::Duration)] {
-        &self.calibration
+    /// The models, largest first: the pipeline's `model`, then its ladder's rungs.
+    pub fn rungs(&self) -> &[Rung] {
+        &self.rungs
+    }
+
+    /// The rung that prepares new messages now.
+    pub fn active_rung(&self) -> usize {
+        self.ladder.as_ref().map_or(0, ladder::Ladder::active)
+    }
+
+    /// The ladder's policy, if the pipeline has one: the worker feeds it pressure and misses.
+    pub fn ladder_mut(&mut self) -> Option<&mut ladder::Ladder> {
+        self.ladder.as_mut()
+    }
+
+    /// Runs timed at start-up on `rung`, to seed the worker's cost model: (elements of an item's largest input,
+    /// batch size, duration).
+    pub fn calibration(&self, rung: usize) -> &[(usize, usize, std::time::Duration)] {
+        self.rungs.get(rung).map_or(&[], |rung| rung.calibration.as_slice())
     }
 
     /// The decoder, shared with the ingress, which peeks at the ids of messages it sheds.
@@ -240,9 +300,15 @@ impl Pipeline {
         Arc::clone(&self.decoder)
     }
 
-    /// The model, for direct measurements.
+    /// The (first rung's) model, for direct measurements.
     pub fn model_mut(&mut self) -> &mut Model {
-        &mut self.model
+        &mut self.rungs[0].model
+    }
+
+    /// The model of `rung` (the first if there is no such rung).
+    pub fn rung_model_mut(&mut self, rung: usize) -> &mut Model {
+        let index = if rung < self.rungs.len() { rung } else { 0 };
+        &mut self.rungs[index].model
     }
 
     /// What the golden inputs measured at start-up, with the manifest's tolerance; `None` if the model has none
@@ -255,12 +321,12 @@ impl Pipeline {
     /// own model: the report, or why the inputs could not run.
     pub fn drift_check_if_due(&mut self, idle: bool) -> Option<golden::GoldenRun> {
         let (guard, _) = self.drift.as_mut().filter(|(guard, _)| guard.due(idle))?;
-        Some(guard.check(&mut self.model))
+        Some(guard.check(&mut self.rungs[0].model))
     }
 
     /// Runs only the preprocessing stages on an item (benchmarks measure the model on their output).
     pub fn preprocess_only(&mut self, item: &mut Item) -> Result<(), StageError> {
-        run_stages(&mut self.preprocess, item)
+        run_stages(&mut self.rungs[0].preprocess, item)
     }
 
     /// Runs one envelope through every phase. Never panics on bad input: failures become [`Verdict::Failed`].
@@ -274,6 +340,7 @@ impl Pipeline {
     /// Decodes and preprocesses; a failure (a panic of a stage or the decoder included) is already the message's
     /// final outcome.
     pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Box<Processed>> {
+        let rung = self.active_rung();
         let mut timings = Timings::default();
         let started = Instant::now();
         let request = catch_unwind(AssertUnwindSafe(|| self.decoder.decode(&envelope.message)));
@@ -287,7 +354,7 @@ impl Pipeline {
                     _ => panicked(),
                 };
                 let id = self.sender_id(&envelope);
-                return Err(Box::new(Processed { id, verdict, timings, deadline: None, reply: envelope.reply }));
+                return Err(Box::new(Processed { id, verdict, timings, deadline: None, reply: envelope.reply, rung }));
             }
         };
         let requested = match (request.deadline_ms, envelope.deadline_ms) {
@@ -303,20 +370,27 @@ impl Pipeline {
         );
         let id = request.id.unwrap_or(envelope.fallback_id);
         let mut item = Item::new(id, envelope.message.key, request.input);
-        let first = self.preprocess.len();
-        let mut stages = vec![std::time::Duration::ZERO; first + self.postprocess.len()];
-        let result =
-            catch_unwind(AssertUnwindSafe(|| run_stages_timed(&mut self.preprocess, &mut item, &mut stages[..first])));
+        let Rung { preprocess, postprocess, .. } = &mut self.rungs[rung];
+        let first = preprocess.len();
+        let mut stages = vec![std::time::Duration::ZERO; first + postprocess.len()];
+        let result = catch_unwind(AssertUnwindSafe(|| run_stages_timed(preprocess, &mut item, &mut stages[..first])));
         timings.preprocess = decoded.elapsed();
         timings.stages = stages;
         let verdict = match result {
             Ok(Ok(())) => {
-                return Ok(Prepared { item, timings, arrived: envelope.arrived, deadline, reply: envelope.reply });
+                return Ok(Prepared {
+                    item,
+                    timings,
+                    arrived: envelope.arrived,
+                    deadline,
+                    reply: envelope.reply,
+                    rung,
+                });
             }
             Ok(Err(error)) => Verdict::Failed(error),
             Err(_) => panicked(),
         };
-        Err(Box::new(Processed { id: item.id, verdict, timings, deadline, reply: envelope.reply }))
+        Err(Box::new(Processed { id: item.id, verdict, timings, deadline, reply: envelope.reply, rung }))
     }
 
     /// The id an outcome carries for `envelope` when it is not decoded: see [`Envelope::sender_id`].
@@ -341,19 +415,19 @@ impl Pipeline {
         between_runs: &mut dyn FnMut(),
     ) -> Vec<Processed> {
         let mut job = Job::new(batch, max_rows);
-        job.run(&mut self.model, between_runs);
+        job.run(self.rung_model_mut(job.rung()), between_runs);
         self.conclude(job)
     }
 
     /// Postprocesses a batch whose model run ([`Job::run`]) is done, here or on another instance.
     pub fn conclude(&mut self, job: Job) -> Vec<Processed> {
-        let Job { batch, rows, outputs, started, inferred } = job;
+        let Job { batch, rung, rows, outputs, started, inferred } = job;
         let size: usize = batch.iter().map(|prepared| model_inputs(&prepared.item).count()).sum();
         let mut outputs = outputs.into_iter();
         batch
             .into_iter()
             .map(|prepared| {
-                let Prepared { mut item, mut timings, arrived, deadline, reply } = prepared;
+                let Prepared { mut item, mut timings, arrived, deadline, reply, .. } = prepared;
                 timings.queue =
                     started.saturating_duration_since(arrived).saturating_sub(timings.decode + timings.preprocess);
                 timings.inference =
@@ -366,30 +440,34 @@ impl Pipeline {
                     Ok(mine) => {
                         let postprocessing = Instant::now();
                         // Postprocessing stages' slots follow the preprocessing stages'.
-                        let first = self.preprocess.len();
-                        timings.stages.resize(first + self.postprocess.len(), std::time::Duration::ZERO);
+                        let last = self.rungs.len() - 1;
+                        let stages = &mut self.rungs[rung.min(last)];
+                        let first = stages.preprocess.len();
+                        timings.stages.resize(first + stages.postprocess.len(), std::time::Duration::ZERO);
                         let times = &mut timings.stages[first..];
                         let verdict = if mine.len() != wanted {
                             Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item"))
                         } else if item.windowed {
-                            self.postprocess_windows(&mut item, mine, times)
+                            postprocess_windows(&mut stages.postprocess, &mut item, mine, times)
                         } else {
                             item.outputs = mine.into_iter().next().unwrap_or_default();
-                            self.postprocess(&mut item, times)
+                            postprocess(&mut stages.postprocess, &mut item, times)
                         };
                         timings.postprocess = postprocessing.elapsed();
                         verdict
                     }
                     Err(error) => Verdict::Failed(error),
                 };
-                Processed { id: item.id, verdict, timings, deadline, reply }
+                Processed { id: item.id, verdict, timings, deadline, reply, rung }
             })
             .collect()
     }
 
-    /// The types of the preprocessing then postprocessing stages, in order: the names of [`Timings::stages`].
+    /// The types of the preprocessing then postprocessing stages, in order: the names of [`Timings::stages`] (every
+    /// rung is built from the same stage tables).
     pub fn stage_names(&self) -> Vec<String> {
-        self.preprocess.iter().chain(&self.postprocess).map(|stage| stage.name().to_owned()).collect()
+        let rung = &self.rungs[0];
+        rung.preprocess.iter().chain(&rung.postprocess).map(|stage| stage.name().to_owned()).collect()
     }
 
     /// Sessions of the model: the worker's own and the further instances (until the worker takes those).
@@ -402,55 +480,54 @@ impl Pipeline {
         std::mem::take(&mut self.instances)
     }
 
-    /// Runs the postprocessing stages on an item whose outputs are in place, adding their times to `times`.
-    fn postprocess(&mut self, item: &mut Item, times: &mut [std::time::Duration]) -> Verdict {
-        let result = run_stages_timed(&mut self.postprocess, item, times);
-        match (result, item.prediction.take()) {
-            (Err(error), _) => Verdict::Failed(error),
-            (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
-            (Ok(()), None) => Verdict::Failed(StageError::new(
-                Reason::MissingInput,
-                "no postprocessing stage produced a prediction; add a `classify` stage",
-            )),
-        }
-    }
-
-    /// Postprocesses each window of a windowed item as if it were an item of its own.
-    fn postprocess_windows(
-        &mut self,
-        item: &mut Item,
-        outputs: Vec<Vec<NamedTensor>>,
-        times: &mut [std::time::Duration],
-    ) -> Verdict {
-        let mut windows = std::mem::take(&mut item.windows);
-        for (window, window_outputs) in windows.iter_mut().zip(outputs) {
-            item.outputs = window_outputs;
-            match self.postprocess(item, times) {
-                Verdict::Classified(prediction) => window.prediction = Some(prediction),
-                failed => return failed,
-            }
-        }
-        Verdict::Windowed(windows)
-    }
-
-    /// The shape of each model input: messages with equal signatures can share a model run (a windowed message's
-    /// windows all have one shape; one that completed no window matches only others without). A message that may
-    /// be padded counts with its padding group as its first dimension, so that messages of one group match.
+    /// The rung that prepared a message, then the shape of each model input: messages with equal signatures can
+    /// share a model run (a windowed message's windows all have one shape; one that completed no window matches
+    /// only others without). A message that may be padded counts with its padding group as its first dimension, so
+    /// that messages of one group match.
     pub fn signature(prepared: &Prepared) -> Vec<Vec<usize>> {
         let item = &prepared.item;
         let padding = item.padding.as_ref().filter(|_| !item.windowed);
         let features = model_inputs(item).next().unwrap_or_default();
-        features
-            .iter()
-            .map(|feature| {
-                let mut shape = feature.tensor.shape.clone();
-                if let (Some(padding), Some(first)) = (padding, shape.first_mut()) {
-                    *first = padding.group;
-                }
-                shape
-            })
-            .collect()
+        let shapes = features.iter().map(|feature| {
+            let mut shape = feature.tensor.shape.clone();
+            if let (Some(padding), Some(first)) = (padding, shape.first_mut()) {
+                *first = padding.group;
+            }
+            shape
+        });
+        std::iter::once(vec![prepared.rung]).chain(shapes).collect()
     }
+}
+
+/// Runs the postprocessing stages on an item whose outputs are in place, adding their times to `times`.
+fn postprocess(stages: &mut [Box<dyn Stage>], item: &mut Item, times: &mut [std::time::Duration]) -> Verdict {
+    let result = run_stages_timed(stages, item, times);
+    match (result, item.prediction.take()) {
+        (Err(error), _) => Verdict::Failed(error),
+        (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
+        (Ok(()), None) => Verdict::Failed(StageError::new(
+            Reason::MissingInput,
+            "no postprocessing stage produced a prediction; add a `classify` stage",
+        )),
+    }
+}
+
+/// Postprocesses each window of a windowed item as if it were an item of its own.
+fn postprocess_windows(
+    stages: &mut [Box<dyn Stage>],
+    item: &mut Item,
+    outputs: Vec<Vec<NamedTensor>>,
+    times: &mut [std::time::Duration],
+) -> Verdict {
+    let mut windows = std::mem::take(&mut item.windows);
+    for (window, window_outputs) in windows.iter_mut().zip(outputs) {
+        item.outputs = window_outputs;
+        match postprocess(stages, item, times) {
+            Verdict::Classified(prediction) => window.prediction = Some(prediction),
+            failed => return failed,
+        }
+    }
+    Verdict::Windowed(windows)
 }
 
 /// Pads the features of a batch's paddable messages to the longest of them, so that they stack into one run. A

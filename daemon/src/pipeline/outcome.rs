@@ -85,11 +85,14 @@ pub struct Outcome {
     pub deadline: Option<Deadline>,
     /// The query it answers, when the message came as one: the egress replies instead of publishing.
     pub reply: Option<crate::io::egress::Reply>,
+    /// The rung of the pipeline's model ladder that produced it, or was serving when it was shed (0: the pipeline's
+    /// `model`; also for a message the ingress answered before the worker saw it).
+    pub rung: usize,
 }
 
 impl Outcome {
     /// The wire form, with the total time and the deadline slack measured up to now.
-    pub fn to_result(&self, pipeline: &str, model: &ModelIdentity, stage_names: &[String]) -> proto::Result {
+    pub fn to_result(&self, pipeline: &str, model: Option<&ModelIdentity>, stage_names: &[String]) -> proto::Result {
         let now = Instant::now();
         let scores = |list: &[zinfer_stage_api::ClassScore]| {
             list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
@@ -100,7 +103,7 @@ impl Outcome {
             pipeline: pipeline.to_owned(),
             outcome: self.verdict.outcome().to_owned(),
             reason: self.verdict.reason().to_owned(),
-            model: Some(proto::ModelRef { name: model.name.clone(), version: model.version.clone() }),
+            model: model.map(|model| proto::ModelRef { name: model.name.clone(), version: model.version.clone() }),
             timings: Some(proto::StageTimings {
                 queue_us: micros(self.timings.queue),
                 decode_us: micros(self.timings.decode),

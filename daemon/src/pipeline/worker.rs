@@ -120,6 +120,7 @@ pub fn spawn(
                     timings: Timings::default(),
                     deadline: None,
                     reply: envelope.reply,
+                    rung: worker.pipeline.active_rung(),
                 };
                 let outcome = worker.finish(processed, envelope.message.key, envelope.arrived);
                 worker.send(outcome);
@@ -146,7 +147,8 @@ struct Worker {
     waiting: BinaryHeap<Waiting>,
     waiting_bytes: usize,
     sequence: u64,
-    costs: CostModel,
+    /// What a run costs, per rung of the pipeline's ladder (one without a ladder).
+    costs: Vec<CostModel>,
     /// The pipeline's further model instances, which run batches while this thread prepares the next.
     runners: Runners,
 }
@@ -202,10 +204,15 @@ impl Ord for Waiting {
 
 impl Worker {
     fn new(pipeline: Pipeline, context: WorkerContext, runners: Runners) -> Self {
-        let mut costs = CostModel::default();
-        for &(elements, batch, took) in pipeline.calibration() {
-            costs.observe(elements, batch, took);
-        }
+        let costs = (0..pipeline.rungs().len())
+            .map(|rung| {
+                let mut costs = CostModel::default();
+                for &(elements, batch, took) in pipeline.calibration(rung) {
+                    costs.observe(elements, batch, took);
+                }
+                costs
+            })
+            .collect();
         Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs, runners }
     }
 
@@ -222,6 +229,7 @@ impl Worker {
                 return;
             }
             self.drift_check_if_due(queue);
+            self.climb_ladder();
             if self.waiting.is_empty() {
                 match queue.recv_timeout(HEARTBEAT) {
                     Ok(envelope) => arrived.push(envelope),
@@ -276,6 +284,29 @@ impl Worker {
         }
         self.context.metrics.record_drift_check(&run, spec);
         self.context.metrics.beat();
+    }
+
+    /// Steps the pipeline's ladder (if it has one) when memory pressure or missed deadlines have lasted, or their
+    /// absence has (see [`super::ladder`]). Messages already prepared keep their rung.
+    fn climb_ladder(&mut self) {
+        let pressed = self.context.memory.pressure() != Pressure::Normal;
+        let Some(ladder) = self.pipeline.ladder_mut() else { return };
+        let Some(step) = ladder.tick(pressed, Instant::now()) else { return };
+        let rungs = self.pipeline.rungs();
+        let (from, to) = (&rungs[step.from].identity, &rungs[step.to].identity);
+        let why = if pressed { "memory above the soft threshold" } else { "missed deadlines" };
+        if step.to > step.from {
+            tracing::warn!(
+                pipeline = %self.context.metrics.name(), from = %from.name, to = %to.name, why,
+                "stepping down the model ladder"
+            );
+        } else {
+            tracing::info!(
+                pipeline = %self.context.metrics.name(), from = %from.name, to = %to.name,
+                "stepping back up the model ladder: the pressure is gone"
+            );
+        }
+        self.context.metrics.record_rung_switch(step.from, step.to);
     }
 
     /// Answers the batches the other instances finished (waiting for one if `wait` and one is running); false if
@@ -362,6 +393,7 @@ impl Worker {
             timings: Timings::default(),
             deadline: None,
             reply: envelope.reply,
+            rung: self.pipeline.active_rung(),
         };
         let outcome = self.finish(processed, envelope.message.key, envelope.arrived);
         self.send(outcome);
@@ -441,11 +473,17 @@ impl Worker {
         let deadline = waiting.prepared.deadline?;
         if now >= deadline.at {
             Some(Verdict::Expired(expire_reason::PASSED))
-        } else if now + self.costs.estimate_batch(waiting.prepared.length(), batch) > deadline.at {
+        } else if now + self.cost(waiting.prepared.rung).estimate_batch(waiting.prepared.length(), batch) > deadline.at
+        {
             Some(Verdict::Expired(expire_reason::UNREACHABLE))
         } else {
             None
         }
+    }
+
+    /// The cost model of `rung`'s model.
+    fn cost(&self, rung: usize) -> &CostModel {
+        &self.costs[rung.min(self.costs.len() - 1)]
     }
 
     /// Runs the most urgent message together with the most urgent waiting messages of the same shape (up to
@@ -489,8 +527,8 @@ impl Worker {
 
         let job = Job::new(batch.into_iter().map(|waiting| waiting.prepared).collect(), max_batch);
         // An idle instance takes the batch while this thread prepares the next, unless there is nothing else to
-        // do: then the batch runs here, without handing it over and back.
-        let job = if idle_after {
+        // do: then the batch runs here, without handing it over and back. The instances serve the first rung only.
+        let job = if idle_after || job.rung() != 0 {
             job
         } else {
             match self.runners.dispatch(job) {
@@ -505,7 +543,7 @@ impl Worker {
     /// Runs a batch on this thread's own instance of the model and answers it.
     fn run_here(&mut self, mut job: Job) -> Vec<Outcome> {
         let metrics = &self.context.metrics;
-        let model = self.pipeline.model_mut();
+        let model = self.pipeline.rung_model_mut(job.rung());
         let completed = catch_unwind(AssertUnwindSafe(|| job.run(model, &mut || metrics.beat()))).is_ok();
         self.conclude(job, completed)
     }
@@ -514,6 +552,7 @@ impl Worker {
     /// outcomes, one per message; the run's cost teaches the cost model.
     fn conclude(&mut self, mut job: Job, completed: bool) -> Vec<Outcome> {
         let (length, size) = job.shape();
+        let rung = job.rung();
         let mut identities: Vec<Identity> = job
             .batch()
             .iter()
@@ -530,8 +569,8 @@ impl Worker {
             if completed { catch_unwind(AssertUnwindSafe(|| self.pipeline.conclude(job))).ok() } else { None };
         match processed {
             Some(processed) => {
-                if let Some(first) = processed.first() {
-                    self.costs.observe(length, size, first.timings.inference + first.timings.postprocess);
+                if let (Some(first), Some(costs)) = (processed.first(), self.costs.get_mut(rung)) {
+                    costs.observe(length, size, first.timings.inference + first.timings.postprocess);
                 }
                 processed
                     .into_iter()
@@ -545,7 +584,8 @@ impl Worker {
             None => identities
                 .into_iter()
                 .map(|(id, key, arrived, deadline, reply)| {
-                    let processed = Processed { id, verdict: panicked(), timings: Timings::default(), deadline, reply };
+                    let processed =
+                        Processed { id, verdict: panicked(), timings: Timings::default(), deadline, reply, rung };
                     self.finish(processed, key, arrived)
                 })
                 .collect(),
@@ -559,6 +599,7 @@ impl Worker {
             timings: prepared.timings,
             deadline: prepared.deadline,
             reply: prepared.reply,
+            rung: prepared.rung,
         };
         self.finish(processed, prepared.item.key, prepared.arrived)
     }
@@ -573,10 +614,19 @@ impl Worker {
             arrived,
             deadline: processed.deadline,
             reply: processed.reply,
+            rung: processed.rung,
         }
     }
 
-    fn send(&self, outcome: Outcome) -> bool {
+    /// Hands an outcome to the egress; false if the publisher is gone. A missed deadline (expired, or answered
+    /// late) counts toward stepping down the ladder.
+    fn send(&mut self, outcome: Outcome) -> bool {
+        let now = Instant::now();
+        let missed = matches!(outcome.verdict, Verdict::Expired(_))
+            || outcome.deadline.is_some_and(|deadline| now > deadline.at);
+        if let Some(ladder) = self.pipeline.ladder_mut().filter(|_| missed) {
+            ladder.record_miss(now);
+        }
         if self.context.outcomes.send(outcome).is_err() {
             tracing::error!(pipeline = self.context.index, "the publisher is gone; the worker stops");
             return false;
@@ -595,7 +645,7 @@ mod tests {
     fn waiting(sequence: u64, arrived: Instant, deadline: Option<Instant>) -> Waiting {
         let item = Item::new(format!("m{sequence}"), "k".into(), Input::Text("t".into()));
         let deadline = deadline.map(|at| Deadline { at });
-        let prepared = Prepared { item, timings: Timings::default(), arrived, deadline, reply: None };
+        let prepared = Prepared { item, timings: Timings::default(), arrived, deadline, reply: None, rung: 0 };
         Waiting::new(prepared, sequence, 0)
     }
 

@@ -62,7 +62,8 @@ impl Generation {
         let mut admissions = Vec::new();
         let mut all_metrics = Vec::new();
         for (index, (pipeline, settings)) in pipelines.into_iter().zip(&config.pipelines).enumerate() {
-            let identity = pipeline::build::identity(settings);
+            let models: Vec<_> = pipeline.rungs().iter().map(|rung| rung.identity.clone()).collect();
+            let identity = models[0].clone();
             let providers = pipeline.model().providers().to_vec();
             tracing::info!(
                 pipeline = %settings.name, input = %settings.input, model = %identity.name,
@@ -75,6 +76,7 @@ impl Generation {
                     name: settings.name.clone(),
                     input: settings.input.clone(),
                     model: identity.clone(),
+                    ladder: if models.len() > 1 { models.clone() } else { Vec::new() },
                     providers,
                     memory: zinfer_proto::ModelMemory {
                         load_bytes: memory.load_bytes,
@@ -137,7 +139,7 @@ impl Generation {
                 encoding: settings.result_encoding,
                 congestion_control: settings.result_congestion_control,
                 priority: settings.result_priority,
-                model: identity,
+                models,
                 metrics: Arc::clone(&metrics),
                 stages,
             };

@@ -35,6 +35,8 @@ pub struct PipelineDescription {
     pub input: String,
     /// Its model.
     pub model: ModelIdentity,
+    /// Its model ladder, largest first (`model` first); empty without a ladder.
+    pub ladder: Vec<ModelIdentity>,
     /// Execution providers in force.
     pub providers: Vec<String>,
     /// What the model cost at start-up.
@@ -69,6 +71,17 @@ pub struct PipelineMetrics {
     latency: Mutex<Latency>,
     /// The golden inputs' runs: their counts and the last one, and when it ran.
     drift: Mutex<Option<(proto::DriftCheck, Instant)>>,
+    /// The model ladder's serving rung and steps, and the results each rung produced.
+    ladder: LadderCounts,
+}
+
+/// What telemetry counts of a pipeline's model ladder.
+struct LadderCounts {
+    active: AtomicU64,
+    steps_down: AtomicU64,
+    steps_up: AtomicU64,
+    /// Results (`ok`) per rung.
+    completed: Vec<AtomicU64>,
 }
 
 /// Latency histograms as of the last snapshot, and empty ones to swap for those the egress filled since.
@@ -95,7 +108,6 @@ impl PipelineMetrics {
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
         let histograms = || STAGES.iter().map(|_| histogram()).collect::<Vec<_>>();
         Self {
-            description,
             received: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             max_in_flight: max_in_flight as u64,
@@ -123,7 +135,21 @@ impl PipelineMetrics {
             }),
             latency: Mutex::new(Latency { totals: histograms(), spare: histograms() }),
             drift: Mutex::new(None),
+            ladder: LadderCounts {
+                active: AtomicU64::new(0),
+                steps_down: AtomicU64::new(0),
+                steps_up: AtomicU64::new(0),
+                completed: description.ladder.iter().map(|_| AtomicU64::new(0)).collect(),
+            },
+            description,
         }
+    }
+
+    /// The pipeline's model ladder stepped from rung `from` to rung `to`.
+    pub fn record_rung_switch(&self, from: usize, to: usize) {
+        let counter = if to > from { &self.ladder.steps_down } else { &self.ladder.steps_up };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.ladder.active.store(to as u64, Ordering::Relaxed);
     }
 
     /// A run of the model's golden inputs: its report, or why it could not run; judged against `spec`.
@@ -254,6 +280,9 @@ impl PipelineMetrics {
         }
         match &outcome.verdict {
             Verdict::Classified(_) | Verdict::Windowed(_) => {
+                if let Some(counter) = self.ladder.completed.get(outcome.rung) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 let t = &outcome.timings;
                 let stages = [t.queue, t.decode, t.preprocess, t.inference, t.postprocess].map(micros);
                 for (histogram, value) in detail.latency.iter_mut().zip(stages.into_iter().chain([total_us])) {
@@ -377,6 +406,20 @@ impl PipelineMetrics {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .as_ref()
                 .map(|(check, at)| proto::DriftCheck { age_ms: at.elapsed().as_millis() as u64, ..check.clone() }),
+            ladder: (!description.ladder.is_empty()).then(|| proto::Ladder {
+                rungs: description
+                    .ladder
+                    .iter()
+                    .zip(&self.ladder.completed)
+                    .map(|(model, completed)| proto::Rung {
+                        model: Some(proto::ModelRef { name: model.name.clone(), version: model.version.clone() }),
+                        completed: completed.load(Ordering::Relaxed),
+                    })
+                    .collect(),
+                active: self.ladder.active.load(Ordering::Relaxed) as u32,
+                steps_down: self.ladder.steps_down.load(Ordering::Relaxed),
+                steps_up: self.ladder.steps_up.load(Ordering::Relaxed),
+            }),
         }
     }
 }
@@ -420,6 +463,7 @@ mod tests {
         let prediction = Prediction { label: None, score: 0.0, scores: Vec::new(), top_k: Vec::new() };
         let timings = Timings { inference: Duration::from_millis(inference_ms), batch_size: 1, ..Timings::default() };
         let outcome = Outcome {
+            rung: 0,
             pipeline: 0,
             id: "id".into(),
             key: "k".into(),
@@ -430,7 +474,7 @@ mod tests {
             reply: None,
         };
         assert!(metrics.try_receive());
-        metrics.record_outcome(&outcome, &outcome.to_result("p", &identity, &[]));
+        metrics.record_outcome(&outcome, &outcome.to_result("p", Some(&identity), &[]));
     }
 
     #[test]
@@ -439,6 +483,7 @@ mod tests {
             name: "p".into(),
             input: "in/**".into(),
             model: ModelIdentity { name: "m".into(), version: "1".into() },
+            ladder: Vec::new(),
             providers: Vec::new(),
             memory: Default::default(),
             session: Default::default(),

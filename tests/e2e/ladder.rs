@@ -1,0 +1,180 @@
+//! The model ladder, attacked from outside: requests that can only miss their deadlines make the pipeline step
+//! down to its smaller model, and it steps back up once they stop; memory above the soft threshold makes it step
+//! down too. Every request sent across the switches gets exactly one outcome under its own id, and each result
+//! names the model that produced it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use zenoh::bytes::Encoding;
+use zinfer_proto as proto;
+use zinfer_proto::outcome;
+
+use crate::support::{
+    Daemon, Results, WAIT, base_config, fixture_manifest, free_port, next_result, repo_root, shipped_pipeline, status,
+    wait_for_stats,
+};
+
+const TOP: &str = "zinfer-sentiment-small";
+
+/// The smaller rung the tests step down to, and its model name.
+fn small_rung() -> (std::path::PathBuf, &'static str) {
+    (fixture_manifest(), "zinfer-fixture-tiny-bert")
+}
+
+/// The shipped sentiment pipeline `name` with a two-rung ladder stepping down after `down_ms` of pressure and up
+/// after `up_ms` without.
+fn ladder_config(port: u16, prefix: &str, name: &str, down_ms: u64, up_ms: u64) -> String {
+    let top = repo_root().join("models").join(TOP).join("manifest.toml");
+    base_config(port, prefix)
+        + &shipped_pipeline("default.toml", &top, name, "")
+        + &format!(
+            "\n[pipeline.ladder]\nrungs = [\"{}\"]\ndown_after_ms = {down_ms}\nup_after_ms = {up_ms}\n",
+            small_rung().0.display()
+        )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64)
+}
+
+/// Publishes a JSON request; a `hopeless` one was sent a second ago with a 50 ms budget, so it misses its deadline.
+async fn send(client: &zinferd::client::Client, key: &str, id: &str, hopeless: bool) {
+    let mut body = serde_json::json!({"id": id, "text": "a fine, moving film"});
+    if hopeless {
+        body["deadline_ms"] = 50.into();
+        body["sent_at_ms"] = (now_ms() - 1000).into();
+    }
+    client.session().put(key, body.to_string()).encoding(Encoding::APPLICATION_JSON).await.expect("publish");
+}
+
+/// Reads results until every id in `sent` has one, failing on a duplicate or an unknown id.
+async fn outcomes_for(results: &Results, sent: &[String], seen: &mut BTreeMap<String, proto::Result>) {
+    while sent.iter().any(|id| !seen.contains_key(id)) {
+        let result = next_result(results).await;
+        assert!(sent.contains(&result.id), "an outcome for an id never sent: {result:?}");
+        let id = result.id.clone();
+        assert!(seen.insert(id.clone(), result).is_none(), "two outcomes for {id}");
+    }
+}
+
+fn ladder_of(stats: &proto::PipelineStats) -> &proto::Ladder {
+    stats.ladder.as_ref().expect("a pipeline with a ladder reports it")
+}
+
+fn model_of(result: &proto::Result) -> &str {
+    result.model.as_ref().map_or("", |model| model.name.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_deadlines_step_down_to_the_small_model_and_calm_steps_back_up() {
+    let port = free_port();
+    let prefix = format!("zt/ladder/{port}");
+    let daemon = Daemon::start(&ladder_config(port, &prefix, "lad", 300, 1500), port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/lad/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.session().declare_subscriber("out/in/lad/**").await.expect("subscribe");
+    let mut seen = BTreeMap::new();
+    let mut sent = Vec::new();
+
+    // Calm: the large model answers.
+    for index in 0..5 {
+        sent.push(format!("calm-{index}"));
+        send(&client, "in/lad/x", &sent[sent.len() - 1], false).await;
+    }
+    outcomes_for(&results, &sent, &mut seen).await;
+    assert!(sent.iter().all(|id| seen[id].outcome == outcome::OK && model_of(&seen[id]) == TOP), "{seen:?}");
+    let stats = status(&client, &prefix).await;
+    let ladder = ladder_of(&stats.pipelines[0]);
+    let names: Vec<_> = ladder.rungs.iter().map(|rung| rung.model.as_ref().map_or("", |m| m.name.as_str())).collect();
+    assert_eq!(names, [TOP, small_rung().1]);
+    assert_eq!((ladder.active, ladder.steps_down, ladder.steps_up), (0, 0, 0));
+
+    // Pressure: hopeless requests every 20 ms, with ordinary ones among them, until the pipeline steps down; then
+    // more ordinary ones while the pressure lasts, which the small model must answer.
+    let started = Instant::now();
+    let mut stepped_down = None;
+    let mut after_switch = Vec::new();
+    for index in 0.. {
+        assert!(started.elapsed() < WAIT, "no step down after {:?}:\n{}", started.elapsed(), daemon.log());
+        let hopeless = format!("hopeless-{index}");
+        send(&client, "in/lad/x", &hopeless, true).await;
+        sent.push(hopeless);
+        let ordinary = format!("busy-{index}");
+        send(&client, "in/lad/x", &ordinary, false).await;
+        sent.push(ordinary.clone());
+        if stepped_down.is_some() {
+            after_switch.push(ordinary);
+            if after_switch.len() == 10 {
+                break;
+            }
+        } else if index % 5 == 4 {
+            let stats = status(&client, &prefix).await;
+            if ladder_of(&stats.pipelines[0]).active == 1 {
+                stepped_down = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stepped_down = stepped_down.expect("stepped down");
+    assert!(stepped_down >= Duration::from_millis(300), "stepped down before down_after_ms: {stepped_down:?}");
+    outcomes_for(&results, &sent, &mut seen).await;
+    for id in &after_switch {
+        let result = &seen[id];
+        assert_eq!((result.outcome.as_str(), model_of(result)), (outcome::OK, small_rung().1), "{result:?}");
+    }
+    assert!(
+        sent.iter().filter(|id| id.starts_with("hopeless")).all(|id| seen[id].outcome == outcome::EXPIRED),
+        "every hopeless request expired"
+    );
+
+    // Calm again: after MISS_MEMORY and up_after_ms it steps back up, and the large model answers.
+    let calm_from = Instant::now();
+    let stats = wait_for_stats(&client, &prefix, "the step back up", |stats| ladder_of(stats).active == 0).await;
+    let back_up = calm_from.elapsed();
+    assert!(back_up >= Duration::from_millis(1500), "stepped up before up_after_ms: {back_up:?}");
+    let ladder = ladder_of(&stats.pipelines[0]);
+    assert_eq!((ladder.steps_down, ladder.steps_up), (1, 1), "{ladder:?}");
+    let last: Vec<String> = (0..5).map(|index| format!("after-{index}")).collect();
+    for id in &last {
+        send(&client, "in/lad/x", id, false).await;
+    }
+    sent.extend(last.iter().cloned());
+    outcomes_for(&results, &sent, &mut seen).await;
+    assert!(last.iter().all(|id| seen[id].outcome == outcome::OK && model_of(&seen[id]) == TOP), "{seen:?}");
+
+    // The books: one outcome per request, and the results counted on the rung that produced them.
+    assert_eq!(seen.len(), sent.len());
+    let ok_by_model = |name: &str| seen.values().filter(|r| r.outcome == outcome::OK && model_of(r) == name).count();
+    let stats = wait_for_stats(&client, &prefix, "every outcome counted", |stats| {
+        stats.completed + stats.expired == sent.len() as u64
+    })
+    .await;
+    let ladder = ladder_of(&stats.pipelines[0]);
+    assert_eq!(ladder.rungs[0].completed as usize, ok_by_model(TOP), "{ladder:?}");
+    assert_eq!(ladder.rungs[1].completed as usize, ok_by_model(small_rung().1), "{ladder:?}");
+    assert!(ok_by_model(small_rung().1) >= 10);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_above_the_soft_threshold_steps_down() {
+    let port = free_port();
+    let prefix = format!("zt/ladder-mem/{port}");
+    // A soft threshold of 1% of a generous budget: pressure from the first sample on, never shedding.
+    let config = ladder_config(port, &prefix, "lm", 200, 60_000)
+        .replace("[daemon]\n", "[daemon]\nmemory_mb = 2000\nmemory_soft_percent = 1\nmemory_sample_ms = 10\n");
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/lm/x", WAIT).await.expect("zinferd subscribes");
+    let stats = wait_for_stats(&client, &prefix, "the step down", |stats| ladder_of(stats).active == 1).await;
+    assert_eq!(stats.memory.expect("memory stats").pressure, "soft");
+    let pending = client
+        .request("in/lm/x", "out", "m1", "a fine, moving film", zinferd::client::RequestFormat::Json)
+        .await
+        .expect("send");
+    let result = pending.result(WAIT).await.expect("result");
+    assert_eq!((result.outcome.as_str(), model_of(&result)), (outcome::OK, small_rung().1), "{result:?}");
+    assert!(daemon.log().contains("stepping down the model ladder"), "{}", daemon.log());
+    client.close().await;
+}
