@@ -142,6 +142,78 @@ async fn a_recording_replayed_on_two_instances_gives_the_toolkits_windows() {
     replay_matches_toolkit("replay2", "instances = 2").await;
 }
 
+/// A stream's window state survives a step down its pipeline's model ladder: half a recording is replayed, frames
+/// of another source that can only miss their deadlines make the pipeline step down, then the other half follows;
+/// the windows still equal the toolkit's, with none lost or restarted at the switch, and both models produced some.
+/// The smaller rung is a copy of the watch model under another name (the only sensor model there is), so the
+/// windows' scores stay comparable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_its_windows_across_a_step_down_the_ladder() {
+    let copy = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(model_dir()).expect("the watch package") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.path().join(path.file_name().expect("a file name"))).expect("copy");
+    }
+    let manifest = copy.path().join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("name = \"zinfer-watch-small\"", "name = \"watch-rung\"")).expect("write");
+    let ladder = format!(
+        "\n[pipeline.ladder]\nrungs = [\"{}\"]\ndown_after_ms = 100\nup_after_ms = 60000\n",
+        manifest.display()
+    );
+    let (daemon, client, prefix) =
+        start("ladder", &(sensor_pipeline("ladder", "sensor/ladder/**", "", "") + &ladder)).await;
+    // Room for every result until they are read at the end: a full channel would hold up the client's session,
+    // and with it the status replies the test waits for.
+    let results = client
+        .session()
+        .declare_subscriber("out/sensor/ladder/**")
+        .with(zenoh::handlers::FifoChannel::new(4096))
+        .await
+        .expect("subscribe");
+    let recording = recording("test_recording.json");
+    let (key, count) = ("sensor/ladder/watch", recording.samples.len());
+
+    replay(&client, key, "r", &recording, 0..count / 2, 10.0).await;
+    let started = std::time::Instant::now();
+    let mut hopeless = 0;
+    loop {
+        assert!(started.elapsed() < WAIT, "no step down:\n{}", daemon.log());
+        let sent_at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |now| now.as_millis() as u64)
+                - 1000;
+        let frame = proto::SensorFrame {
+            values: vec![0.0; 6],
+            timestamps_us: vec![hopeless as i64 * 20_000],
+            deadline_ms: 50,
+            sent_at_ms,
+            ..Default::default()
+        };
+        let id = format!("h-{hopeless}");
+        put(&client, "sensor/ladder/other", frame.encode_to_vec(), Encoding::APPLICATION_PROTOBUF, id).await;
+        hopeless += 1;
+        if hopeless % 5 == 0
+            && status(&client, &prefix).await.pipelines[0].ladder.as_ref().is_some_and(|ladder| ladder.active == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replay(&client, key, "r", &recording, count / 2..count, 10.0).await;
+
+    let outcomes = collect_outcomes(&results, count + hopeless, &daemon).await;
+    let expired = outcomes.values().filter(|result| result.id.starts_with("h-")).all(|r| r.outcome == outcome::EXPIRED);
+    assert!(expired, "every hopeless frame expired");
+    assert_matches_toolkit(&windows_of(&outcomes, key), &recording, "across the switch");
+    let models: std::collections::BTreeSet<&str> = outcomes
+        .values()
+        .filter(|result| !result.windows.is_empty())
+        .filter_map(|result| result.model.as_ref().map(|model| model.name.as_str()))
+        .collect();
+    assert_eq!(models, ["watch-rung", "zinfer-watch-small"].into(), "both rungs produced windows");
+    client.close().await;
+}
+
 /// Replays the test recording sample by sample into a sensor pipeline `name` with `extra` keys, and checks every
 /// window against the toolkit's.
 async fn replay_matches_toolkit(name: &str, extra: &str) {

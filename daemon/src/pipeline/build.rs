@@ -59,7 +59,10 @@ pub fn build(
             // Further rungs run on the worker's own thread: instances serve the first rung only.
             for (rung, manifest) in ladder.rungs.iter().enumerate() {
                 let model_key = format!("{key}.ladder.rungs[{rung}]");
-                let (built, _, _) = build_rung(config, pipeline, manifest, &model_key, registry, ort, defaults, 1)?;
+                let (mut built, _, _) = build_rung(config, pipeline, manifest, &model_key, registry, ort, defaults, 1)?;
+                if manifest.sensor.is_some() {
+                    built.share_preprocessing();
+                }
                 rungs.push(built);
             }
             Some(super::ladder::Ladder::new(rungs.len(), ladder.down_after, ladder.up_after))
@@ -152,7 +155,8 @@ fn build_rung(
     model.check(&produced, &consumed).map_err(|error| config.error_at(key, error.to_string()))?;
     let drift = check_golden(config, pipeline, manifest, model_key, registry, &mut model)?;
     let identity = ModelIdentity { name: manifest.name.clone(), version: manifest.version.clone() };
-    Ok((Rung { identity, preprocess, model, postprocess, memory, calibration }, instances, drift))
+    let rung = Rung { identity, preprocess, model, postprocess, memory, calibration, shares_preprocessing: false };
+    Ok((rung, instances, drift))
 }
 
 /// Runs the model's golden inputs (see [`super::golden`]) on the first instance: the others are the same file in

@@ -108,6 +108,18 @@ pub struct Rung {
     memory: crate::memory::ModelMemory,
     /// Runs timed at start-up: (elements of an item's largest input, batch size, duration).
     calibration: Vec<(usize, usize, std::time::Duration)>,
+    /// Whether the first rung's preprocessing stages prepare this rung's messages.
+    shares_preprocessing: bool,
+}
+
+impl Rung {
+    /// Lets the first rung's preprocessing stages prepare this rung's messages, dropping its own. For a sensor model:
+    /// its stages keep each stream's window in progress, which must go on across a step between rungs (the
+    /// manifests' sensor layouts are equal, so the windows fit every rung's model).
+    pub fn share_preprocessing(&mut self) {
+        self.preprocess.clear();
+        self.shares_preprocessing = true;
+    }
 }
 
 /// What processing one envelope yields.
@@ -284,6 +296,12 @@ impl Pipeline {
         self.ladder.as_ref().map_or(0, ladder::Ladder::active)
     }
 
+    /// The rung whose preprocessing stages prepare messages for `rung`: its own, or the first rung's when it shares
+    /// them (see [`Rung::share_preprocessing`]).
+    fn preprocessing_rung(&self, rung: usize) -> usize {
+        if self.rungs[rung].shares_preprocessing { 0 } else { rung }
+    }
+
     /// The ladder's policy, if the pipeline has one: the worker feeds it pressure and misses.
     pub fn ladder_mut(&mut self) -> Option<&mut ladder::Ladder> {
         self.ladder.as_mut()
@@ -370,9 +388,11 @@ impl Pipeline {
         );
         let id = request.id.unwrap_or(envelope.fallback_id);
         let mut item = Item::new(id, envelope.message.key, request.input);
-        let Rung { preprocess, postprocess, .. } = &mut self.rungs[rung];
+        let postprocessing = self.rungs[rung].postprocess.len();
+        let source = self.preprocessing_rung(rung);
+        let preprocess = &mut self.rungs[source].preprocess;
         let first = preprocess.len();
-        let mut stages = vec![std::time::Duration::ZERO; first + postprocess.len()];
+        let mut stages = vec![std::time::Duration::ZERO; first + postprocessing];
         let result = catch_unwind(AssertUnwindSafe(|| run_stages_timed(preprocess, &mut item, &mut stages[..first])));
         timings.preprocess = decoded.elapsed();
         timings.stages = stages;
@@ -440,9 +460,9 @@ impl Pipeline {
                     Ok(mine) => {
                         let postprocessing = Instant::now();
                         // Postprocessing stages' slots follow the preprocessing stages'.
-                        let last = self.rungs.len() - 1;
-                        let stages = &mut self.rungs[rung.min(last)];
-                        let first = stages.preprocess.len();
+                        let rung = rung.min(self.rungs.len() - 1);
+                        let first = self.rungs[self.preprocessing_rung(rung)].preprocess.len();
+                        let stages = &mut self.rungs[rung];
                         timings.stages.resize(first + stages.postprocess.len(), std::time::Duration::ZERO);
                         let times = &mut timings.stages[first..];
                         let verdict = if mine.len() != wanted {
