@@ -80,6 +80,9 @@ enum BenchMode {
     Fleet,
     /// Messages per second one zenoh router forwards from --sessions publishing sessions to one subscriber.
     Router,
+    /// Ready time and peak memory of a text pipeline per setting that moves them (arena, memory pattern,
+    /// max_batch), and of a daemon without a pipeline.
+    Footprint,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +120,15 @@ struct BenchArgs {
     /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
     #[arg(long)]
     key: Option<String>,
+    /// footprint: requests in the burst whose peak memory is measured.
+    #[arg(long, default_value_t = 500)]
+    burst: usize,
+    /// footprint: lone requests timed after the burst.
+    #[arg(long, default_value_t = 100)]
+    lone: usize,
+    /// footprint: rounds over every variant.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// soak: how long, in minutes.
     #[arg(long, default_value_t = 30.0)]
     minutes: f64,
@@ -342,6 +354,18 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     };
                     let report = runtime()?.block_on(zinferd::bench::router::run(&options))?;
                     (zinferd::bench::router::markdown(&report), serde_json::to_string_pretty(&report)?)
+                }
+                BenchMode::Footprint => {
+                    let options = zinferd::bench::footprint::FootprintOptions {
+                        config: config_files(&cli),
+                        pipeline: args.pipeline.clone(),
+                        burst: args.burst,
+                        lone: args.lone,
+                        rounds: args.rounds,
+                        key: args.key.clone(),
+                    };
+                    let report = runtime()?.block_on(zinferd::bench::footprint::run(&options))?;
+                    (zinferd::bench::footprint::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Sensor => {
                     let options = zinferd::bench::sensor::SensorBenchOptions {

@@ -756,7 +756,7 @@ def run_step(run: Run, step: str, funcs: dict | None = None) -> None:
     """Runs one step of `funcs` (default: the text recipe's steps), skipping it when complete unless forced."""
     funcs = STEP_FUNCS if funcs is None else funcs
     if run.done(step) and not run.force:
-        run.log(f"{step}: already complete in {run.dir / step} (use --force to redo it)")
+        run.log(f"{step}: already complete in {run.step_path(step)} (use --force to redo it)")
         return
     if run.force:  # redo from scratch: forget this step's metrics, checkpoints and cached selections
         for name in ("metrics.json", "selection.json", "teacher_train_logits.npy"):

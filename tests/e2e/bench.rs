@@ -42,3 +42,26 @@ fn bench_sensor_reports_the_daemons_ratio_to_the_model_run() {
     assert!(stdout.contains("daemon's total / model run (median)"), "{stdout}");
     assert!(stdout.contains("frames of that run not answered ok: none"), "{stdout}");
 }
+
+#[test]
+fn bench_footprint_reports_ready_time_and_peaks_per_setting() {
+    let config =
+        base_config(free_port(), "zt/benchfoot") + &text_pipeline("foot", "in/foot/**", "", "buckets = [16, 32]", "");
+    let (stdout, report) = run_bench(Some(&config), &["footprint", "--rounds", "1", "--burst", "40", "--lone", "5"]);
+    assert!(stdout.starts_with("CPU: "), "the CPU line first:\n{stdout}");
+    let variants = report["variants"].as_array().expect("variants");
+    let names: Vec<&str> = variants.iter().filter_map(|variant| variant["name"].as_str()).collect();
+    assert_eq!(names.first(), Some(&"as configured"), "{report}");
+    assert_eq!(names.last(), Some(&"no pipeline"), "{report}");
+    assert!(names.contains(&"memory_arena = false") && names.contains(&"max_batch = 1"), "{report}");
+    for variant in variants {
+        let sample = &variant["samples"][0];
+        assert!(sample["ready_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{variant}");
+        assert!(sample["startup_peak_bytes"].as_u64().is_some_and(|bytes| bytes > 1 << 20), "{variant}");
+        if variant["name"] != "no pipeline" {
+            assert_eq!(sample["answered"], 40, "every request of the burst answered: {variant}");
+            assert!(sample["peak_bytes"].as_u64() >= sample["startup_peak_bytes"].as_u64(), "{variant}");
+            assert!(sample["lone_total_p50_us"].as_f64().is_some_and(|us| us > 0.0), "{variant}");
+        }
+    }
+}

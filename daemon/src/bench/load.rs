@@ -86,7 +86,7 @@ pub struct LoadReport {
 }
 
 /// Texts of varied length, so that several sequence buckets are exercised.
-const TEXTS: [&str; 6] = [
+pub(crate) const TEXTS: [&str; 6] = [
     "Brilliant!",
     "A dull, lifeless mess that wastes a talented cast.",
     "One of the best movies of the year: funny, warm and beautifully acted from start to finish.",

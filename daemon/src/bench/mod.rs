@@ -4,12 +4,14 @@
 //! - [`load`] (`zinferd bench load`): open-loop load at multiples of the measured capacity, with deadlines, shedding
 //!   and memory against the budget; and the throughput gain of dynamic batching.
 //! - [`sensor`] (`zinferd bench sensor`): windows per second and per-window latency, direct vs. over zenoh.
+//! - [`footprint`] (`zinferd bench footprint`): ready time and peak memory per setting that moves them.
 //! - [`soak`] (`zinferd bench soak`): a long run of mixed traffic with reloads: RSS slope, latency per minute, and
 //!   whether every message got exactly one outcome.
 //!
 //! They report; they assert nothing. Compare numbers from one run only: these machines are shared and noisy.
 
 pub mod fleet;
+pub mod footprint;
 pub mod latency;
 pub mod load;
 pub mod router;
@@ -220,6 +222,18 @@ pub(crate) async fn spawn_daemon(
     name: &str,
     placement: Placement<'_>,
 ) -> anyhow::Result<ChildDaemon> {
+    spawn_daemon_with_env(dir, config, files, name, placement, &[]).await
+}
+
+/// As [`spawn_daemon`], with `env` added to the child's environment.
+pub(crate) async fn spawn_daemon_with_env(
+    dir: &Path,
+    config: &Config,
+    files: Option<&[PathBuf]>,
+    name: &str,
+    placement: Placement<'_>,
+    env: &[(&str, String)],
+) -> anyhow::Result<ChildDaemon> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let (endpoint, prefix, zenoh) = match placement {
         Placement::Own => {
@@ -243,6 +257,7 @@ pub(crate) async fn spawn_daemon(
     if let Some(library) = &config.ort_library {
         command.env("ORT_DYLIB_PATH", library);
     }
+    command.envs(env.iter().map(|(name, value)| (name, value)));
     let child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
