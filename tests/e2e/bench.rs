@@ -53,7 +53,7 @@ fn bench_footprint_reports_ready_time_and_peaks_per_setting() {
     let names: Vec<&str> = variants.iter().filter_map(|variant| variant["name"].as_str()).collect();
     assert_eq!(names.first(), Some(&"as configured"), "{report}");
     assert_eq!(names.last(), Some(&"no pipeline"), "{report}");
-    assert!(names.contains(&"memory_arena = false") && names.contains(&"max_batch = 1"), "{report}");
+    assert!(names.contains(&"arena off, pattern on") && names.contains(&"max_batch = 1"), "{report}");
     for variant in variants {
         let sample = &variant["samples"][0];
         assert!(sample["ready_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{variant}");

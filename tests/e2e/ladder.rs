@@ -178,3 +178,53 @@ async fn memory_above_the_soft_threshold_steps_down() {
     assert!(daemon.log().contains("stepping down the model ladder"), "{}", daemon.log());
     client.close().await;
 }
+
+/// A reload at the worst moment: while the pipeline is stepped down and messages keep coming, SIGHUP swaps in a new
+/// generation (which starts on the top rung). Every request sent across it gets exactly one outcome, and the new
+/// generation steps down too while the pressure lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_stepped_down_answers_every_request_once() {
+    let port = free_port();
+    let prefix = format!("zt/ladder-reload/{port}");
+    let daemon = Daemon::start(&ladder_config(port, &prefix, "lr", 200, 60_000), port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/lr/x", WAIT).await.expect("zinferd subscribes");
+    // Room for every result until they are read at the end (a full channel would hold up the client's session).
+    let results = client
+        .session()
+        .declare_subscriber("out/in/lr/**")
+        .with(zenoh::handlers::FifoChannel::new(4096))
+        .await
+        .expect("subscribe");
+    let mut sent = Vec::new();
+    let pressure = async |sent: &mut Vec<String>, tag: &str, index: usize| {
+        for (id, hopeless) in [(format!("{tag}-hopeless-{index}"), true), (format!("{tag}-busy-{index}"), false)] {
+            send(&client, "in/lr/x", &id, hopeless).await;
+            sent.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let started = Instant::now();
+    for index in 0.. {
+        assert!(started.elapsed() < WAIT, "no step down:\n{}", daemon.log());
+        pressure(&mut sent, "before", index).await;
+        if index % 5 == 4 && ladder_of(&status(&client, &prefix).await.pipelines[0]).active == 1 {
+            break;
+        }
+    }
+    daemon.signal("HUP");
+    for index in 0..75 {
+        pressure(&mut sent, "across", index).await;
+    }
+    let stats = wait_for_stats(&client, &prefix, "the new generation stepped down", |stats| {
+        stats.generation == 2 && ladder_of(stats).steps_down >= 1
+    })
+    .await;
+    assert_eq!(ladder_of(&stats.pipelines[0]).active, 1, "{stats:?}");
+    let mut seen = BTreeMap::new();
+    outcomes_for(&results, &sent, &mut seen).await;
+    assert_eq!(seen.len(), sent.len(), "one outcome per request");
+    let busy_ok = sent.iter().filter(|id| id.contains("-busy-")).all(|id| seen[id].outcome == outcome::OK);
+    assert!(busy_ok, "every ordinary request answered ok across the reload: {seen:?}");
+    client.close().await;
+}

@@ -1,8 +1,8 @@
 //! `zinferd bench footprint`: what the daemon costs in memory and start-up time, under each setting that moves it,
 //! side by side in one run.
 //!
-//! For each variant of the measured pipeline (as configured; ONNX Runtime's memory arena off; its memory pattern
-//! off; both; `max_batch = 1`), and for a daemon with no pipeline at all, a child zinferd is started with
+//! For each variant of the measured pipeline (as configured; each combination of ONNX Runtime's memory arena and
+//! memory pattern; `max_batch = 1`), and for a daemon with no pipeline at all, a child zinferd is started with
 //! `NOTIFY_SOCKET` pointing at this process: ready time is from the spawn to its `READY=1`, what systemd waits for.
 //! Its VmHWM then is the start-up peak (the model's load and warm-up at the largest shape). A burst of text
 //! requests of mixed lengths follows, all published at once so that batches of every size form, and the VmHWM once
@@ -81,20 +81,23 @@ pub struct FootprintReport {
 /// A setting the benchmark compares: a name, `max_batch` (`None`: as configured) and pipeline keys.
 type Setting = (&'static str, Option<usize>, Vec<(&'static str, toml::Value)>);
 
-/// The settings the benchmark compares.
+/// The settings the benchmark compares: as configured, then each combination of the memory arena and pattern, and
+/// `max_batch = 1` with and without both.
 fn variants() -> Vec<Setting> {
-    let off = || toml::Value::Boolean(false);
+    let memory = |arena: bool, pattern: bool| {
+        vec![
+            ("session.memory_arena", toml::Value::Boolean(arena)),
+            ("session.memory_pattern", toml::Value::Boolean(pattern)),
+        ]
+    };
     vec![
         ("as configured", None, vec![]),
-        ("memory_arena = false", None, vec![("session.memory_arena", off())]),
-        ("memory_pattern = false", None, vec![("session.memory_pattern", off())]),
-        ("both false", None, vec![("session.memory_arena", off()), ("session.memory_pattern", off())]),
+        ("arena on, pattern on", None, memory(true, true)),
+        ("arena on, pattern off", None, memory(true, false)),
+        ("arena off, pattern on", None, memory(false, true)),
+        ("arena off, pattern off", None, memory(false, false)),
         ("max_batch = 1", Some(1), vec![]),
-        (
-            "both false, max_batch = 1",
-            Some(1),
-            vec![("session.memory_arena", off()), ("session.memory_pattern", off())],
-        ),
+        ("arena off, pattern off, max_batch = 1", Some(1), memory(false, false)),
     ]
 }
 

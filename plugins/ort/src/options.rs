@@ -55,8 +55,10 @@ pub struct SessionConfig {
     /// ONNX Runtime's CPU memory arena: faster allocation, but it keeps what it grew to.
     #[serde(default = "default_true")]
     pub memory_arena: bool,
-    /// Pre-plan memory for repeated shapes. Helps fixed shapes, wastes memory with varying ones.
-    #[serde(default = "default_true")]
+    /// Pre-plan memory for repeated shapes. Off by default: with the shipped sentiment model (`zinferd bench
+    /// footprint` and `bench load`, release build, 2-core AMD EPYC) it cost 6-7 MiB of peak RSS for no capacity or
+    /// latency that the runs' noise could show; text lengths vary, so the plans rarely repeat.
+    #[serde(default)]
     pub memory_pattern: bool,
     /// Providers in order of preference; the CPU provider is always appended as the fallback.
     #[serde(default = "default_providers")]
@@ -83,7 +85,7 @@ impl Default for SessionConfig {
             spinning: false,
             optimization: default_optimization(),
             memory_arena: true,
-            memory_pattern: true,
+            memory_pattern: false,
             execution_providers: default_providers(),
             run_timeout_ms: default_run_timeout_ms(),
             config_entries: Default::default(),
