@@ -109,6 +109,16 @@ def test_seeds_share_one_teacher_and_validation_alone_chooses(tmp_path):
     assert (out / "model.onnx").read_bytes() == chosen_int8.read_bytes()
     assert "student seeds on one teacher" in (out / "README.md").read_text(encoding="utf-8")
 
+    # the ladder's report input: the rung's chosen seed beside the shipped default rung, every file present
+    from zinfer_model.ladder import ladder_models
+    doc = json.loads(ladder_models(tmp_path / "runs" / "rung", REPO / "models" / "zinfer-sentiment-small",
+                                   tmp_path / "ladder.json").read_text(encoding="utf-8"))
+    names = [m["name"] for m in doc["models"]]
+    assert names[0] == "teacher fp32" and names[-1].startswith("rung 0 int8 (zinfer-sentiment-small")
+    assert "rung 1 int8 (zinfer-sentiment-tiny)" in names
+    assert all(Path(m["onnx"]).is_file() for m in doc["models"])
+    assert 0.8 < doc["models"][-1]["accuracy"] < 0.9, "the shipped default's test accuracy, from its predictions file"
+
     # a rung whose teacher table differs from the run it borrows from is refused, naming the table
     other = merge(rung, {"teacher": {"lr": 1e-2}})
     try:

@@ -20,6 +20,8 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   export-shipped  write models/<name>/ (model.onnx, tokenizer.json, manifest.toml, README.md, predictions)
   recipe          all of the above; completed steps are skipped
   bench           the efficiency report (zinfer_model.bench; its own options follow)
+  ladder-models   the model ladder's input for `bench`: ladder-models --run model/runs/small
+                  --package models/zinfer-sentiment-small --out FILE (the rung's chosen seed beside the default)
   golden          golden inputs for zinferd's drift guard, for an already shipped text package:
                   golden --package models/<name> [--predictions FILE]   (export-shipped writes them itself)
 
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv and argv[0] == "golden":
         return golden_main(argv[1:])
+
+    if argv and argv[0] == "ladder-models":
+        return ladder_main(argv[1:])
 
     if argv and argv[0] == "sensor":  # the sensor model's recipe and table (zinfer_model.sensor)
         from .sensor.cli import main as sensor_main
@@ -96,6 +101,19 @@ def golden_main(argv: list[str]) -> int:
     predictions = args.predictions or args.package / "test_predictions.jsonl"
     result = from_predictions(args.package, predictions, int(manifest.get("max_length", 128)))
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def ladder_main(argv: list[str]) -> int:
+    """Writes the bench's models.json for the model ladder (zinfer_model.ladder)."""
+    from .ladder import ladder_models
+
+    parser = argparse.ArgumentParser(prog="python -m zinfer_model ladder-models", description=ladder_main.__doc__)
+    parser.add_argument("--run", type=Path, required=True, help="the smaller rung's run directory (after select)")
+    parser.add_argument("--package", type=Path, required=True, help="the shipped default rung (models/<name>)")
+    parser.add_argument("--out", type=Path, required=True, help="the models.json to write")
+    args = parser.parse_args(argv)
+    print(ladder_models(args.run, args.package, args.out))
     return 0
 
 
