@@ -20,12 +20,12 @@ def _seeds_text(select: dict | None) -> str:
     if not select or len(select["seeds"]) < 2:
         return ("One training seed; with ~1,300 reviews per split one accuracy figure carries about ±2 points of "
                 "sampling noise.")
-    rows = "\n".join(f"| {s['seed']} | {_pct(s['val_int8'])} | {_pct(s['test_int8'])} |"
-                     f"{' **shipped**' if s['seed'] == select['chosen_seed'] else ''}"
+    rows = "\n".join(f"| {s['seed']} | {_pct(s['val_int8'])} | {_pct(s['test_int8'])} | "
+                     f"{'**shipped**' if s['seed'] == select['chosen_seed'] else ''} |"
                      for s in select["seeds"])
     return (f"{len(select['seeds'])} student seeds on one teacher; the shipped one was chosen by validation "
             f"accuracy only (the test column was not looked at):\n\n| seed | val accuracy (int8) | test accuracy "
-            f"(int8) |\n| --- | --- | --- |\n{rows}\n\nTest accuracy over the seeds: mean "
+            f"(int8) | |\n| --- | --- | --- | --- |\n{rows}\n\nTest accuracy over the seeds: mean "
             f"{_pct(select['test_int8_mean'])} ± {100 * select['test_int8_std']:.1f} points (standard deviation; "
             f"range {_pct(select['test_int8_min'])}–{_pct(select['test_int8_max'])}), "
             f"{select['mean_gap_points']:.1f} points below the teacher's {_pct(select['test_teacher'])}.")

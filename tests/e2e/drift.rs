@@ -156,13 +156,22 @@ fn zinferd(args: &[&str], config: &Path) -> std::process::Output {
         .expect("run zinferd")
 }
 
-/// Both shipped packages, with their shipped configuration.
-const SHIPPED: [(&str, &str); 2] = [("zinfer-sentiment-small", "default.toml"), ("zinfer-watch-small", "sensor.toml")];
+/// The shipped packages, each with the shipped configuration whose pipeline serves it (the ladder's smaller rung
+/// with the default one's).
+const SHIPPED: [(&str, &str); 3] = [
+    ("zinfer-sentiment-small", "default.toml"),
+    ("zinfer-sentiment-tiny", "default.toml"),
+    ("zinfer-watch-small", "sensor.toml"),
+];
 
 #[test]
 fn the_shipped_models_pass_their_golden_inputs() {
     for (package, config) in SHIPPED {
-        let output = zinferd(&["check"], &repo_root().join("configs").join(config));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest = repo_root().join("models").join(package).join("manifest.toml");
+        let port = free_port();
+        let text = base_config(port, &format!("zt/driftok/{port}")) + &shipped_pipeline(config, &manifest, "ok", "");
+        let output = zinferd(&["check"], &write_config(dir.path(), &text));
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{package}: {}", String::from_utf8_lossy(&output.stderr));
         let line = stdout.lines().find(|line| line.contains("golden inputs")).expect("a golden inputs line");

@@ -11,15 +11,14 @@ use zinfer_proto as proto;
 use zinfer_proto::outcome;
 
 use crate::support::{
-    Daemon, Results, WAIT, base_config, fixture_manifest, free_port, next_result, repo_root, shipped_pipeline, status,
-    wait_for_stats,
+    Daemon, Results, WAIT, base_config, free_port, next_result, repo_root, shipped_pipeline, status, wait_for_stats,
 };
 
 const TOP: &str = "zinfer-sentiment-small";
 
-/// The smaller rung the tests step down to, and its model name.
+/// The smaller rung the tests step down to (the shipped one), and its model name.
 fn small_rung() -> (std::path::PathBuf, &'static str) {
-    (fixture_manifest(), "zinfer-fixture-tiny-bert")
+    (repo_root().join("models/zinfer-sentiment-tiny/manifest.toml"), "zinfer-sentiment-tiny")
 }
 
 /// The shipped sentiment pipeline `name` with a two-rung ladder stepping down after `down_ms` of pressure and up
