@@ -1,5 +1,5 @@
-"""The model ladder's efficiency report input: the smaller rung's recipe run (its chosen seed's stages, beside the
-teacher they were distilled from) and the shipped default rung, in one models.json for ``zinfer_model.bench``.
+"""The model ladder's efficiency report input: the smaller rung's recipe run (its chosen seed's int8 file, beside the
+teacher it was distilled from) and the shipped default rung, in one models.json for ``zinfer_model.bench``.
 
 The default rung's package no longer has its run directory, so its row is the shipped file itself, with the test
 accuracy of its own ``int8_probs`` (ONNX Runtime, batch 1) from ``test_predictions.jsonl``: the same test split.
@@ -27,20 +27,19 @@ def package_accuracy(package: Path) -> dict:
 
 
 def ladder_models(run_dir: Path, package: Path, out: Path) -> Path:
-    """Writes `out`: the chosen seed's models.json (teacher, the rung's stages, its int8 file) with the rung's rows
-    named as such, and the shipped default rung `package` beside them."""
+    """Writes `out`: the teacher and the int8 file of the chosen seed's models.json, the rung named as such, and the
+    shipped default rung `package` beside them."""
     select = json.loads((run_dir / "select" / "metrics.json").read_text(encoding="utf-8"))
     source = run_dir / select["chosen_dir"] / "evaluate" / "models.json"
     doc = json.loads(source.read_text(encoding="utf-8"))
     manifest = (package / "manifest.toml").read_text(encoding="utf-8")
     name = next(line.split('"')[1] for line in manifest.splitlines() if line.startswith("name = "))
     rows = []
-    for row in doc["models"]:
+    # The rung's intermediate stages are in its model card; the report compares what is served.
+    for row in (row for row in doc["models"] if row["role"] != "student-step"):
         row = dict(row)
         row["onnx"] = str((source.parent / row["onnx"]).resolve())
-        if row["role"] == "student-step":
-            row["name"] = f"rung 1 step: {row['name']}"
-        elif row["role"] == "final":
+        if row["role"] == "final":
             row["name"] = "rung 1 int8 (zinfer-sentiment-tiny)"
             row["notes"] = f"seed {select['chosen_seed']} of {len(select['seeds'])}, chosen by validation accuracy"
         rows.append(row)
