@@ -33,7 +33,7 @@ class Settings:
     # ONNX Runtime session options: zinferd's defaults (configs/example.toml [pipeline.session])
     spinning: bool = False
     arena: bool = True
-    memory_pattern: bool = True
+    memory_pattern: bool = False
     optimization: str = "all"
     seed: int = 0
     timeout_s: float = 900.0

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.enable_cpu_mem_arena = bool(spec.get("arena", True))
-    so.enable_mem_pattern = bool(spec.get("memory_pattern", True))
+    so.enable_mem_pattern = bool(spec.get("memory_pattern", False))
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
