@@ -116,7 +116,7 @@ def test_seeds_share_one_teacher_and_validation_alone_chooses(tmp_path):
     names = [m["name"] for m in doc["models"]]
     assert names[0] == "teacher fp32" and names[-1].startswith("rung 0 int8 (zinfer-sentiment-small")
     assert "rung 1 int8 (zinfer-sentiment-tiny)" in names
-    assert all(Path(m["onnx"]).is_file() for m in doc["models"])
+    assert all((tmp_path / m["onnx"]).is_file() for m in doc["models"]), "paths relative to the file's folder"
     assert 0.8 < doc["models"][-1]["accuracy"] < 0.9, "the shipped default's test accuracy, from its predictions file"
 
     # a rung whose teacher table differs from the run it borrows from is refused, naming the table

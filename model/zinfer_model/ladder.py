@@ -8,6 +8,7 @@ accuracy of its own ``int8_probs`` (ONNX Runtime, batch 1) from ``test_predictio
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,8 @@ def ladder_models(run_dir: Path, package: Path, out: Path) -> Path:
                  "role": "other", **package_accuracy(package),
                  "notes": "the shipped file; distilled from an earlier run of the same teacher recipe"})
     out.parent.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        row["onnx"] = str(Path(row["onnx"]).resolve())
+    for row in rows:  # relative to the file's folder, as the bench reads them (and reports them)
+        row["onnx"] = os.path.relpath(Path(row["onnx"]).resolve(), out.parent.resolve())
     out.write_text(json.dumps({"title": doc.get("title", "") + ": the model ladder", "models": rows}, indent=2) + "\n",
                    encoding="utf-8")
     return out
