@@ -198,13 +198,7 @@ async fn drive(
         .await
         .map_err(|error| anyhow::anyhow!("subscribing to results: {error}"))?;
     for index in 0..options.burst {
-        let body = serde_json::json!({ "id": format!("burst-{index}"), "text": TEXTS[index % TEXTS.len()] });
-        client
-            .session()
-            .put(key, body.to_string())
-            .encoding(Encoding::APPLICATION_JSON)
-            .await
-            .map_err(|error| anyhow::anyhow!("publishing: {error}"))?;
+        publish(client, key, &format!("burst-{index}"), TEXTS[index % TEXTS.len()]).await?;
     }
     let mut answered = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -218,13 +212,7 @@ async fn drive(
     let (_, peak) = daemon.rss()?;
     let mut totals = Vec::with_capacity(options.lone);
     for index in 0..options.lone {
-        let body = serde_json::json!({ "id": format!("lone-{index}"), "text": TEXTS[index % TEXTS.len()] });
-        client
-            .session()
-            .put(key, body.to_string())
-            .encoding(Encoding::APPLICATION_JSON)
-            .await
-            .map_err(|error| anyhow::anyhow!("publishing: {error}"))?;
+        publish(client, key, &format!("lone-{index}"), TEXTS[index % TEXTS.len()]).await?;
         let sample = tokio::time::timeout(Duration::from_secs(10), results.recv_async())
             .await
             .context("no result within 10 s")?
@@ -235,6 +223,17 @@ async fn drive(
     totals.sort_unstable();
     let median = totals.get(totals.len() / 2).copied().unwrap_or(0) as f64;
     Ok((peak, answered, median))
+}
+
+/// Publishes a JSON text request with its id in the payload.
+async fn publish(client: &Client, key: &str, id: &str, text: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "id": id, "text": text });
+    client
+        .session()
+        .put(key, body.to_string())
+        .encoding(Encoding::APPLICATION_JSON)
+        .await
+        .map_err(|error| anyhow::anyhow!("publishing: {error}"))
 }
 
 /// The report as a Markdown table: each figure as the range over the rounds.

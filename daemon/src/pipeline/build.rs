@@ -68,7 +68,15 @@ pub fn build(
             Some(super::ladder::Ladder::new(rungs.len(), ladder.down_after, ladder.up_after))
         }
     };
-    Ok(Pipeline::new(decoder.into(), rungs, ladder, instances, pipeline.deadline_ms, pipeline.max_batch, drift))
+    Ok(Pipeline {
+        decoder: decoder.into(),
+        rungs,
+        ladder,
+        instances,
+        deadline_ms: pipeline.deadline_ms,
+        max_rows: pipeline.max_batch,
+        drift,
+    })
 }
 
 /// What [`build_rung`] makes: the rung, its model's further instances, and its golden inputs' first run.

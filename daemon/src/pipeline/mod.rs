@@ -257,21 +257,6 @@ fn model_inputs(item: &Item) -> impl Iterator<Item = &[NamedTensor]> {
 }
 
 impl Pipeline {
-    /// A pipeline of `rungs` (the first is the pipeline's `model`; at least one), stepping between them by `ladder`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        decoder: Arc<dyn Decoder>,
-        rungs: Vec<Rung>,
-        ladder: Option<ladder::Ladder>,
-        instances: Vec<Model>,
-        deadline_ms: Option<u64>,
-        max_rows: usize,
-        drift: Option<(golden::DriftGuard, golden::GoldenRun)>,
-    ) -> Self {
-        assert!(!rungs.is_empty(), "a pipeline has a model");
-        Self { decoder, rungs, ladder, instances, deadline_ms, max_rows, drift }
-    }
-
     /// The execution providers and thread count in force for the (first rung's) model.
     pub fn model(&self) -> &Model {
         &self.rungs[0].model

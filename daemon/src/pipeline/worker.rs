@@ -289,8 +289,8 @@ impl Worker {
     /// Steps the pipeline's ladder (if it has one) when memory pressure or missed deadlines have lasted, or their
     /// absence has (see [`super::ladder`]). Messages already prepared keep their rung.
     fn climb_ladder(&mut self) {
-        let pressed = self.context.memory.pressure() != Pressure::Normal;
         let Some(ladder) = self.pipeline.ladder_mut() else { return };
+        let pressed = self.context.memory.pressure() != Pressure::Normal;
         let Some(step) = ladder.tick(pressed, Instant::now()) else { return };
         let rungs = self.pipeline.rungs();
         let (from, to) = (&rungs[step.from].identity, &rungs[step.to].identity);
@@ -621,11 +621,11 @@ impl Worker {
     /// Hands an outcome to the egress; false if the publisher is gone. A missed deadline (expired, or answered
     /// late) counts toward stepping down the ladder.
     fn send(&mut self, outcome: Outcome) -> bool {
-        let now = Instant::now();
-        let missed = matches!(outcome.verdict, Verdict::Expired(_))
-            || outcome.deadline.is_some_and(|deadline| now > deadline.at);
-        if let Some(ladder) = self.pipeline.ladder_mut().filter(|_| missed) {
-            ladder.record_miss(now);
+        if let Some(ladder) = self.pipeline.ladder_mut() {
+            let now = Instant::now();
+            if matches!(outcome.verdict, Verdict::Expired(_)) || outcome.deadline.is_some_and(|at| now > at.at) {
+                ladder.record_miss(now);
+            }
         }
         if self.context.outcomes.send(outcome).is_err() {
             tracing::error!(pipeline = self.context.index, "the publisher is gone; the worker stops");
