@@ -11,7 +11,7 @@ use std::time::Duration;
 use zinferd::client::RequestFormat;
 
 use crate::support::{
-    Daemon, NotifySocket, WAIT, base_config, free_port, ort_library, repo_root, shipped_pipeline, status,
+    Daemon, NotifySocket, WAIT, base_config, copy_package, free_port, ort_library, repo_root, shipped_pipeline, status,
     wait_for_service,
 };
 
@@ -22,13 +22,7 @@ struct Package {
 
 impl Package {
     fn copy(name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let source = repo_root().join("models").join(name);
-        for entry in std::fs::read_dir(&source).expect("the shipped package") {
-            let path = entry.expect("entry").path();
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("a file name"))).expect("copy");
-        }
-        Self { dir }
+        Self { dir: copy_package(name) }
     }
 
     fn manifest(&self) -> PathBuf {

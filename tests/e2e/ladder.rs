@@ -11,8 +11,10 @@ use zinfer_proto as proto;
 use zinfer_proto::outcome;
 
 use crate::support::{
-    Daemon, Results, WAIT, base_config, free_port, next_result, repo_root, shipped_pipeline, status, wait_for_stats,
+    Daemon, Results, WAIT, base_config, free_port, next_result, repo_root, shipped_pipeline, status,
+    subscribe_buffered, wait_for_stats,
 };
+use zinferd::client::Client;
 
 const TOP: &str = "zinfer-sentiment-small";
 
@@ -31,6 +33,19 @@ fn ladder_config(port: u16, prefix: &str, name: &str, down_ms: u64, up_ms: u64) 
             "\n[pipeline.ladder]\nrungs = [\"{}\"]\ndown_after_ms = {down_ms}\nup_after_ms = {up_ms}\n",
             small_rung().0.display()
         )
+}
+
+/// A daemon serving [`ladder_config`]'s pipeline `name` (with `daemon_keys` in `[daemon]`), a client that has seen
+/// its subscriber, and its telemetry prefix.
+async fn start(name: &str, down_ms: u64, up_ms: u64, daemon_keys: &str) -> (Daemon, Client, String) {
+    let port = free_port();
+    let prefix = format!("zt/ladder-{name}/{port}");
+    let config =
+        ladder_config(port, &prefix, name, down_ms, up_ms).replace("[daemon]\n", &format!("[daemon]\n{daemon_keys}\n"));
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber(&format!("in/{name}/x"), WAIT).await.expect("zinferd subscribes");
+    (daemon, client, prefix)
 }
 
 fn now_ms() -> u64 {
@@ -67,11 +82,7 @@ fn model_of(result: &proto::Result) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_deadlines_step_down_to_the_small_model_and_calm_steps_back_up() {
-    let port = free_port();
-    let prefix = format!("zt/ladder/{port}");
-    let daemon = Daemon::start(&ladder_config(port, &prefix, "lad", 300, 1500), port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/lad/x", WAIT).await.expect("zinferd subscribes");
+    let (daemon, client, prefix) = start("lad", 300, 1500, "").await;
     let results = client.session().declare_subscriber("out/in/lad/**").await.expect("subscribe");
     let mut seen = BTreeMap::new();
     let mut sent = Vec::new();
@@ -160,14 +171,9 @@ async fn missed_deadlines_step_down_to_the_small_model_and_calm_steps_back_up() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_above_the_soft_threshold_steps_down() {
-    let port = free_port();
-    let prefix = format!("zt/ladder-mem/{port}");
     // A soft threshold of 1% of a generous budget: pressure from the first sample on, never shedding.
-    let config = ladder_config(port, &prefix, "lm", 200, 60_000)
-        .replace("[daemon]\n", "[daemon]\nmemory_mb = 2000\nmemory_soft_percent = 1\nmemory_sample_ms = 10\n");
-    let daemon = Daemon::start(&config, port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/lm/x", WAIT).await.expect("zinferd subscribes");
+    let pressure = "memory_mb = 2000\nmemory_soft_percent = 1\nmemory_sample_ms = 10";
+    let (daemon, client, prefix) = start("lm", 200, 60_000, pressure).await;
     let stats = wait_for_stats(&client, &prefix, "the step down", |stats| ladder_of(stats).active == 1).await;
     assert_eq!(stats.memory.expect("memory stats").pressure, "soft");
     let pending = client
@@ -185,18 +191,8 @@ async fn memory_above_the_soft_threshold_steps_down() {
 /// generation steps down too while the pressure lasts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_while_stepped_down_answers_every_request_once() {
-    let port = free_port();
-    let prefix = format!("zt/ladder-reload/{port}");
-    let daemon = Daemon::start(&ladder_config(port, &prefix, "lr", 200, 60_000), port);
-    let client = daemon.client().await;
-    client.wait_for_subscriber("in/lr/x", WAIT).await.expect("zinferd subscribes");
-    // Room for every result until they are read at the end (a full channel would hold up the client's session).
-    let results = client
-        .session()
-        .declare_subscriber("out/in/lr/**")
-        .with(zenoh::handlers::FifoChannel::new(4096))
-        .await
-        .expect("subscribe");
+    let (daemon, client, prefix) = start("lr", 200, 60_000, "").await;
+    let results = subscribe_buffered(&client, "out/in/lr/**").await;
     let mut sent = Vec::new();
     let pressure = async |sent: &mut Vec<String>, tag: &str, index: usize| {
         for (id, hopeless) in [(format!("{tag}-hopeless-{index}"), true), (format!("{tag}-busy-{index}"), false)] {

@@ -12,7 +12,10 @@ use zenoh::qos::CongestionControl;
 use zinfer_proto::{self as proto, outcome};
 use zinferd::client::Client;
 
-use crate::support::{Daemon, WAIT, base_config, collect_outcomes, free_port, int8_tolerance, repo_root, status};
+use crate::support::{
+    Daemon, WAIT, base_config, collect_outcomes, copy_package, free_port, int8_tolerance, repo_root, status,
+    subscribe_buffered,
+};
 
 fn model_dir() -> PathBuf {
     repo_root().join("models/zinfer-watch-small")
@@ -149,11 +152,7 @@ async fn a_recording_replayed_on_two_instances_gives_the_toolkits_windows() {
 /// windows' scores stay comparable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_keeps_its_windows_across_a_step_down_the_ladder() {
-    let copy = tempfile::tempdir().expect("temp dir");
-    for entry in std::fs::read_dir(model_dir()).expect("the watch package") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, copy.path().join(path.file_name().expect("a file name"))).expect("copy");
-    }
+    let copy = copy_package("zinfer-watch-small");
     let manifest = copy.path().join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).expect("manifest");
     std::fs::write(&manifest, text.replace("name = \"zinfer-watch-small\"", "name = \"watch-rung\"")).expect("write");
@@ -163,14 +162,7 @@ async fn a_stream_keeps_its_windows_across_a_step_down_the_ladder() {
     );
     let (daemon, client, prefix) =
         start("ladder", &(sensor_pipeline("ladder", "sensor/ladder/**", "", "") + &ladder)).await;
-    // Room for every result until they are read at the end: a full channel would hold up the client's session,
-    // and with it the status replies the test waits for.
-    let results = client
-        .session()
-        .declare_subscriber("out/sensor/ladder/**")
-        .with(zenoh::handlers::FifoChannel::new(4096))
-        .await
-        .expect("subscribe");
+    let results = subscribe_buffered(&client, "out/sensor/ladder/**").await;
     let recording = recording("test_recording.json");
     let (key, count) = ("sensor/ladder/watch", recording.samples.len());
 

@@ -306,6 +306,23 @@ impl Drop for Daemon {
 /// The results subscriber the tests declare.
 pub type Results = zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
 
+/// A results subscriber on `key` with room for every result of a test that reads them only at the end: a full
+/// channel would hold up the client's session, and with it the status replies the test waits for meanwhile.
+pub async fn subscribe_buffered(client: &Client, key: &str) -> Results {
+    let session = client.session();
+    session.declare_subscriber(key.to_owned()).with(zenoh::handlers::FifoChannel::new(4096)).await.expect("subscribe")
+}
+
+/// A copy of the shipped model package `models/<name>` in a folder of its own, to change.
+pub fn copy_package(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(repo_root().join("models").join(name)).expect("the shipped package") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("a file name"))).expect("copy");
+    }
+    dir
+}
+
 /// The next sample on `results`, within [`WAIT`].
 pub async fn next_sample(results: &Results) -> zenoh::sample::Sample {
     tokio::time::timeout(WAIT, results.recv_async()).await.expect("a result in time").expect("sample")
