@@ -74,7 +74,12 @@ pub struct Client {
 /// A request on its way.
 pub struct Pending {
     id: String,
-    results: zenoh::pubsub::Subscriber<FifoChannelHandler<Sample>>,
+    results: Results,
+}
+
+/// A subscription to results, kept across requests.
+pub struct Results {
+    subscriber: zenoh::pubsub::Subscriber<FifoChannelHandler<Sample>>,
 }
 
 impl Client {
@@ -140,7 +145,9 @@ impl Client {
         self.request_raw(key, output_prefix, id, payload, encoding).await
     }
 
-    /// Publishes arbitrary bytes on `key` with `encoding`, `id` as the attachment.
+    /// Publishes arbitrary bytes on `key` with `encoding`, `id` as the attachment, and subscribes to its result
+    /// first: right for one request (`zinferd send`). A client that sends many keeps one [`Results`] instead, since
+    /// each subscription is a declaration that travels to the daemon and back out of it.
     pub async fn request_raw(
         &self,
         key: &str,
@@ -149,19 +156,31 @@ impl Client {
         payload: Vec<u8>,
         encoding: Encoding,
     ) -> Result<Pending, ClientError> {
-        let results = self
+        let results = self.results(output_prefix, key).await?;
+        self.publish(key, id, payload, encoding).await?;
+        Ok(Pending { id: id.to_owned(), results })
+    }
+
+    /// Subscribes to the results of the requests published on `key` (a key expression: `key/**` takes a whole
+    /// stream's), for as long as the returned [`Results`] lives.
+    pub async fn results(&self, output_prefix: &str, key: &str) -> Result<Results, ClientError> {
+        let subscriber = self
             .session
             .declare_subscriber(keys::result(output_prefix, key))
             .await
             .map_err(|error| ClientError::Zenoh(error.to_string()))?;
+        Ok(Results { subscriber })
+    }
+
+    /// Publishes one request: `payload` with `encoding` on `key`, `id` as the attachment.
+    pub async fn publish(&self, key: &str, id: &str, payload: Vec<u8>, encoding: Encoding) -> Result<(), ClientError> {
         self.session
             .put(key.to_owned(), payload)
             .encoding(encoding)
             .attachment(id.as_bytes().to_vec())
             .congestion_control(CongestionControl::Block)
             .await
-            .map_err(|error| ClientError::Zenoh(error.to_string()))?;
-        Ok(Pending { id: id.to_owned(), results })
+            .map_err(|error| ClientError::Zenoh(error.to_string()))
     }
 
     /// Asks the queryable on `key` (`<prefix>/infer/<pipeline>[/<source>]`) with one request, and returns its
@@ -208,14 +227,21 @@ impl Client {
 impl Pending {
     /// Waits for the result with this request's id, up to `timeout`.
     pub async fn result(self, timeout: Duration) -> Result<proto::Result, ClientError> {
+        self.results.wait_for(&self.id, timeout).await
+    }
+}
+
+impl Results {
+    /// Waits for the result with id `id`, up to `timeout`, and passes over any other.
+    pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<proto::Result, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let sample = tokio::time::timeout_at(deadline, self.results.recv_async())
+            let sample = tokio::time::timeout_at(deadline, self.subscriber.recv_async())
                 .await
-                .map_err(|_| ClientError::Timeout(self.id.clone()))?
+                .map_err(|_| ClientError::Timeout(id.to_owned()))?
                 .map_err(|error| ClientError::Zenoh(error.to_string()))?;
             let result = decode_result(&sample)?;
-            if result.id == self.id {
+            if result.id == id {
                 return Ok(result);
             }
         }

@@ -15,6 +15,8 @@ fn bench_latency_reports_the_floor_and_the_daemons_stages() {
 
     assert_eq!(report["floor"]["count"], 20, "{report}");
     assert_eq!(report["round_trip"]["count"], 20, "{report}");
+    assert_eq!(report["zenoh_echo"]["count"], 20, "zenoh's own round trip, beside the daemon's: {report}");
+    assert!(stdout.contains("round trip − echo − floor"), "{stdout}");
     assert!(report["padded"]["count"] == 20, "the text has a bucket, so the padded runs are timed: {report}");
     let stages = report["daemon_stages"].as_array().expect("stages");
     let names: Vec<&str> = stages.iter().filter_map(|stage| stage[0].as_str()).collect();

@@ -75,7 +75,7 @@ pub async fn run(options: &FleetOptions) -> anyhow::Result<FleetReport> {
     let shared =
         child_config(&settings, &load, settings.max_batch, &[one_thread.clone(), ("share", "message".into())])?;
 
-    let (router, endpoint) = open_router().await?;
+    let (router, endpoint) = super::open_listening("router").await?;
     let mut runs = Vec::new();
     for daemons in [1, 2] {
         let prefix = format!("zinfer-bench/fleet{daemons}/{}", std::process::id());
@@ -131,22 +131,6 @@ pub fn markdown(report: &FleetReport) -> String {
         report.routed.p99_us,
         report.routed.p50_us - report.direct.p50_us,
     )
-}
-
-/// A zenoh router in this process, listening on a free loopback port; its endpoint.
-pub(crate) async fn open_router() -> anyhow::Result<(zenoh::Session, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let mut config = zenoh::Config::default();
-    for (key, value) in [
-        ("mode", "\"router\"".to_owned()),
-        ("listen/endpoints", format!("[\"{endpoint}\"]")),
-        ("scouting/multicast/enabled", "false".to_owned()),
-    ] {
-        config.insert_json5(key, &value).map_err(|error| anyhow::anyhow!("router config {key}: {error}"))?;
-    }
-    let router = zenoh::open(config).await.map_err(|error| anyhow::anyhow!("opening the router: {error}"))?;
-    Ok((router, endpoint))
 }
 
 /// Starts `count` daemons running `pipeline` behind the router, under one prefix.
@@ -230,18 +214,20 @@ async fn lone_round_trips(
     client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
     // The first 20 warm the path up.
     const WARM_UP: usize = 20;
+    let results = client.results(&settings.output_prefix, key).await?;
     let mut samples = Vec::with_capacity(iterations);
     for index in 0..WARM_UP + iterations {
         let id = format!("{name}-{index}");
+        let (payload, encoding) = RequestFormat::Json.encode(&id, "a fine and moving film");
         let started = Instant::now();
-        let pending =
-            client.request(key, &settings.output_prefix, &id, "a fine and moving film", RequestFormat::Json).await?;
-        pending.result(Duration::from_secs(10)).await?;
+        client.publish(key, &id, payload, encoding).await?;
+        results.wait_for(&id, Duration::from_secs(10)).await?;
         if index >= WARM_UP {
             samples.push(started.elapsed());
         }
     }
     let summary = Summary::of(samples);
+    drop(results);
     client.close().await;
     daemon.stop();
     Ok(summary)

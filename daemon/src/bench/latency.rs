@@ -6,8 +6,13 @@
 //!    own length on one thread, is the floor: what the model itself needs for this message, against which the
 //!    daemon's overhead is reported;
 //! 2. the whole pipeline in this process (decode → tokenize → model → classify), no zenoh;
-//! 3. the same message round-tripped through zenoh and a real `zinferd` child process on loopback;
-//! 4. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded.
+//! 3. the same message round-tripped through zenoh and a real `zinferd` child process on loopback, by a client that
+//!    keeps one subscription to its results (as a client that sends more than one request does);
+//! 4. zenoh's own round trip with the same client: an echo peer in this process answers each request at once,
+//!    from zenoh's callback, with a result of the daemon's size. Round trip less echo is what the daemon adds to
+//!    what any zenoh service costs; the echo shares this process's zenoh threads with the client (a second process
+//!    would add nothing the daemon's own round trip does not already show);
+//! 5. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded.
 //!
 //! Requests are sequential (one in flight), so latencies are service times, not queueing. This is a benchmark,
 //! not a test: it asserts nothing about speed, it reports.
@@ -65,6 +70,8 @@ pub struct BenchReport {
     pub pipeline_direct: Summary,
     /// Round trip through zenoh and the daemon.
     pub round_trip: Summary,
+    /// Round trip through zenoh to an echo peer that answers at once with a result of the same size.
+    pub zenoh_echo: Summary,
     /// The daemon's own view of the round trips: arrival to publish.
     pub daemon_total: Summary,
     /// The daemon's own timings of the round trips by stage (`queue`, `decode`, `preprocess`, `inference`,
@@ -154,14 +161,17 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let client = Client::connect(&loaded.endpoint).await?;
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
+    let results = client.results(&settings.output_prefix, &key).await?;
     let mut round_trips = Vec::with_capacity(iterations);
     let mut daemon_totals = Vec::with_capacity(iterations);
     let mut stages: [Vec<Duration>; 6] = Default::default();
+    let mut template = None;
     for round in 0..options.warmup + iterations {
         let id = format!("bench-{round}");
+        let (payload, encoding) = RequestFormat::Text.encode(&id, &options.text);
         let started = Instant::now();
-        let pending = client.request(&key, &settings.output_prefix, &id, &options.text, RequestFormat::Text).await?;
-        let result = pending.result(Duration::from_secs(10)).await?;
+        client.publish(&key, &id, payload, encoding).await?;
+        let result = results.wait_for(&id, Duration::from_secs(10)).await?;
         let elapsed = started.elapsed();
         if result.outcome != zinfer_proto::outcome::OK {
             bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
@@ -182,10 +192,14 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 samples.push(Duration::from_micros(micros));
             }
         }
+        template = Some(result);
     }
+    drop(results);
     client.close().await;
     let (rss_after_requests, peak_rss_after_requests) = loaded.rss()?;
     loaded.stop();
+    let template = template.context("no round trip ran")?;
+    let zenoh_echo = echo_round_trips(options, &template).await?;
 
     Ok(BenchReport {
         pipeline: settings.name.clone(),
@@ -199,6 +213,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         cpu: super::cpu_line(),
         pipeline_direct,
         round_trip: Summary::of(round_trips),
+        zenoh_echo,
         daemon_total: Summary::of(daemon_totals),
         daemon_stages: ["queue", "decode", "preprocess", "inference", "postprocess", "other"]
             .into_iter()
@@ -210,6 +225,48 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         rss_after_requests,
         peak_rss_after_requests,
     })
+}
+
+/// Round trips to an echo peer in this process that answers each request from zenoh's callback with `template`
+/// (a result of the daemon's) under the request's id, through the same client calls as the daemon's round trips.
+async fn echo_round_trips(options: &BenchOptions, template: &zinfer_proto::Result) -> anyhow::Result<Summary> {
+    let (echo, endpoint) = super::open_listening("peer").await?;
+    let (key, output_prefix) = ("zinfer-bench/echo/in", "zinfer-bench/echo/out");
+    let result_key = zinfer_proto::keys::result(output_prefix, key);
+    let (answer, publisher) = (template.clone(), echo.clone());
+    let subscriber = echo
+        .declare_subscriber(key)
+        .callback(move |sample| {
+            let mut result = answer.clone();
+            result.id =
+                sample.attachment().map(|id| String::from_utf8_lossy(&id.to_bytes()).into_owned()).unwrap_or_default();
+            let (bytes, encoding) = crate::io::egress::encode(&result, crate::config::WireEncoding::Json);
+            let put = publisher.put(&result_key, bytes).encoding(encoding).attachment(result.id.into_bytes());
+            if let Err(error) = zenoh::Wait::wait(put) {
+                tracing::warn!(%error, "the echo peer could not answer");
+            }
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("the echo peer's subscriber: {error}"))?;
+    let client = Client::connect(&endpoint).await?;
+    client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
+    let results = client.results(output_prefix, key).await?;
+    let mut samples = Vec::with_capacity(options.iterations);
+    for round in 0..options.warmup + options.iterations.max(1) {
+        let id = format!("echo-{round}");
+        let (payload, encoding) = RequestFormat::Text.encode(&id, &options.text);
+        let started = Instant::now();
+        client.publish(key, &id, payload, encoding).await?;
+        results.wait_for(&id, Duration::from_secs(10)).await?;
+        if round >= options.warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    drop(results);
+    client.close().await;
+    drop(subscriber);
+    let _ = echo.close().await;
+    Ok(Summary::of(samples))
 }
 
 /// The report as a markdown table.
@@ -236,6 +293,7 @@ pub fn markdown(report: &BenchReport) -> String {
     }
     text += &row("whole pipeline (in process)", &report.pipeline_direct);
     text += &row("round trip via zenoh + zinferd", &report.round_trip);
+    text += &row("round trip via zenoh to an echo peer (zenoh alone)", &report.zenoh_echo);
     text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
     for (stage, summary) in &report.daemon_stages {
         text += &row(&format!("… of which {stage}"), summary);
@@ -243,12 +301,13 @@ pub fn markdown(report: &BenchReport) -> String {
     let floor = report.floor.p50_us.max(1.0);
     text += &format!(
         "\ndaemon's total / floor (median): {:.2}×; round trip − floor (median): {:.0} µs; \
-         round trip − in-process pipeline (median): {:.0} µs\n\n\
+         round trip − in-process pipeline (median): {:.0} µs; round trip − echo − floor (median): {:.0} µs\n\n\
          | zinferd RSS | MiB |\n|---|---|\n| idle, no pipeline | {:.1} |\n| idle, model loaded | {:.1} |\n\
          | after the round trips | {:.1} |\n| peak (VmHWM) after the round trips | {:.1} |\n",
         report.daemon_total.p50_us / floor,
         report.round_trip.p50_us - report.floor.p50_us,
         report.round_trip.p50_us - report.pipeline_direct.p50_us,
+        report.round_trip.p50_us - report.zenoh_echo.p50_us - report.floor.p50_us,
         mib(report.idle_rss_without_model),
         mib(report.idle_rss_with_model),
         mib(report.rss_after_requests),

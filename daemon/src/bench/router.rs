@@ -71,7 +71,7 @@ pub async fn run(options: &RouterOptions) -> anyhow::Result<RouterReport> {
 
 /// One level, with a router and sessions of its own (a transport closed by the previous level does not carry over).
 async fn level(options: &RouterOptions, offered: f64) -> anyhow::Result<RouterLevel> {
-    let (router, endpoint) = super::fleet::open_router().await?;
+    let (router, endpoint) = super::open_listening("router").await?;
     let open = |mode: &'static str| {
         let endpoint = endpoint.clone();
         async move {

@@ -121,11 +121,15 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let client = Client::connect(&daemon.endpoint).await?;
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
+    let results = client.results(&settings.output_prefix, &key).await?;
     let send = |id: String, payload: Vec<u8>| {
-        let (client, key, prefix) = (&client, &key, &settings.output_prefix);
-        async move { client.request_raw(key, prefix, &id, payload, Encoding::APPLICATION_OCTET_STREAM).await }
+        let (client, key, results) = (&client, &key, &results);
+        async move {
+            client.publish(key, &id, payload, Encoding::APPLICATION_OCTET_STREAM).await?;
+            results.wait_for(&id, Duration::from_secs(10)).await
+        }
     };
-    let first = send("fill".into(), stream.frame(0, window)).await?.result(Duration::from_secs(10)).await?;
+    let first = send("fill".into(), stream.frame(0, window)).await?;
     if first.windows.len() != 1 {
         bail!("the first frame should complete one window; the daemon answered {first:?}");
     }
@@ -133,8 +137,7 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let mut next = window;
     for round in 0..rounds {
         let started = Instant::now();
-        let result =
-            send(format!("rt-{round}"), stream.frame(next, hop)).await?.result(Duration::from_secs(10)).await?;
+        let result = send(format!("rt-{round}"), stream.frame(next, hop)).await?;
         let elapsed = started.elapsed();
         next += hop;
         if result.windows.len() != 1 {
