@@ -11,9 +11,10 @@
 #   /etc/zinfer/zinferd.toml                              conffile: the shipped model on loopback
 #   /etc/zinfer/conf.d/README                             local overrides go here (*.toml, merged in name order)
 #   /usr/share/zinfer/models/zinfer-sentiment-small/      the default model (text)
+#   /usr/share/zinfer/models/zinfer-sentiment-tiny/       the text model's smaller rung, used by examples/conf.d/40-ladder.toml
 #   /usr/share/zinfer/models/zinfer-watch-small/          the sensor model, enabled by examples/conf.d/50-sensor.toml
 #   /usr/lib/zinfer/libonnxruntime.so.1.31.1              ONNX Runtime, CPU build, from the pinned PyPI wheel
-#   /usr/share/zinfer/examples/                           example.toml, the GPU and sensor drop-ins (not under doc/,
+#   /usr/share/zinfer/examples/                           example.toml, the GPU, ladder and sensor drop-ins (not under doc/,
 #                                                         which minimal images may leave out)
 #   /usr/share/doc/zinfer/                                README, ONNX Runtime's licence and third-party notices
 # ONNX Runtime is bundled (the pinned onnxruntime==1.31.1 wheel's libonnxruntime.so.1.31.1 of the package's
@@ -124,7 +125,8 @@ for path in ./usr/bin/zinferd ./usr/lib/systemd/system/zinferd.service ./etc/zin
     ./usr/share/zinfer/models/zinfer-sentiment-small/tokenizer.json ./usr/share/zinfer/examples/cuda.conf \
     ./usr/share/zinfer/models/zinfer-sentiment-small/golden.json ./usr/share/zinfer/models/zinfer-watch-small/golden.json \
     ./usr/share/zinfer/models/zinfer-watch-small/model.onnx ./usr/share/zinfer/models/zinfer-watch-small/manifest.toml \
-    ./usr/share/zinfer/examples/conf.d/50-sensor.toml \
+    ./usr/share/zinfer/examples/conf.d/50-sensor.toml ./usr/share/zinfer/examples/conf.d/40-ladder.toml \
+    ./usr/share/zinfer/models/zinfer-sentiment-tiny/model.onnx ./usr/share/zinfer/models/zinfer-sentiment-tiny/golden.json \
     ./usr/share/doc/zinfer/onnxruntime/LICENSE; do
     grep -q " $path\( ->.*\)\?$" <<<"$contents" || fail "$path is not in the package"
 done

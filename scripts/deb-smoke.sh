@@ -5,6 +5,7 @@
 #   - `zinferd check` with no --config must accept /etc/zinfer/zinferd.toml + conf.d/ and load the shipped model
 #     with the bundled ONNX Runtime within the packaged memory budget;
 #   - `zinferd check` with the packaged example drop-in 50-sensor.toml must load both shipped models;
+#   - `zinferd check` with the packaged example drop-in 40-ladder.toml must load the tiny sentiment model as a rung;
 #   - `zinferd` with no --config serves: two texts are classified over zenoh on the conf.d port (which proves that
 #     conf.d/ was read), and SIGTERM stops it cleanly.
 # An arm64 package runs under qemu-aarch64 (see scripts/aarch64-smoke.sh for the synthetic /proc/cpuinfo and the
@@ -78,6 +79,13 @@ as_nobody timeout 300 "${run[@]}" /usr/bin/zinferd --config /etc/zinfer/zinferd.
     check > "$WORK/check-sensor.log" 2>&1 || { cat "$WORK/check-sensor.log" >&2; fail "zinferd check with 50-sensor.toml"; }
 grep -q "configuration OK (2 pipeline(s))" "$WORK/check-sensor.log" || fail "the sensor drop-in: $(cat "$WORK/check-sensor.log")"
 grep -E "^pipeline .watch." "$WORK/check-sensor.log" >&2
+
+echo "deb-smoke: zinferd check with the packaged ladder drop-in (examples/conf.d/40-ladder.toml)" >&2
+as_nobody timeout 300 "${run[@]}" /usr/bin/zinferd --config /etc/zinfer/zinferd.toml --config "$examples/40-ladder.toml" \
+    check > "$WORK/check-ladder.log" 2>&1 || { cat "$WORK/check-ladder.log" >&2; fail "zinferd check with 40-ladder.toml"; }
+grep -q "ladder rung 1: model zinfer-sentiment-tiny" "$WORK/check-ladder.log" \
+    || fail "the ladder drop-in: $(cat "$WORK/check-ladder.log")"
+grep -E "ladder rung" "$WORK/check-ladder.log" >&2
 
 echo "deb-smoke: zinferd (no --config), expected on tcp/127.0.0.1:$PORT from conf.d/50-smoke.toml" >&2
 (exec setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups env -i HOME=/ PATH=/usr/bin:/bin \
