@@ -1,6 +1,7 @@
 //! `zinferd bench` (latency): what the daemon costs on top of the model, measured in one run on one machine.
 //!
-//! For one pipeline of the given configuration it measures, in this order:
+//! For one pipeline of the given configuration it measures, each way once per round, in turn (so that the machine's
+//! drifting speed affects every way alike):
 //! 1. the model run alone (`Model::run` on pre-tokenised input), in this process, four ways: at the text's own
 //!    length and padded to its bucket, each with one intra-op thread and with the configured threads. The first,
 //!    own length on one thread, is the floor: what the model itself needs for this message, against which the
@@ -12,7 +13,7 @@
 //!    from zenoh's callback, with a result of the daemon's size. Round trip less echo is what the daemon adds to
 //!    what any zenoh service costs; the echo shares this process's zenoh threads with the client (a second process
 //!    would add nothing the daemon's own round trip does not already show);
-//! 5. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded.
+//! 5. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded (before the rounds).
 //!
 //! Requests are sequential (one in flight), so latencies are service times, not queueing. This is a benchmark,
 //! not a test: it asserts nothing about speed, it reports.
@@ -93,12 +94,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let index = super::pipeline_index(&config, options.pipeline.as_deref())?;
     let settings = config.pipelines[index].clone();
     let registry = std::sync::Arc::new(crate::default_registry());
-    let mut pipelines = crate::build_pipelines(&config, &registry)?;
-    let mut pipeline = pipelines.swap_remove(index);
+    let mut pipeline = crate::build_pipelines(&config, &registry)?.swap_remove(index);
     let iterations = options.iterations.max(1);
 
-    // 1. The model alone, on the features the preprocessing stages produce for the text, and on them padded to
-    // the text's bucket; with the configured threads and with one (a second build of the pipeline).
+    // The features the preprocessing stages produce for the text, and them padded to the text's bucket; a second
+    // build of the pipeline runs the model on one thread.
     let mut item = Item::new("bench".into(), "bench".into(), Input::Text(options.text.clone()));
     pipeline.preprocess_only(&mut item)?;
     let tokens = item.features.first().map_or(0, |feature| feature.tensor.shape.iter().product());
@@ -113,71 +113,69 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut one_thread_config = config.clone();
     one_thread_config.pipelines[index].session.intra_threads = Some(1);
     let mut one_thread = crate::build_pipelines(&one_thread_config, &registry)?.swap_remove(index);
-    let time_model = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
-        Summary::time(options.warmup, iterations, || {
-            pipeline.model_mut().run(&[features]).context("model run").map(drop)
-        })
-    };
-    let floor = time_model(&mut one_thread, &features)?;
-    let inference_direct = time_model(&mut pipeline, &features)?;
-    let (padded_one_thread, padded) = match &padded_features {
-        Some(padded) => (Some(time_model(&mut one_thread, padded)?), Some(time_model(&mut pipeline, padded)?)),
-        None => (None, None),
-    };
-    drop(one_thread);
-
-    // 2. The whole pipeline, in process.
-    let mut samples = Vec::with_capacity(iterations);
-    for round in 0..options.warmup + iterations {
-        let message = RawMessage {
-            key: "bench".into(),
-            payload: options.text.clone().into_bytes(),
-            encoding: "text/plain".into(),
-            attachment_id: None,
-        };
-        let envelope = Envelope::new(message, "bench".into());
-        let started = Instant::now();
-        let processed = pipeline.process(envelope);
-        if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {
-            bail!("the pipeline failed on the benchmark text: {error}");
-        }
-        if round >= options.warmup {
-            samples.push(started.elapsed());
-        }
-    }
-    let pipeline_direct = Summary::of(samples);
     let intra_threads = pipeline.model().intra_threads();
-    drop(pipeline);
 
-    // 4a. A daemon without any model.
+    // The idle RSS of a daemon without any model, then of the one with the model, which then serves the round trips.
     let scratch = tempfile::tempdir().context("temp dir")?;
     let bare = spawn_daemon(scratch.path(), &config, None, "bare", Placement::Own).await?;
     let idle_rss_without_model = bare.settled_rss().await?;
     bare.stop();
-
-    // 3 and 4b. The daemon with the model.
     let loaded = spawn_daemon(scratch.path(), &config, Some(&options.config), "loaded", Placement::Own).await?;
     let idle_rss_with_model = loaded.settled_rss().await?;
     let client = Client::connect(&loaded.endpoint).await?;
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
     let results = client.results(&settings.output_prefix, &key).await?;
-    let mut round_trips = Vec::with_capacity(iterations);
-    let mut daemon_totals = Vec::with_capacity(iterations);
+    let echo = Echo::open(&options.text).await?;
+
+    // Every round measures each way once, in turn: this machine's speed drifts by tens of percent over seconds
+    // (other tenants), which separate blocks of runs would report as differences between the ways.
+    let model_run = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
+        let started = Instant::now();
+        pipeline.model_mut().run(&[features]).context("model run")?;
+        anyhow::Ok(started.elapsed())
+    };
+    let mut timed: [Vec<Duration>; 7] = Default::default();
     let mut stages: [Vec<Duration>; 6] = Default::default();
+    let mut daemon_totals = Vec::with_capacity(iterations);
     let mut template = None;
     for round in 0..options.warmup + iterations {
+        let floor = model_run(&mut one_thread, &features)?;
+        let direct = model_run(&mut pipeline, &features)?;
+        let padded = match &padded_features {
+            Some(padded) => Some((model_run(&mut one_thread, padded)?, model_run(&mut pipeline, padded)?)),
+            None => None,
+        };
+        let message = RawMessage {
+            key: "bench".into(),
+            payload: options.text.clone().into_bytes(),
+            encoding: "text/plain".into(),
+            attachment_id: None,
+        };
+        let started = Instant::now();
+        let processed = pipeline.process(Envelope::new(message, "bench".into()));
+        let in_process = started.elapsed();
+        if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {
+            bail!("the pipeline failed on the benchmark text: {error}");
+        }
+
         let id = format!("bench-{round}");
         let (payload, encoding) = RequestFormat::Text.encode(&id, &options.text);
         let started = Instant::now();
         client.publish(&key, &id, payload, encoding).await?;
         let result = results.wait_for(&id, Duration::from_secs(10)).await?;
-        let elapsed = started.elapsed();
+        let round_trip = started.elapsed();
         if result.outcome != zinfer_proto::outcome::OK {
             bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
         }
+        let echoed = echo.round_trip(&format!("echo-{round}"), template.as_ref().unwrap_or(&result)).await?;
+
         if round >= options.warmup {
-            round_trips.push(elapsed);
+            let (padded_one, padded_configured) = padded.unzip();
+            let ways = [Some(floor), Some(direct), padded_one, padded_configured, Some(in_process)];
+            for (samples, took) in timed.iter_mut().zip(ways.into_iter().chain([Some(round_trip), Some(echoed)])) {
+                samples.extend(took);
+            }
             let timings = result.timings.unwrap_or_default();
             daemon_totals.push(Duration::from_micros(timings.total_us));
             let parts = [
@@ -192,28 +190,30 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 samples.push(Duration::from_micros(micros));
             }
         }
-        template = Some(result);
+        template.get_or_insert(result);
     }
     drop(results);
     client.close().await;
+    echo.close().await;
     let (rss_after_requests, peak_rss_after_requests) = loaded.rss()?;
     loaded.stop();
-    let template = template.context("no round trip ran")?;
-    let zenoh_echo = echo_round_trips(options, &template).await?;
+    drop((pipeline, one_thread));
 
+    let [floor, inference_direct, padded_one_thread, padded, pipeline_direct, round_trip, zenoh_echo] = timed;
+    let padded_summary = |samples: Vec<Duration>| (!samples.is_empty()).then(|| Summary::of(samples));
     Ok(BenchReport {
         pipeline: settings.name.clone(),
         model: format!("{} {}", settings.manifest.name, settings.manifest.version),
         tokens,
         intra_threads,
-        inference_direct,
-        floor,
-        padded_one_thread,
-        padded,
+        inference_direct: Summary::of(inference_direct),
+        floor: Summary::of(floor),
+        padded_one_thread: padded_summary(padded_one_thread),
+        padded: padded_summary(padded),
         cpu: super::cpu_line(),
-        pipeline_direct,
-        round_trip: Summary::of(round_trips),
-        zenoh_echo,
+        pipeline_direct: Summary::of(pipeline_direct),
+        round_trip: Summary::of(round_trip),
+        zenoh_echo: Summary::of(zenoh_echo),
         daemon_total: Summary::of(daemon_totals),
         daemon_stages: ["queue", "decode", "preprocess", "inference", "postprocess", "other"]
             .into_iter()
@@ -227,46 +227,65 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
-/// Round trips to an echo peer in this process that answers each request from zenoh's callback with `template`
-/// (a result of the daemon's) under the request's id, through the same client calls as the daemon's round trips.
-async fn echo_round_trips(options: &BenchOptions, template: &zinfer_proto::Result) -> anyhow::Result<Summary> {
-    let (echo, endpoint) = super::open_listening("peer").await?;
-    let (key, output_prefix) = ("zinfer-bench/echo/in", "zinfer-bench/echo/out");
-    let result_key = zinfer_proto::keys::result(output_prefix, key);
-    let (answer, publisher) = (template.clone(), echo.clone());
-    let subscriber = echo
-        .declare_subscriber(key)
-        .callback(move |sample| {
-            let mut result = answer.clone();
-            result.id =
-                sample.attachment().map(|id| String::from_utf8_lossy(&id.to_bytes()).into_owned()).unwrap_or_default();
-            let (bytes, encoding) = crate::io::egress::encode(&result, crate::config::WireEncoding::Json);
-            let put = publisher.put(&result_key, bytes).encoding(encoding).attachment(result.id.into_bytes());
-            if let Err(error) = zenoh::Wait::wait(put) {
-                tracing::warn!(%error, "the echo peer could not answer");
-            }
-        })
-        .await
-        .map_err(|error| anyhow::anyhow!("the echo peer's subscriber: {error}"))?;
-    let client = Client::connect(&endpoint).await?;
-    client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
-    let results = client.results(output_prefix, key).await?;
-    let mut samples = Vec::with_capacity(options.iterations);
-    for round in 0..options.warmup + options.iterations.max(1) {
-        let id = format!("echo-{round}");
-        let (payload, encoding) = RequestFormat::Text.encode(&id, &options.text);
-        let started = Instant::now();
-        client.publish(key, &id, payload, encoding).await?;
-        results.wait_for(&id, Duration::from_secs(10)).await?;
-        if round >= options.warmup {
-            samples.push(started.elapsed());
-        }
+/// An echo peer in this process that answers each request at once, from zenoh's callback, with the result it is
+/// given (one of the daemon's) under the request's id, and the client that asks it, through the same calls as the
+/// daemon's round trips.
+struct Echo {
+    peer: zenoh::Session,
+    client: Client,
+    results: crate::client::Results,
+    answer: std::sync::Arc<std::sync::Mutex<Option<zinfer_proto::Result>>>,
+    text: String,
+}
+
+impl Echo {
+    const KEY: &str = "zinfer-bench/echo/in";
+    const OUTPUT_PREFIX: &str = "zinfer-bench/echo/out";
+
+    async fn open(text: &str) -> anyhow::Result<Self> {
+        let (peer, endpoint) = super::open_listening("peer").await?;
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(None::<zinfer_proto::Result>));
+        let (template, publisher) = (std::sync::Arc::clone(&answer), peer.clone());
+        let result_key = zinfer_proto::keys::result(Self::OUTPUT_PREFIX, Self::KEY);
+        peer.declare_subscriber(Self::KEY)
+            .callback(move |sample| {
+                let Some(mut result) = template.lock().ok().and_then(|template| template.clone()) else { return };
+                result.id = sample
+                    .attachment()
+                    .map(|id| String::from_utf8_lossy(&id.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                let (bytes, encoding) = crate::io::egress::encode(&result, crate::config::WireEncoding::Json);
+                let put = publisher.put(&result_key, bytes).encoding(encoding).attachment(result.id.into_bytes());
+                if let Err(error) = zenoh::Wait::wait(put) {
+                    tracing::warn!(%error, "the echo peer could not answer");
+                }
+            })
+            .background()
+            .await
+            .map_err(|error| anyhow::anyhow!("the echo peer's subscriber: {error}"))?;
+        let client = Client::connect(&endpoint).await?;
+        client.wait_for_subscriber(Self::KEY, Duration::from_secs(10)).await?;
+        let results = client.results(Self::OUTPUT_PREFIX, Self::KEY).await?;
+        Ok(Self { peer, client, results, answer, text: text.to_owned() })
     }
-    drop(results);
-    client.close().await;
-    drop(subscriber);
-    let _ = echo.close().await;
-    Ok(Summary::of(samples))
+
+    /// One round trip of request `id`, answered with `result`.
+    async fn round_trip(&self, id: &str, result: &zinfer_proto::Result) -> anyhow::Result<Duration> {
+        if let Ok(mut answer) = self.answer.lock() {
+            answer.get_or_insert_with(|| result.clone());
+        }
+        let (payload, encoding) = RequestFormat::Text.encode(id, &self.text);
+        let started = Instant::now();
+        self.client.publish(Self::KEY, id, payload, encoding).await?;
+        self.results.wait_for(id, Duration::from_secs(10)).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn close(self) {
+        drop(self.results);
+        self.client.close().await;
+        let _ = self.peer.close().await;
+    }
 }
 
 /// The report as a markdown table.
