@@ -21,14 +21,13 @@ use zenoh::query::Query;
 use zenoh::sample::Sample;
 use zenoh::time::Timestamp;
 use zinfer_proto::keys::{self, DEADLINE_PARAMETER};
-use zinfer_proto::{drop_reason, outcome, refuse_reason};
 use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
 use crate::config::{ShareMode, WireEncoding};
 use crate::io::egress::{Reply, encode};
 use crate::io::share::Share;
 use crate::pipeline::Envelope;
-use crate::pipeline::outcome::{Outcome, Timings, Verdict};
+use crate::pipeline::outcome::{DropReason, Outcome, Timings, Verdict};
 use crate::pipeline::queue::{Refused, Sender};
 use crate::telemetry::metrics::PipelineMetrics;
 
@@ -365,7 +364,7 @@ fn admit_query(gate: &Mutex<Gate>, ids: &IdGenerator, base: &OwnedKeyExpr, pipel
         // Between a shutdown's close of the pipeline and the queryable's undeclaration: still owed an answer.
         let id = attachment_id(attachment.as_ref()).unwrap_or_else(|| ids.next());
         let refusal = Refusal { id: &id, key: &key, pipeline, daemon: ids.zid() };
-        return refuse_query(reply, refusal, outcome::DROPPED, drop_reason::SHUTDOWN, WireEncoding::Json);
+        return refuse_query(reply, refusal, DropReason::Shutdown, WireEncoding::Json);
     };
     let arrival = Arrival {
         key: &key,
@@ -432,7 +431,7 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
         let id = envelope.sender_id(admission.decoder.as_ref());
         let refusal = Refusal { id: &id, key: arrival.key, pipeline: admission.metrics.name(), daemon: ids.zid() };
         if let Some(reply) = envelope.reply {
-            refuse_query(reply, refusal, outcome::DROPPED, refuse_reason::IN_FLIGHT_LIMIT, admission.encoding);
+            refuse_query(reply, refusal, DropReason::InFlightLimit, admission.encoding);
         }
         return;
     }
@@ -452,16 +451,16 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
     let (envelope, reason) = match admission.queue.push(envelope) {
         Ok(None) => return,
         // `latest`: the newest got in, the oldest of its key made room.
-        Ok(Some(evicted)) => (evicted, drop_reason::SUPERSEDED),
-        Err(Refused::Full(envelope)) => (*envelope, drop_reason::QUEUE_FULL),
-        Err(Refused::Closed(envelope)) => (*envelope, drop_reason::SHUTDOWN),
+        Ok(Some(evicted)) => (evicted, DropReason::Superseded),
+        Err(Refused::Full(envelope)) => (*envelope, DropReason::QueueFull),
+        Err(Refused::Closed(envelope)) => (*envelope, DropReason::Shutdown),
         Err(Refused::Failed(envelope)) => {
             admission.metrics.record_dequeued();
             return answer(admission, *envelope, crate::pipeline::worker::failed_verdict());
         }
     };
     admission.metrics.record_dequeued();
-    tracing::debug!(pipeline = admission.pipeline, reason, "message dropped at admission");
+    tracing::debug!(pipeline = admission.pipeline, reason = reason.as_str(), "message dropped at admission");
     answer(admission, envelope, Verdict::Dropped(reason));
 }
 
@@ -473,32 +472,22 @@ struct Refusal<'a> {
     daemon: &'a str,
 }
 
-/// Answers a query the pipeline did not accept with a reply error (`outcome`, `reason`), from zenoh's callback.
-fn refuse_query(reply: Reply, refusal: Refusal<'_>, outcome: &str, reason: &str, encoding: WireEncoding) {
+/// Answers a query the pipeline did not accept with a reply error (`dropped`, `reason`), from zenoh's callback.
+fn refuse_query(reply: Reply, refusal: Refusal<'_>, reason: DropReason, encoding: WireEncoding) {
     let Refusal { id, key, pipeline, daemon } = refusal;
     let result = zinfer_proto::Result {
         id: id.to_owned(),
         key: key.to_owned(),
         pipeline: pipeline.to_owned(),
-        outcome: outcome.to_owned(),
-        reason: reason.to_owned(),
-        message: refusal_message(reason).to_owned(),
+        outcome: zinfer_proto::outcome::DROPPED.to_owned(),
+        reason: reason.as_str().to_owned(),
+        message: reason.message().to_owned(),
         daemon: daemon.to_owned(),
         ..Default::default()
     };
     let (bytes, encoding) = encode(&result, encoding);
     if let Err(error) = reply.send_now(false, bytes, encoding, id) {
         tracing::warn!(%pipeline, %id, %error, "answering a refused query failed");
-    }
-}
-
-fn refusal_message(reason: &str) -> &'static str {
-    match reason {
-        refuse_reason::IN_FLIGHT_LIMIT => {
-            "the pipeline already owes max_in_flight outcomes (its results leave slower than messages arrive); \
-             retry later"
-        }
-        _ => "zinferd is shutting down; ask another daemon or retry after it restarts",
     }
 }
 

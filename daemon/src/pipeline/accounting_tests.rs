@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use zinfer_stage_api::RawMessage;
 
-use super::outcome::{Outcome, Timings, Verdict};
+use super::outcome::{DropReason, Outcome, Timings, Verdict};
 use super::queue::{self, Refused};
 use super::worker::{self, Overload, WorkerContext};
 use super::{Envelope, ModelIdentity};
@@ -156,9 +156,9 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
                 let queue = sender.as_ref().expect("the queue closes only after the last move");
                 let (answered, reason) = match queue.push(envelope) {
                     Ok(None) => continue,
-                    Ok(Some(evicted)) => (evicted, "superseded"),
-                    Err(Refused::Full(refused)) => (*refused, "queue_full"),
-                    Err(Refused::Closed(refused)) => (*refused, "shutdown"),
+                    Ok(Some(evicted)) => (evicted, DropReason::Superseded),
+                    Err(Refused::Full(refused)) => (*refused, DropReason::QueueFull),
+                    Err(Refused::Closed(refused)) => (*refused, DropReason::Shutdown),
                     Err(Refused::Failed(_)) => panic!("seed {seed}, move {step}: the worker failed"),
                 };
                 metrics.record_dequeued();

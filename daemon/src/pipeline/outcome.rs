@@ -39,10 +39,80 @@ pub enum Verdict {
     Windowed(Vec<Window>),
     /// Bad input or a failed stage.
     Failed(StageError),
-    /// Accepted but not processed; the reason is one of [`proto::drop_reason`].
-    Dropped(&'static str),
-    /// Not run because its deadline could no longer be met; the reason is one of [`proto::expire_reason`].
-    Expired(&'static str),
+    /// Accepted but not processed.
+    Dropped(DropReason),
+    /// Not run because its deadline could no longer be met.
+    Expired(ExpireReason),
+}
+
+/// Why a message was answered `dropped` without being processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The pipeline's queue was full when it arrived.
+    QueueFull,
+    /// zinferd shut down (or the pipeline closed) before processing it.
+    Shutdown,
+    /// A newer message of its key replaced it (overload policy `latest`).
+    Superseded,
+    /// The process was above its memory budget when it arrived.
+    Memory,
+    /// A query that the pipeline refused at the door: it already owed `max_in_flight` outcomes (a published
+    /// message refused there gets no outcome at all; a querier is told).
+    InFlightLimit,
+}
+
+impl DropReason {
+    /// The stable wire name ([`proto::drop_reason`], [`proto::refuse_reason`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => proto::drop_reason::QUEUE_FULL,
+            Self::Shutdown => proto::drop_reason::SHUTDOWN,
+            Self::Superseded => proto::drop_reason::SUPERSEDED,
+            Self::Memory => proto::drop_reason::MEMORY,
+            Self::InFlightLimit => proto::refuse_reason::IN_FLIGHT_LIMIT,
+        }
+    }
+
+    /// What the sender reads in the result's `message`: what happened and what to do.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::QueueFull => "the pipeline's queue was full; slow down or raise queue_capacity",
+            Self::Shutdown => "zinferd shut down before processing the message",
+            Self::Superseded => "a newer message replaced it before it ran (overload policy latest)",
+            Self::Memory => "zinferd was above its memory budget; it sheds new messages until it is back under",
+            Self::InFlightLimit => {
+                "the pipeline already owes max_in_flight outcomes (its results leave slower than messages arrive); \
+                 retry later"
+            }
+        }
+    }
+}
+
+/// Why a message was answered `expired` without being run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireReason {
+    /// Its deadline had already passed when it reached the model.
+    Passed,
+    /// Its deadline was still ahead, but the model's measured cost would overrun it.
+    Unreachable,
+}
+
+impl ExpireReason {
+    /// The stable wire name ([`proto::expire_reason`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => proto::expire_reason::PASSED,
+            Self::Unreachable => proto::expire_reason::UNREACHABLE,
+        }
+    }
+
+    /// What the sender reads in the result's `message`.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Passed => "the deadline passed while the message waited; it was not run",
+            Self::Unreachable => "the model's measured cost would overrun the deadline; the message was not run",
+        }
+    }
 }
 
 impl Verdict {
@@ -61,7 +131,8 @@ impl Verdict {
         match self {
             Self::Classified(_) | Self::Windowed(_) => "",
             Self::Failed(error) => error.reason.as_str(),
-            Self::Dropped(reason) | Self::Expired(reason) => reason,
+            Self::Dropped(reason) => reason.as_str(),
+            Self::Expired(reason) => reason.as_str(),
         }
     }
 }
@@ -154,29 +225,43 @@ impl Outcome {
                 }
             }
             Verdict::Failed(error) => result.message = error.detail.clone(),
-            Verdict::Dropped(reason) | Verdict::Expired(reason) => result.message = reason_message(reason).to_owned(),
+            Verdict::Dropped(reason) => result.message = reason.message().to_owned(),
+            Verdict::Expired(reason) => result.message = reason.message().to_owned(),
         }
         result
-    }
-}
-
-fn reason_message(reason: &str) -> &'static str {
-    match reason {
-        proto::drop_reason::QUEUE_FULL => "the pipeline's queue was full; slow down or raise queue_capacity",
-        proto::drop_reason::SHUTDOWN => "zinferd shut down before processing the message",
-        proto::drop_reason::MEMORY => {
-            "zinferd was above its memory budget; it sheds new messages until it is back under"
-        }
-        proto::drop_reason::SUPERSEDED => "a newer message replaced it before it ran (overload policy latest)",
-        proto::expire_reason::PASSED => "the deadline passed while the message waited; it was not run",
-        proto::expire_reason::UNREACHABLE => {
-            "the model's measured cost would overrun the deadline; the message was not run"
-        }
-        _ => "not processed",
     }
 }
 
 /// Microseconds, saturating.
 pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire names are the protocol's (clients match on them): a renamed variant must not rename its outcome.
+    #[test]
+    fn shed_reasons_keep_their_wire_names() {
+        let dropped = [
+            (DropReason::QueueFull, "queue_full"),
+            (DropReason::Shutdown, "shutdown"),
+            (DropReason::Superseded, "superseded"),
+            (DropReason::Memory, "memory"),
+            (DropReason::InFlightLimit, "in_flight_limit"),
+        ];
+        for (reason, wire) in dropped {
+            assert_eq!(Verdict::Dropped(reason).reason(), wire);
+            assert_eq!(Verdict::Dropped(reason).outcome(), proto::outcome::DROPPED);
+            assert!(!reason.message().is_empty());
+        }
+        for (reason, wire) in
+            [(ExpireReason::Passed, "deadline_passed"), (ExpireReason::Unreachable, "deadline_unreachable")]
+        {
+            assert_eq!(Verdict::Expired(reason).reason(), wire);
+            assert_eq!(Verdict::Expired(reason).outcome(), proto::outcome::EXPIRED);
+            assert!(!reason.message().is_empty());
+        }
+    }
 }

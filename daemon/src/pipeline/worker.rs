@@ -24,11 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
-use zinfer_proto::{drop_reason, expire_reason};
 use zinfer_stage_api::{Reason, StageError};
 
 use super::deadline::{CostModel, Deadline};
-use super::outcome::{Outcome, Timings, Verdict};
+use super::outcome::{DropReason, ExpireReason, Outcome, Timings, Verdict};
 use super::queue::Receiver;
 use super::runner::Runners;
 use super::{Envelope, Job, Pipeline, Prepared, Processed, panicked};
@@ -348,7 +347,7 @@ impl Worker {
             std::mem::take(arrived).into_iter().partition(|_| keep.next().unwrap_or(true));
         *arrived = kept;
         for envelope in superseded {
-            self.answer_undecoded(envelope, drop_reason::SUPERSEDED);
+            self.answer_undecoded(envelope, DropReason::Superseded);
         }
     }
 
@@ -356,12 +355,12 @@ impl Worker {
     fn admit(&mut self, envelope: Envelope) {
         let bytes = envelope.message.payload.len();
         let shed = if self.context.abandon.load(Ordering::Relaxed) {
-            Some(drop_reason::SHUTDOWN)
+            Some(DropReason::Shutdown)
         } else if self.context.memory.pressure() == Pressure::Hard {
-            Some(drop_reason::MEMORY)
+            Some(DropReason::Memory)
         } else if !self.make_room(&envelope.message.key, bytes) {
             // Refused before decoding: under overload, tokenizing what cannot be queued would only add to it.
-            Some(drop_reason::QUEUE_FULL)
+            Some(DropReason::QueueFull)
         } else {
             None
         };
@@ -385,7 +384,7 @@ impl Worker {
     }
 
     /// Answers a message taken from the admission queue without decoding it, under its sender's id.
-    fn answer_undecoded(&mut self, envelope: Envelope, reason: &'static str) {
+    fn answer_undecoded(&mut self, envelope: Envelope, reason: DropReason) {
         self.context.metrics.record_dequeued();
         let processed = Processed {
             id: self.pipeline.sender_id(&envelope),
@@ -436,7 +435,7 @@ impl Worker {
         let Some(evicted) = evicted else { return false };
         self.waiting_bytes -= evicted.bytes;
         self.context.metrics.record_dequeued();
-        let outcome = self.outcome(evicted.prepared, Verdict::Dropped(drop_reason::SUPERSEDED));
+        let outcome = self.outcome(evicted.prepared, Verdict::Dropped(DropReason::Superseded));
         self.send(outcome);
         true
     }
@@ -468,14 +467,14 @@ impl Worker {
     /// Why a queued message should not run now, if it should not.
     fn shed(&self, waiting: &Waiting, batch: usize, now: Instant) -> Option<Verdict> {
         if self.context.abandon.load(Ordering::Relaxed) {
-            return Some(Verdict::Dropped(drop_reason::SHUTDOWN));
+            return Some(Verdict::Dropped(DropReason::Shutdown));
         }
         let deadline = waiting.prepared.deadline?;
         if now >= deadline.at {
-            Some(Verdict::Expired(expire_reason::PASSED))
+            Some(Verdict::Expired(ExpireReason::Passed))
         } else if now + self.cost(waiting.prepared.rung).estimate_batch(waiting.prepared.length(), batch) > deadline.at
         {
-            Some(Verdict::Expired(expire_reason::UNREACHABLE))
+            Some(Verdict::Expired(ExpireReason::Unreachable))
         } else {
             None
         }
@@ -503,7 +502,7 @@ impl Worker {
         while batch.len() < max_batch {
             let Some(candidate) = self.waiting.pop() else { break };
             self.waiting_bytes -= candidate.bytes;
-            if let Some(verdict @ Verdict::Expired(expire_reason::PASSED)) = self.shed(&candidate, 1, now) {
+            if let Some(verdict @ Verdict::Expired(ExpireReason::Passed)) = self.shed(&candidate, 1, now) {
                 self.context.metrics.record_dequeued();
                 answered.push(self.outcome(candidate.prepared, verdict));
                 continue;

@@ -297,12 +297,12 @@ impl PipelineMetrics {
                 self.failed.fetch_add(1, Ordering::SeqCst);
             }
             Verdict::Dropped(reason) => {
-                *detail.dropped_by_reason.entry(reason).or_default() += 1;
+                *detail.dropped_by_reason.entry(reason.as_str()).or_default() += 1;
                 drop(detail);
                 self.dropped.fetch_add(1, Ordering::SeqCst);
             }
             Verdict::Expired(reason) => {
-                *detail.expired_by_reason.entry(reason).or_default() += 1;
+                *detail.expired_by_reason.entry(reason.as_str()).or_default() += 1;
                 drop(detail);
                 self.expired.fetch_add(1, Ordering::SeqCst);
             }
