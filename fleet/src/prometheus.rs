@@ -257,6 +257,16 @@ fn add_pipeline(out: &mut Exposition, daemon: &Labels, pipeline: &proto::Pipelin
             out.add("zinfer_pipeline_latency_seconds", Gauge, help, stage.with("quantile", quantile), seconds);
         }
     }
+    // `position` tells apart two stages of one type.
+    for (position, latency) in pipeline.stage_latency.iter().enumerate() {
+        let stage = labels.with("stage", &latency.stage).with("position", position);
+        for (quantile, micros) in [("0.5", latency.p50_us), ("0.95", latency.p95_us), ("0.99", latency.p99_us)] {
+            let help =
+                "Latency of ok messages in each of the pipeline's own stages (by type and position), by quantile.";
+            let seconds = micros as f64 / 1e6;
+            out.add("zinfer_pipeline_stage_latency_seconds", Gauge, help, stage.with("quantile", quantile), seconds);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +305,7 @@ mod tests {
                 completed: 7,
                 dropped_by_reason: [("queue_full".to_owned(), 3)].into(),
                 latency: vec![proto::LatencyStats { stage: "total".into(), p99_us: 1500, ..Default::default() }],
+                stage_latency: vec![proto::LatencyStats { stage: "tokenize".into(), p50_us: 70, ..Default::default() }],
                 drift: Some(proto::DriftCheck {
                     checks: 3,
                     failures: 1,
@@ -328,6 +339,7 @@ mod tests {
         // The parser hands label values back as written, escapes included.
         assert_eq!(value_of(&text, "zinfer_daemon_info", "host", r#"host \"1\""#), 1.0);
         assert!((value_of(&text, "zinfer_pipeline_latency_seconds", "quantile", "0.99") - 0.0015).abs() < 1e-12);
+        assert!((value_of(&text, "zinfer_pipeline_stage_latency_seconds", "quantile", "0.5") - 0.00007).abs() < 1e-12);
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_failures_total", "pipeline", "sentiment"), 1.0);
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_passed", "pipeline", "sentiment"), 0.0);
         assert_eq!(value_of(&text, "zinfer_pipeline_drift_agreement", "pipeline", "sentiment"), 0.9375);

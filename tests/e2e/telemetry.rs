@@ -50,6 +50,12 @@ async fn telemetry_and_status_report_changing_counters() {
     let inference = &stats.latency[3];
     let total = &stats.latency[5];
     assert!(total.p50_us >= inference.p50_us, "total {total:?} < inference {inference:?}");
+    // The pipeline's own stages, by name: the text pipeline's tokenize, then classify.
+    let own: Vec<(&str, u64)> =
+        stats.stage_latency.iter().map(|latency| (latency.stage.as_str(), latency.count)).collect();
+    assert_eq!(own, [("tokenize", 3), ("classify", 3)], "{:?}", stats.stage_latency);
+    let preprocess = &stats.latency[2];
+    assert!(stats.stage_latency[0].max_us <= preprocess.max_us + 1, "tokenize is inside preprocess: {stats:?}");
 
     // The periodic publication moves on too.
     let mut later = next_snapshot(&telemetry).await;

@@ -115,6 +115,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
             memory: Default::default(),
             session: Default::default(),
             generation: 1,
+            stages: pipeline.stage_names(),
         },
         2 * capacity + 8 + rng.below(64) as usize,
     ));

@@ -93,6 +93,7 @@ impl Generation {
                         instances: pipeline.instances() as u32,
                     },
                     generation: number,
+                    stages: pipeline.stage_names(),
                 },
                 settings.max_in_flight,
             ));

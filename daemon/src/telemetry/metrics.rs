@@ -45,6 +45,9 @@ pub struct PipelineDescription {
     pub session: proto::SessionSettings,
     /// The configuration generation the pipeline was built in.
     pub generation: u64,
+    /// The types of its preprocessing then postprocessing stages, in order (what each `Timings::stages` entry
+    /// times).
+    pub stages: Vec<String>,
 }
 
 /// Counters of one pipeline.
@@ -106,7 +109,9 @@ impl PipelineMetrics {
     pub fn new(description: PipelineDescription, max_in_flight: usize) -> Self {
         // Three significant digits up to an hour, in microseconds: ~2% of a message's worth of memory each.
         let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
-        let histograms = || STAGES.iter().map(|_| histogram()).collect::<Vec<_>>();
+        // The fixed stages, then the pipeline's own.
+        let count = STAGES.len() + description.stages.len();
+        let histograms = || (0..count).map(|_| histogram()).collect::<Vec<_>>();
         Self {
             received: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -284,8 +289,10 @@ impl PipelineMetrics {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 let t = &outcome.timings;
-                let stages = [t.queue, t.decode, t.preprocess, t.inference, t.postprocess].map(micros);
-                for (histogram, value) in detail.latency.iter_mut().zip(stages.into_iter().chain([total_us])) {
+                let fixed = [t.queue, t.decode, t.preprocess, t.inference, t.postprocess].map(micros);
+                let own = t.stages.iter().map(|took| micros(*took));
+                let values = fixed.into_iter().chain([total_us]).chain(own);
+                for (histogram, value) in detail.latency.iter_mut().zip(values) {
                     histogram.saturating_record(value.max(1));
                 }
                 drop(detail);
@@ -353,19 +360,19 @@ impl PipelineMetrics {
             let _ = total.add(&*recent);
             recent.reset();
         }
-        let latency = STAGES
-            .iter()
-            .zip(totals.iter())
-            .map(|(stage, histogram)| proto::LatencyStats {
-                stage: (*stage).to_owned(),
-                count: histogram.len(),
-                p50_us: histogram.value_at_quantile(0.50),
-                p95_us: histogram.value_at_quantile(0.95),
-                p99_us: histogram.value_at_quantile(0.99),
-                max_us: histogram.max(),
-            })
-            .collect();
+        let stats = |stage: &str, histogram: &Histogram<u64>| proto::LatencyStats {
+            stage: stage.to_owned(),
+            count: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.50),
+            p95_us: histogram.value_at_quantile(0.95),
+            p99_us: histogram.value_at_quantile(0.99),
+            max_us: histogram.max(),
+        };
+        let (fixed, own) = totals.split_at(STAGES.len().min(totals.len()));
+        let latency = STAGES.iter().zip(fixed).map(|(stage, histogram)| stats(stage, histogram)).collect();
         let description = &self.description;
+        let stage_latency =
+            description.stages.iter().zip(own).map(|(stage, histogram)| stats(stage, histogram)).collect();
         proto::PipelineStats {
             name: description.name.clone(),
             input: description.input.clone(),
@@ -381,6 +388,7 @@ impl PipelineMetrics {
             failed_by_reason: detail.failed_by_reason,
             dropped_by_reason: detail.dropped_by_reason,
             latency,
+            stage_latency,
             execution_providers: description.providers.clone(),
             model_memory: Some(description.memory),
             session: Some(description.session.clone()),
@@ -461,7 +469,12 @@ mod tests {
     fn answer(metrics: &PipelineMetrics, inference_ms: u64) {
         let identity = ModelIdentity { name: "m".into(), version: "1".into() };
         let prediction = Prediction { label: None, score: 0.0, scores: Vec::new(), top_k: Vec::new() };
-        let timings = Timings { inference: Duration::from_millis(inference_ms), batch_size: 1, ..Timings::default() };
+        let timings = Timings {
+            inference: Duration::from_millis(inference_ms),
+            batch_size: 1,
+            stages: vec![Duration::from_micros(70), Duration::from_micros(3)],
+            ..Timings::default()
+        };
         let outcome = Outcome {
             rung: 0,
             pipeline: 0,
@@ -488,6 +501,7 @@ mod tests {
             memory: Default::default(),
             session: Default::default(),
             generation: 1,
+            stages: vec!["tokenize".into(), "classify".into()],
         };
         let metrics = PipelineMetrics::new(description, 100);
         let inference = |metrics: &PipelineMetrics| {
@@ -504,5 +518,10 @@ mod tests {
         assert_eq!(inference(&metrics), Some((5, 40)), "the totals keep what earlier snapshots took in");
         assert_eq!(inference(&metrics), Some((5, 40)), "a snapshot with nothing new changes nothing");
         assert_eq!(metrics.snapshot().completed, 5);
+        let snapshot = metrics.snapshot();
+        let own: Vec<_> = snapshot.stage_latency.iter().map(|stats| (stats.stage.as_str(), stats.count)).collect();
+        assert_eq!(own, [("tokenize", 5), ("classify", 5)], "the pipeline's own stages, by name, in order");
+        let tokenize = &snapshot.stage_latency[0];
+        assert!((69..=71).contains(&tokenize.p50_us), "each stage's own timings: {tokenize:?}");
     }
 }
