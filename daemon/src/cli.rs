@@ -1,12 +1,26 @@
-//! The command line: `zinferd [--config FILE]... [run|check|send|bench|fleet]`.
+//! The command line: `zinferd [--config FILE]... [run|check|send|bench|fleet]`, public so that a binary with stages
+//! of its own is zinferd with a bigger registry:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let registry = zinferd::default_registry();
+//!     // registry.register_stage("my_stage", my_stage_factory); ...
+//!     zinferd::cli::main(registry)
+//! }
+//! ```
+//!
+//! Every command then knows the added stages: `run` and `check` build pipelines with them, `bench` measures them, and
+//! the benchmarks' child daemons are this same binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::{Client, RequestFormat};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use zinferd::client::{Client, RequestFormat};
+use zinfer_stage_api::Registry;
 
 /// zinfer's streaming inference daemon: zenoh in, ONNX Runtime pipelines, results and telemetry out.
 #[derive(Debug, Parser)]
@@ -39,7 +53,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct FleetArgs {
     /// Where to join the fleet's zenoh fabric: the site's router, or any daemon's endpoint.
-    #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
+    #[arg(long, default_value = crate::io::session::DEFAULT_LISTEN)]
     connect: String,
     /// A native zenoh config file for this client (TLS certificates, user and password of a secured fabric).
     #[arg(long, value_name = "FILE")]
@@ -159,7 +173,7 @@ struct SendArgs {
     /// The text to classify.
     text: String,
     /// The daemon's endpoint.
-    #[arg(long, default_value = zinferd::io::session::DEFAULT_LISTEN)]
+    #[arg(long, default_value = crate::io::session::DEFAULT_LISTEN)]
     connect: String,
     /// A native zenoh config file for this client (TLS certificates, user and password of a secured fabric).
     #[arg(long, value_name = "FILE")]
@@ -178,10 +192,11 @@ struct SendArgs {
     timeout_ms: u64,
 }
 
-pub fn main() -> ExitCode {
+/// Parses the command line and runs it with `registry`'s stages; the process's exit code.
+pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match execute(cli) {
+    match execute(cli, Arc::new(registry)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("zinferd: error: {error:#}");
@@ -221,24 +236,23 @@ fn config_files(cli: &Cli) -> Vec<PathBuf> {
     files
 }
 
-fn execute(cli: Cli) -> anyhow::Result<()> {
+fn execute(cli: Cli, registry: Arc<Registry>) -> anyhow::Result<()> {
     match &cli.command {
         None | Some(Command::Run) => {
             let files = config_files(&cli);
-            let config = zinferd::config::load(&files)?;
-            let registry = std::sync::Arc::new(zinferd::default_registry());
+            let config = crate::config::load(&files)?;
             // SIGHUP reads the same files (and directories) again.
-            let loader: zinferd::service::Loader = Box::new(move || zinferd::config::load(&files));
-            let notifier = zinferd::service::systemd::Notifier::from_env();
+            let loader: crate::service::Loader = Box::new(move || crate::config::load(&files));
+            let notifier = crate::service::systemd::Notifier::from_env();
             runtime()?.block_on(async {
-                zinferd::service::serve(config, registry, loader, notifier, zinferd::signals::controls()).await
+                crate::service::serve(config, registry, loader, notifier, crate::signals::controls()).await
             })?;
             Ok(())
         }
         Some(Command::Check) => {
-            let config = zinferd::config::load(&config_files(&cli))?;
-            let pipelines = zinferd::build_pipelines(&config, &std::sync::Arc::new(zinferd::default_registry()))?;
-            zinferd::check_memory(&config, &pipelines)?;
+            let config = crate::config::load(&config_files(&cli))?;
+            let pipelines = crate::build_pipelines(&config, &registry)?;
+            crate::check_memory(&config, &pipelines)?;
             for (settings, pipeline) in config.pipelines.iter().zip(&pipelines) {
                 println!(
                     "pipeline `{}`: {} -> {}/<key>, model {} {} ({}), providers {:?}",
@@ -252,11 +266,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 );
                 match pipeline.golden() {
                     Some((run, spec)) => {
-                        let failures = zinferd::pipeline::golden::failures(run, spec);
+                        let failures = crate::pipeline::golden::failures(run, spec);
                         println!(
                             "  golden inputs ({}): {}; tolerance: top-1 >= {}, deviation <= {}, mean <= {}: {}",
                             spec.file.display(),
-                            zinferd::pipeline::golden::summary(run),
+                            crate::pipeline::golden::summary(run),
                             spec.min_agreement,
                             spec.max_deviation,
                             spec.max_mean_deviation,
@@ -277,7 +291,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                             rung.name,
                             rung.version,
                             rung.model.display(),
-                            if rung.golden.is_some() && settings.drift_guard != zinferd::config::DriftGuardMode::Off {
+                            if rung.golden.is_some() && settings.drift_guard != crate::config::DriftGuardMode::Off {
                                 ", golden inputs checked"
                             } else {
                                 ""
@@ -300,42 +314,44 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Bench(args)) => {
             let (markdown, json) = match args.mode {
                 BenchMode::Latency => {
-                    let options = zinferd::bench::latency::BenchOptions {
+                    let options = crate::bench::latency::BenchOptions {
                         config: config_files(&cli),
+                        registry: Arc::clone(&registry),
                         pipeline: args.pipeline.clone(),
                         text: args.text.clone(),
                         iterations: args.iterations,
                         warmup: args.warmup,
                         key: args.key.clone(),
                     };
-                    let report = runtime()?.block_on(zinferd::bench::latency::run(&options))?;
-                    (zinferd::bench::latency::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::latency::run(&options))?;
+                    (crate::bench::latency::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Load => {
-                    let options = zinferd::bench::load::LoadOptions {
+                    let options = crate::bench::load::LoadOptions {
                         config: config_files(&cli),
+                        registry: Arc::clone(&registry),
                         pipeline: args.pipeline.clone(),
                         deadline_ms: args.deadline_ms,
                         memory_mb: args.memory_mb,
                         seconds: args.seconds,
                         key: args.key.clone(),
                     };
-                    let report = runtime()?.block_on(zinferd::bench::load::run(&options))?;
-                    (zinferd::bench::load::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::load::run(&options))?;
+                    (crate::bench::load::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Soak => {
-                    let options = zinferd::bench::soak::SoakOptions {
+                    let options = crate::bench::soak::SoakOptions {
                         config: config_files(&cli),
                         minutes: args.minutes,
                         reload_every_s: args.reload_every_s,
                         rate: args.rate,
                         burst_multiple: args.burst_multiple,
                     };
-                    let report = runtime()?.block_on(zinferd::bench::soak::run(&options))?;
-                    (zinferd::bench::soak::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::soak::run(&options))?;
+                    (crate::bench::soak::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Fleet => {
-                    let options = zinferd::bench::fleet::FleetOptions {
+                    let options = crate::bench::fleet::FleetOptions {
                         config: config_files(&cli),
                         pipeline: args.pipeline.clone(),
                         deadline_ms: args.deadline_ms,
@@ -343,20 +359,20 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                         iterations: args.iterations,
                         key: args.key.clone(),
                     };
-                    let report = runtime()?.block_on(zinferd::bench::fleet::run(&options))?;
-                    (zinferd::bench::fleet::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::fleet::run(&options))?;
+                    (crate::bench::fleet::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Router => {
-                    let options = zinferd::bench::router::RouterOptions {
+                    let options = crate::bench::router::RouterOptions {
                         sessions: args.sessions,
                         payload: args.payload,
                         seconds: args.seconds,
                     };
-                    let report = runtime()?.block_on(zinferd::bench::router::run(&options))?;
-                    (zinferd::bench::router::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::router::run(&options))?;
+                    (crate::bench::router::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Footprint => {
-                    let options = zinferd::bench::footprint::FootprintOptions {
+                    let options = crate::bench::footprint::FootprintOptions {
                         config: config_files(&cli),
                         pipeline: args.pipeline.clone(),
                         burst: args.burst,
@@ -364,22 +380,23 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                         rounds: args.rounds,
                         key: args.key.clone(),
                     };
-                    let report = runtime()?.block_on(zinferd::bench::footprint::run(&options))?;
-                    (zinferd::bench::footprint::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::footprint::run(&options))?;
+                    (crate::bench::footprint::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
                 BenchMode::Sensor => {
-                    let options = zinferd::bench::sensor::SensorBenchOptions {
+                    let options = crate::bench::sensor::SensorBenchOptions {
                         config: config_files(&cli),
+                        registry: Arc::clone(&registry),
                         pipeline: args.pipeline.clone(),
                         windows: args.iterations,
                         warmup: args.warmup,
                         key: args.key.clone(),
                     };
-                    let report = runtime()?.block_on(zinferd::bench::sensor::run(&options))?;
-                    (zinferd::bench::sensor::markdown(&report), serde_json::to_string_pretty(&report)?)
+                    let report = runtime()?.block_on(crate::bench::sensor::run(&options))?;
+                    (crate::bench::sensor::markdown(&report), serde_json::to_string_pretty(&report)?)
                 }
             };
-            print!("{}\n\n{markdown}", zinferd::bench::cpu_line());
+            print!("{}\n\n{markdown}", crate::bench::cpu_line());
             if let Some(path) = &args.json {
                 std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
             }

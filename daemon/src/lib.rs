@@ -32,6 +32,7 @@
 //! and a service manager.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod io;

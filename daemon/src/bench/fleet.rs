@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::load::{LoadOptions, Target, child_config, saturate};
+use super::load::{Target, child_config, saturate};
 use super::{ChildDaemon, Placement, Summary, spawn_daemon};
 use crate::client::{Client, RequestFormat};
 use crate::config::{Config, PipelineConfig};
@@ -63,17 +63,10 @@ pub async fn run(options: &FleetOptions) -> anyhow::Result<FleetReport> {
     let settings = config.pipelines[super::pipeline_index(&config, options.pipeline.as_deref())?].clone();
     let key = super::request_key(options.key.as_deref(), &settings.input, "fleet");
     let scratch = tempfile::tempdir().context("temp dir")?;
-    let load = LoadOptions {
-        config: options.config.clone(),
-        pipeline: options.pipeline.clone(),
-        deadline_ms: options.deadline_ms,
-        memory_mb: options.memory_mb,
-        seconds: 1.0,
-        key: options.key.clone(),
-    };
+    let limits = (options.deadline_ms, options.memory_mb);
     let one_thread = ("session.intra_threads", toml::Value::Integer(1));
     let shared =
-        child_config(&settings, &load, settings.max_batch, &[one_thread.clone(), ("share", "message".into())])?;
+        child_config(&settings, limits, settings.max_batch, &[one_thread.clone(), ("share", "message".into())])?;
 
     let (router, endpoint) = super::open_listening("router").await?;
     let mut runs = Vec::new();
@@ -91,7 +84,7 @@ pub async fn run(options: &FleetOptions) -> anyhow::Result<FleetReport> {
         ));
     }
 
-    let lone = child_config(&settings, &load, settings.max_batch, &[one_thread])?;
+    let lone = child_config(&settings, limits, settings.max_batch, &[one_thread])?;
     let direct = lone_round_trips(scratch.path(), &config, &settings, &lone, &key, None, options.iterations).await?;
     let routed =
         lone_round_trips(scratch.path(), &config, &settings, &lone, &key, Some(&endpoint), options.iterations).await?;

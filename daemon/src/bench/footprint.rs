@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use zenoh::bytes::Encoding;
 
-use super::load::{LoadOptions, TEXTS, child_config};
+use super::load::{TEXTS, child_config};
 use super::{ChildDaemon, Placement, spawn_daemon_with_env};
 use crate::client::{Client, decode_result};
 use crate::config::Config;
@@ -107,14 +107,8 @@ pub async fn run(options: &FootprintOptions) -> anyhow::Result<FootprintReport> 
     let settings = config.pipelines[super::pipeline_index(&config, options.pipeline.as_deref())?].clone();
     let key = super::request_key(options.key.as_deref(), &settings.input, "footprint");
     let scratch = tempfile::tempdir().context("temp dir")?;
-    let child_options = LoadOptions {
-        config: options.config.clone(),
-        pipeline: None,
-        deadline_ms: 60_000,
-        memory_mb: 4096,
-        seconds: 0.0,
-        key: None,
-    };
+    // No deadline to miss and no budget to shed under: the footprint of each setting, not its shedding.
+    let limits = (60_000, 4096);
     let mut all: Vec<Variant> = variants()
         .iter()
         .map(|(name, _, _)| Variant { name: (*name).to_owned(), samples: Vec::new() })
@@ -122,7 +116,7 @@ pub async fn run(options: &FootprintOptions) -> anyhow::Result<FootprintReport> 
         .collect();
     for round in 0..options.rounds.max(1) {
         for (index, (name, max_batch, extra)) in variants().into_iter().enumerate() {
-            let pipeline = child_config(&settings, &child_options, max_batch.unwrap_or(settings.max_batch), &extra)?;
+            let pipeline = child_config(&settings, limits, max_batch.unwrap_or(settings.max_batch), &extra)?;
             let file = scratch.path().join(format!("footprint-{index}.toml"));
             std::fs::write(&file, pipeline)?;
             let tag = format!("footprint-{index}-{round}");

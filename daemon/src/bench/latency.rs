@@ -29,7 +29,7 @@ use crate::client::{Client, RequestFormat};
 use crate::pipeline::Envelope;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BenchOptions {
     /// The configuration files (as for `run`).
     pub config: Vec<PathBuf>,
@@ -43,6 +43,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// The key to publish on (default: the pipeline's input with a trailing wildcard replaced by `bench`).
     pub key: Option<String>,
+    /// The stages pipelines are built from (zinferd's own, plus an embedder's).
+    pub registry: std::sync::Arc<zinfer_stage_api::Registry>,
 }
 
 /// Everything one run measured.
@@ -93,8 +95,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let config = crate::config::load(&options.config)?;
     let index = super::pipeline_index(&config, options.pipeline.as_deref())?;
     let settings = config.pipelines[index].clone();
-    let registry = std::sync::Arc::new(crate::default_registry());
-    let mut pipeline = crate::build_pipelines(&config, &registry)?.swap_remove(index);
+    let registry = &options.registry;
+    let mut pipeline = crate::build_pipelines(&config, registry)?.swap_remove(index);
     let iterations = options.iterations.max(1);
 
     // The features the preprocessing stages produce for the text, and them padded to the text's bucket; a second
@@ -112,7 +114,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     });
     let mut one_thread_config = config.clone();
     one_thread_config.pipelines[index].session.intra_threads = Some(1);
-    let mut one_thread = crate::build_pipelines(&one_thread_config, &registry)?.swap_remove(index);
+    let mut one_thread = crate::build_pipelines(&one_thread_config, registry)?.swap_remove(index);
     let intra_threads = pipeline.model().intra_threads();
 
     // The idle RSS of a daemon without any model, then of the one with the model, which then serves the round trips.

@@ -22,7 +22,7 @@ use crate::client::{Client, decode_result};
 use crate::config::{Config, PipelineConfig, StageSpec};
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// The configuration files (as for `run`).
     pub config: Vec<PathBuf>,
@@ -36,6 +36,8 @@ pub struct LoadOptions {
     pub seconds: f64,
     /// The key to publish on (default: derived from the pipeline's input).
     pub key: Option<String>,
+    /// The stages pipelines are built from (zinferd's own, plus an embedder's).
+    pub registry: std::sync::Arc<zinfer_stage_api::Registry>,
 }
 
 /// One load level's outcome.
@@ -103,13 +105,14 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let key = super::request_key(options.key.as_deref(), &settings.input, "load");
     let scratch = tempfile::tempdir().context("temp dir")?;
     let duration = Duration::from_secs_f64(options.seconds.max(0.5));
+    let limits = (options.deadline_ms, options.memory_mb);
 
     // Batch size 1 first: its capacity is the baseline of the batching gain.
-    let single = start(scratch.path(), &config, &child_config(&settings, options, 1, &[])?, "batch1").await?;
+    let single = start(scratch.path(), &config, &child_config(&settings, limits, 1, &[])?, "batch1").await?;
     let capacity_batch1 = saturate(&single, &key, &settings.output_prefix).await?;
     single.stop();
 
-    let pipeline = child_config(&settings, options, settings.max_batch, &[])?;
+    let pipeline = child_config(&settings, limits, settings.max_batch, &[])?;
     let batched = start(scratch.path(), &config, &pipeline, "batched").await?;
     let capacity = saturate(&batched, &key, &settings.output_prefix).await?;
     let mut levels = Vec::new();
@@ -118,7 +121,7 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         levels.push(drive(&batched, &key, &settings.output_prefix, rate, duration, multiple).await?);
     }
     batched.stop();
-    let id_peek_ns = measure_id_peek(&settings)?;
+    let id_peek_ns = measure_id_peek(&settings, &options.registry)?;
 
     Ok(LoadReport {
         pipeline: settings.name.clone(),
@@ -141,9 +144,9 @@ fn request(sent: usize) -> (String, Vec<u8>) {
 }
 
 /// Times the pipeline's decoder's id peek over the benchmark's own requests.
-fn measure_id_peek(settings: &PipelineConfig) -> anyhow::Result<f64> {
+fn measure_id_peek(settings: &PipelineConfig, registry: &zinfer_stage_api::Registry) -> anyhow::Result<f64> {
     let context = zinfer_stage_api::BuildContext { manifest: &settings.manifest, base_dir: &settings.base_dir };
-    let decoder = crate::default_registry()
+    let decoder = registry
         .build_decoder(&settings.decode.kind, &settings.decode.options, &context)
         .map_err(|error| anyhow::anyhow!("building the decoder: {error}"))?;
     let messages: Vec<_> = (0..TEXTS.len())
@@ -248,7 +251,7 @@ async fn start(dir: &Path, config: &Config, pipeline: &str, name: &str) -> anyho
 /// `session.intra_threads`).
 pub(crate) fn child_config(
     settings: &PipelineConfig,
-    options: &LoadOptions,
+    (deadline_ms, memory_mb): (u64, u64),
     max_batch: usize,
     extra: &[(&str, toml::Value)],
 ) -> anyhow::Result<String> {
@@ -265,7 +268,7 @@ pub(crate) fn child_config(
     pipeline.insert("model".into(), manifest.display().to_string().into());
     pipeline.insert("queue_capacity".into(), (settings.queue_capacity as i64).into());
     pipeline.insert("max_batch".into(), (max_batch as i64).into());
-    pipeline.insert("deadline_ms".into(), (options.deadline_ms as i64).into());
+    pipeline.insert("deadline_ms".into(), (deadline_ms as i64).into());
     pipeline.insert("decode".into(), stage(&settings.decode));
     pipeline.insert("preprocess".into(), toml::Value::Array(settings.preprocess.iter().map(stage).collect()));
     pipeline.insert("postprocess".into(), toml::Value::Array(settings.postprocess.iter().map(stage).collect()));
@@ -286,7 +289,7 @@ pub(crate) fn child_config(
         }
     }
     let mut daemon = toml::Table::new();
-    daemon.insert("memory_mb".into(), (options.memory_mb as i64).into());
+    daemon.insert("memory_mb".into(), (memory_mb as i64).into());
     let mut document = toml::Table::new();
     document.insert("daemon".into(), toml::Value::Table(daemon));
     document.insert("pipeline".into(), toml::Value::Array(vec![toml::Value::Table(pipeline)]));

@@ -25,7 +25,7 @@ use crate::pipeline::outcome::Verdict;
 const IN_FLIGHT: usize = 16;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SensorBenchOptions {
     /// The configuration files (as for `run`).
     pub config: Vec<PathBuf>,
@@ -37,6 +37,8 @@ pub struct SensorBenchOptions {
     pub warmup: usize,
     /// The key to publish on (default: the pipeline's input with a trailing wildcard replaced by `bench`).
     pub key: Option<String>,
+    /// The stages pipelines are built from (zinferd's own, plus an embedder's).
+    pub registry: std::sync::Arc<zinfer_stage_api::Registry>,
 }
 
 /// Everything one run measured.
@@ -74,8 +76,8 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let settings = config.pipelines[index].clone();
     let spec = settings.manifest.sensor.clone().context("the pipeline's model has no [sensor] table")?;
     let (window, channels, hop) = (spec.window, spec.channels.len(), spec.hop);
-    let registry = std::sync::Arc::new(crate::default_registry());
-    let mut pipelines = crate::build_pipelines(&config, &registry)?;
+    let registry = &options.registry;
+    let mut pipelines = crate::build_pipelines(&config, registry)?;
     let mut pipeline = pipelines.swap_remove(index);
     let rounds = options.warmup + options.windows.max(1);
     let stream = Stream { channels, rate: spec.sample_rate_hz };
