@@ -105,21 +105,25 @@ impl Summary {
     }
 }
 
-/// A zenoh session in this process in `mode` (`"router"` or `"peer"`), listening on a free loopback port, multicast
-/// scouting off; with its endpoint.
+/// A zenoh session in this process in `mode` (`"router"`, `"peer"` or `"client"`), multicast scouting off, that
+/// `link`s (`"listen"` or `"connect"`) on `endpoint`.
+pub(crate) async fn open_session(mode: &str, link: &str, endpoint: &str) -> anyhow::Result<zenoh::Session> {
+    let mut config = zenoh::Config::default();
+    for (key, value) in [
+        ("mode".to_owned(), format!("\"{mode}\"")),
+        (format!("{link}/endpoints"), format!("[\"{endpoint}\"]")),
+        ("scouting/multicast/enabled".to_owned(), "false".to_owned()),
+    ] {
+        config.insert_json5(&key, &value).map_err(|error| anyhow::anyhow!("{mode} config {key}: {error}"))?;
+    }
+    zenoh::open(config).await.map_err(|error| anyhow::anyhow!("opening a {mode} session: {error}"))
+}
+
+/// A zenoh session in this process in `mode`, listening on a free loopback port; with its endpoint.
 pub(crate) async fn open_listening(mode: &str) -> anyhow::Result<(zenoh::Session, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    let mut config = zenoh::Config::default();
-    for (key, value) in [
-        ("mode", format!("\"{mode}\"")),
-        ("listen/endpoints", format!("[\"{endpoint}\"]")),
-        ("scouting/multicast/enabled", "false".to_owned()),
-    ] {
-        config.insert_json5(key, &value).map_err(|error| anyhow::anyhow!("{mode} config {key}: {error}"))?;
-    }
-    let session = zenoh::open(config).await.map_err(|error| anyhow::anyhow!("opening the {mode}: {error}"))?;
-    Ok((session, endpoint))
+    Ok((open_session(mode, "listen", &endpoint).await?, endpoint))
 }
 
 /// A `zinferd` child process started by a benchmark.

@@ -74,17 +74,7 @@ async fn level(options: &RouterOptions, offered: f64) -> anyhow::Result<RouterLe
     let (router, endpoint) = super::open_listening("router").await?;
     let open = |mode: &'static str| {
         let endpoint = endpoint.clone();
-        async move {
-            let mut config = zenoh::Config::default();
-            for (key, value) in [
-                ("mode", format!("\"{mode}\"")),
-                ("connect/endpoints", format!("[\"{endpoint}\"]")),
-                ("scouting/multicast/enabled", "false".to_owned()),
-            ] {
-                config.insert_json5(key, &value).map_err(|error| anyhow::anyhow!("{key}: {error}"))?;
-            }
-            zenoh::open(config).await.map_err(|error| anyhow::anyhow!("opening a session: {error}"))
-        }
+        async move { super::open_session(mode, "connect", &endpoint).await }
     };
     let received = Arc::new(AtomicU64::new(0));
     let subscriber_session = open("client").await?;
