@@ -146,8 +146,8 @@ impl Client {
     }
 
     /// Publishes arbitrary bytes on `key` with `encoding`, `id` as the attachment, and subscribes to its result
-    /// first: right for one request (`zinferd send`). A client that sends many keeps one [`Results`] instead, since
-    /// each subscription is a declaration that travels to the daemon and back out of it.
+    /// first: right for one request (`zinferd send`). A client that sends many keeps one [`Results`] instead, as a
+    /// real client does: one subscriber declaration rather than one per request.
     pub async fn request_raw(
         &self,
         key: &str,
