@@ -62,6 +62,8 @@ pub struct BenchReport {
     pub inference_direct: Summary,
     /// `Model::run` alone at the text's own length on one intra-op thread: the floor.
     pub floor: Summary,
+    /// The same, on the first run after the previous round's round trips (an idle wait, as before a lone message).
+    pub floor_after_idle: Summary,
     /// `Model::run` alone padded to the text's bucket, one thread (what a lone message cost before it ran at its
     /// own length); `None` without buckets.
     pub padded_one_thread: Option<Summary>,
@@ -134,18 +136,26 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // (other tenants), which separate blocks of runs would report as differences between the ways. The in-process
     // ways are timed on their second run of the round, as in a loop of runs: the round trips between them would
     // otherwise leave them with cold caches and a floor 10-15% slower than the model's own cost (measured).
-    let model_run = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
-        pipeline.model_mut().run(&[features]).context("model run")?;
+    // The first run of the floor's way in a round is timed too: it follows the previous round's round trips, so it
+    // meets the model as a lone message does, after an idle wait (the daemon's own model runs are such first runs).
+    let mut floor_after_idle = Vec::with_capacity(iterations);
+    let model_runs = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
         let started = Instant::now();
         pipeline.model_mut().run(&[features]).context("model run")?;
-        anyhow::Ok(started.elapsed())
+        let first = started.elapsed();
+        let started = Instant::now();
+        pipeline.model_mut().run(&[features]).context("model run")?;
+        anyhow::Ok((first, started.elapsed()))
+    };
+    let model_run = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
+        model_runs(pipeline, features).map(|(_, second)| second)
     };
     let mut timed: [Vec<Duration>; 7] = Default::default();
     let mut stages: [Vec<Duration>; 6] = Default::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
     let mut template = None;
     for round in 0..options.warmup + iterations {
-        let floor = model_run(&mut one_thread, &features)?;
+        let (first, floor) = model_runs(&mut one_thread, &features)?;
         let direct = model_run(&mut pipeline, &features)?;
         let padded = match &padded_features {
             Some(padded) => Some((model_run(&mut one_thread, padded)?, model_run(&mut pipeline, padded)?)),
@@ -178,6 +188,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 
         if round >= options.warmup {
             let (padded_one, padded_configured) = padded.unzip();
+            floor_after_idle.push(first);
             let ways = [Some(floor), Some(direct), padded_one, padded_configured, Some(in_process)];
             for (samples, took) in timed.iter_mut().zip(ways.into_iter().chain([Some(round_trip), Some(echoed)])) {
                 samples.extend(took);
@@ -214,6 +225,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         intra_threads,
         inference_direct: Summary::of(inference_direct),
         floor: Summary::of(floor),
+        floor_after_idle: Summary::of(floor_after_idle),
         padded_one_thread: padded_summary(padded_one_thread),
         padded: padded_summary(padded),
         cpu: super::cpu_line(),
@@ -309,6 +321,7 @@ pub fn markdown(report: &BenchReport) -> String {
         report.pipeline, report.model, report.tokens, report.intra_threads
     );
     text += &row("model alone, own length, 1 thread (the floor)", &report.floor);
+    text += &row("… the same, first run after an idle wait (as a lone message meets it)", &report.floor_after_idle);
     text += &row(&format!("model alone, own length, {} thread(s)", report.intra_threads), &report.inference_direct);
     if let Some(summary) = &report.padded_one_thread {
         text += &row("model alone, padded to its bucket, 1 thread", summary);
@@ -325,11 +338,13 @@ pub fn markdown(report: &BenchReport) -> String {
     }
     let floor = report.floor.p50_us.max(1.0);
     text += &format!(
-        "\ndaemon's total / floor (median): {:.2}×; round trip − floor (median): {:.0} µs; \
+        "\ndaemon's total / floor (median): {:.2}×; daemon's total / first run after idle (median): {:.2}×; \
+         round trip − floor (median): {:.0} µs; \
          round trip − in-process pipeline (median): {:.0} µs; round trip − echo − floor (median): {:.0} µs\n\n\
          | zinferd RSS | MiB |\n|---|---|\n| idle, no pipeline | {:.1} |\n| idle, model loaded | {:.1} |\n\
          | after the round trips | {:.1} |\n| peak (VmHWM) after the round trips | {:.1} |\n",
         report.daemon_total.p50_us / floor,
+        report.daemon_total.p50_us / report.floor_after_idle.p50_us.max(1.0),
         report.round_trip.p50_us - report.floor.p50_us,
         report.round_trip.p50_us - report.pipeline_direct.p50_us,
         report.round_trip.p50_us - report.zenoh_echo.p50_us - report.floor.p50_us,
