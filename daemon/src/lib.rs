@@ -26,6 +26,8 @@
 //! - [`service`] runs it all as a long-running service: configuration generations swapped on reload (SIGHUP),
 //!   worker health and the systemd watchdog, and the drain at shutdown; [`signals`] maps Unix signals onto it.
 //! - [`mod@bench`] measures all of it from the outside.
+//! - [`cli`] is zinferd's whole command line (run, check, send, bench, fleet) for any registry: the `zinferd` binary
+//!   calls it with the built-in stages, a third party's binary with its own added.
 //!
 //! [`run`] takes the configuration and a shutdown future, in the style of mini-redis: the caller owns the signal,
 //! so tests can run a daemon in-process and stop it deterministically. [`service::serve`] is the same with reloads
