@@ -77,7 +77,9 @@ impl DropReason {
     pub fn message(self) -> &'static str {
         match self {
             Self::QueueFull => "the pipeline's queue was full; slow down or raise queue_capacity",
-            Self::Shutdown => "zinferd shut down before processing the message",
+            Self::Shutdown => {
+                "zinferd shut down before processing the message; ask another daemon or retry after it restarts"
+            }
             Self::Superseded => "a newer message replaced it before it ran (overload policy latest)",
             Self::Memory => "zinferd was above its memory budget; it sheds new messages until it is back under",
             Self::InFlightLimit => {
