@@ -172,6 +172,20 @@ impl Client {
         Ok(Results { subscriber })
     }
 
+    /// Publishes one request on `key` and waits up to `timeout` for its result in `results` (a subscription to the
+    /// results of `key`).
+    pub async fn round_trip(
+        &self,
+        results: &Results,
+        key: &str,
+        id: &str,
+        (payload, encoding): (Vec<u8>, Encoding),
+        timeout: Duration,
+    ) -> Result<proto::Result, ClientError> {
+        self.publish(key, id, payload, encoding).await?;
+        results.wait_for(id, timeout).await
+    }
+
     /// Publishes one request: `payload` with `encoding` on `key`, `id` as the attachment.
     pub async fn publish(&self, key: &str, id: &str, payload: Vec<u8>, encoding: Encoding) -> Result<(), ClientError> {
         self.session

@@ -211,10 +211,9 @@ async fn lone_round_trips(
     let mut samples = Vec::with_capacity(iterations);
     for index in 0..WARM_UP + iterations {
         let id = format!("{name}-{index}");
-        let (payload, encoding) = RequestFormat::Json.encode(&id, "a fine and moving film");
+        let request = RequestFormat::Json.encode(&id, "a fine and moving film");
         let started = Instant::now();
-        client.publish(key, &id, payload, encoding).await?;
-        results.wait_for(&id, Duration::from_secs(10)).await?;
+        client.round_trip(&results, key, &id, request, Duration::from_secs(10)).await?;
         if index >= WARM_UP {
             samples.push(started.elapsed());
         }

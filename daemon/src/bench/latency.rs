@@ -130,7 +130,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let key = super::request_key(options.key.as_deref(), &settings.input, "bench");
     client.wait_for_subscriber(&key, Duration::from_secs(10)).await?;
     let results = client.results(&settings.output_prefix, &key).await?;
-    let echo = Echo::open(&options.text).await?;
+    // One untimed round trip first: its result is what the echo peer answers with (the daemon's size).
+    let request = |id: &str| RequestFormat::Text.encode(id, &options.text);
+    let first =
+        client.round_trip(&results, &key, "bench-first", request("bench-first"), Duration::from_secs(10)).await?;
+    let echo = Echo::open(&options.text, first).await?;
 
     // Every round measures each way once, in turn: this machine's speed drifts by tens of percent over seconds
     // (other tenants), which separate blocks of runs would report as differences between the ways. The in-process
@@ -153,7 +157,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut timed: [Vec<Duration>; 7] = Default::default();
     let mut stages: [Vec<Duration>; 6] = Default::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
-    let mut template = None;
     for round in 0..options.warmup + iterations {
         let (first, floor) = model_runs(&mut one_thread, &features)?;
         let direct = model_run(&mut pipeline, &features)?;
@@ -176,15 +179,13 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
 
         let id = format!("bench-{round}");
-        let (payload, encoding) = RequestFormat::Text.encode(&id, &options.text);
         let started = Instant::now();
-        client.publish(&key, &id, payload, encoding).await?;
-        let result = results.wait_for(&id, Duration::from_secs(10)).await?;
+        let result = client.round_trip(&results, &key, &id, request(&id), Duration::from_secs(10)).await?;
         let round_trip = started.elapsed();
         if result.outcome != zinfer_proto::outcome::OK {
             bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
         }
-        let echoed = echo.round_trip(&format!("echo-{round}"), template.as_ref().unwrap_or(&result)).await?;
+        let echoed = echo.round_trip(&format!("echo-{round}")).await?;
 
         if round >= options.warmup {
             let (padded_one, padded_configured) = padded.unzip();
@@ -207,7 +208,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 samples.push(Duration::from_micros(micros));
             }
         }
-        template.get_or_insert(result);
     }
     drop(results);
     client.close().await;
@@ -252,7 +252,6 @@ struct Echo {
     peer: zenoh::Session,
     client: Client,
     results: crate::client::Results,
-    answer: std::sync::Arc<std::sync::Mutex<Option<zinfer_proto::Result>>>,
     text: String,
 }
 
@@ -260,14 +259,13 @@ impl Echo {
     const KEY: &str = "zinfer-bench/echo/in";
     const OUTPUT_PREFIX: &str = "zinfer-bench/echo/out";
 
-    async fn open(text: &str) -> anyhow::Result<Self> {
+    async fn open(text: &str, answer: zinfer_proto::Result) -> anyhow::Result<Self> {
         let (peer, endpoint) = super::open_listening("peer").await?;
-        let answer = std::sync::Arc::new(std::sync::Mutex::new(None::<zinfer_proto::Result>));
-        let (template, publisher) = (std::sync::Arc::clone(&answer), peer.clone());
+        let publisher = peer.clone();
         let result_key = zinfer_proto::keys::result(Self::OUTPUT_PREFIX, Self::KEY);
         peer.declare_subscriber(Self::KEY)
             .callback(move |sample| {
-                let Some(mut result) = template.lock().ok().and_then(|template| template.clone()) else { return };
+                let mut result = answer.clone();
                 result.id = sample
                     .attachment()
                     .map(|id| String::from_utf8_lossy(&id.to_bytes()).into_owned())
@@ -284,18 +282,14 @@ impl Echo {
         let client = Client::connect(&endpoint).await?;
         client.wait_for_subscriber(Self::KEY, Duration::from_secs(10)).await?;
         let results = client.results(Self::OUTPUT_PREFIX, Self::KEY).await?;
-        Ok(Self { peer, client, results, answer, text: text.to_owned() })
+        Ok(Self { peer, client, results, text: text.to_owned() })
     }
 
-    /// One round trip of request `id`, answered with `result`.
-    async fn round_trip(&self, id: &str, result: &zinfer_proto::Result) -> anyhow::Result<Duration> {
-        if let Ok(mut answer) = self.answer.lock() {
-            answer.get_or_insert_with(|| result.clone());
-        }
-        let (payload, encoding) = RequestFormat::Text.encode(id, &self.text);
+    /// One timed round trip of request `id`.
+    async fn round_trip(&self, id: &str) -> anyhow::Result<Duration> {
+        let request = RequestFormat::Text.encode(id, &self.text);
         let started = Instant::now();
-        self.client.publish(Self::KEY, id, payload, encoding).await?;
-        self.results.wait_for(id, Duration::from_secs(10)).await?;
+        self.client.round_trip(&self.results, Self::KEY, id, request, Duration::from_secs(10)).await?;
         Ok(started.elapsed())
     }
 

@@ -127,8 +127,8 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let send = |id: String, payload: Vec<u8>| {
         let (client, key, results) = (&client, &key, &results);
         async move {
-            client.publish(key, &id, payload, Encoding::APPLICATION_OCTET_STREAM).await?;
-            results.wait_for(&id, Duration::from_secs(10)).await
+            let request = (payload, Encoding::APPLICATION_OCTET_STREAM);
+            client.round_trip(results, key, &id, request, Duration::from_secs(10)).await
         }
     };
     let first = send("fill".into(), stream.frame(0, window)).await?;
