@@ -17,10 +17,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::{Client, RequestFormat};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use zinfer_stage_api::Registry;
+
+use crate::client::{Client, RequestFormat};
 
 /// zinfer's streaming inference daemon: zenoh in, ONNX Runtime pipelines, results and telemetry out.
 #[derive(Debug, Parser)]

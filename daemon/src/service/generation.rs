@@ -63,6 +63,7 @@ impl Generation {
         let mut all_metrics = Vec::new();
         for (index, (pipeline, settings)) in pipelines.into_iter().zip(&config.pipelines).enumerate() {
             let models: Vec<_> = pipeline.rungs().iter().map(|rung| rung.identity.clone()).collect();
+            let stages = pipeline.stage_names();
             let identity = models[0].clone();
             let providers = pipeline.model().providers().to_vec();
             tracing::info!(
@@ -93,7 +94,7 @@ impl Generation {
                         instances: pipeline.instances() as u32,
                     },
                     generation: number,
-                    stages: pipeline.stage_names(),
+                    stages: stages.clone(),
                 },
                 settings.max_in_flight,
             ));
@@ -112,7 +113,6 @@ impl Generation {
             let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
             let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, settings.queue_bytes, overload);
             let decoder = pipeline.decoder();
-            let stages = pipeline.stage_names();
             let context = pipeline::worker::WorkerContext {
                 index,
                 capacity: settings.queue_capacity,

@@ -368,7 +368,8 @@ impl PipelineMetrics {
             p99_us: histogram.value_at_quantile(0.99),
             max_us: histogram.max(),
         };
-        let (fixed, own) = totals.split_at(STAGES.len().min(totals.len()));
+        // `new` made the fixed stages' histograms first, then one per own stage.
+        let (fixed, own) = totals.split_at(STAGES.len());
         let latency = STAGES.iter().zip(fixed).map(|(stage, histogram)| stats(stage, histogram)).collect();
         let description = &self.description;
         let stage_latency =
