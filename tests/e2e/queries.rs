@@ -217,6 +217,9 @@ async fn queries_still_waiting_past_the_drain_timeout_are_answered_dropped_shutd
         let (id, replies) = joined.expect("query task");
         let (result, _) = the_reply(replies, &id, &daemon);
         assert_eq!(result.id, id);
+        if result.reason == "shutdown" {
+            assert!(result.message.contains("retry"), "a shutdown drop says what to do next: {result:?}");
+        }
         *by_kind.entry(format!("{}/{}", result.outcome, result.reason)).or_default() += 1;
     }
     assert!(by_kind.keys().all(|kind| kind == "ok/" || kind == "dropped/shutdown"), "{by_kind:?}");
