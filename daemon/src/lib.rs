@@ -151,9 +151,9 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
         .zip(pipelines)
         .map(|(settings, pipeline)| {
             let memory = pipeline.memory();
-            let (longest, unit) = pipeline::build::longest_input(&settings.manifest);
+            let (shape, _) = pipeline::build::warm_up_shape(pipeline.model(), &settings.manifest);
             format!(
-                "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × {longest} {unit}",
+                "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × ({shape})",
                 settings.name,
                 mib(memory.load_bytes),
                 mib(memory.working_bytes),

@@ -13,7 +13,7 @@ pub use prost::Message;
 
 /// The outcome strings of [`Result::outcome`].
 pub mod outcome {
-    /// The message was classified.
+    /// The message was processed: its result holds what the head made of it.
     pub const OK: &str = "ok";
     /// The message was bad or a stage failed on it.
     pub const ERROR: &str = "error";
@@ -108,5 +108,43 @@ mod tests {
         assert_eq!(serde_json::from_str::<Result>(&json).expect("json back"), result);
         let partial: Result = serde_json::from_str(r#"{"id":"x"}"#).expect("missing fields default");
         assert_eq!(partial.id, "x");
+    }
+
+    /// Heads that are not classifications got fields of their own (18 to 20) beside the v1 ones: a client built
+    /// before them reads a new result's v1 fields, and a new client reads an old result, in both encodings.
+    #[test]
+    fn results_with_and_without_the_other_heads_fields_read_both_ways() {
+        /// Result as the schema had it before fields 18 to 20, for what an old client decodes.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldResult {
+            #[prost(string, tag = "1")]
+            id: String,
+            #[prost(string, tag = "4")]
+            outcome: String,
+            #[prost(float, tag = "8")]
+            score: f32,
+            #[prost(message, repeated, tag = "15")]
+            windows: Vec<WindowResult>,
+        }
+        let anomaly = Anomaly { score: 0.9, threshold: 0.5, anomalous: true };
+        let new = Result {
+            id: "w1".into(),
+            outcome: outcome::OK.into(),
+            anomaly: Some(anomaly),
+            windows: vec![WindowResult { index: 3, anomaly: Some(anomaly), ..Default::default() }],
+            values: Some(Values { names: vec!["t".into()], values: vec![21.5] }),
+            ..Default::default()
+        };
+        let old = OldResult::decode(new.encode_to_vec().as_slice()).expect("an old client decodes a new result");
+        assert_eq!((old.id.as_str(), old.outcome.as_str(), old.windows[0].index), ("w1", "ok", 3));
+        let back = Result::decode(old.encode_to_vec().as_slice()).expect("a new client decodes an old result");
+        assert_eq!((back.anomaly, back.values, back.embedding), (None, None, None));
+
+        let json = serde_json::to_string(&new).expect("json");
+        assert!(json.contains(r#""anomaly":{"score":0.9,"threshold":0.5,"anomalous":true}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Result>(&json).expect("json back"), new);
+        let v1 = r#"{"id":"x","outcome":"ok","label":"positive","score":0.8,"scores":[],"top_k":[],"windows":[]}"#;
+        let read: Result = serde_json::from_str(v1).expect("a v1 JSON result");
+        assert_eq!((read.label.as_deref(), read.anomaly), (Some("positive"), None));
     }
 }

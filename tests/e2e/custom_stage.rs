@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use zinfer_proto::outcome;
-use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Stage, StageError, parse_options};
+use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Prediction, Stage, StageError, parse_options};
 use zinferd::client::{Client, RequestFormat};
 
 use crate::support::{WAIT, base_config, free_port, ort_library, text_pipeline};
@@ -26,7 +26,7 @@ impl Stage for RenameLabels {
     }
 
     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
-        if let Some(prediction) = item.prediction.as_mut() {
+        if let Some(Prediction::Classification(prediction)) = item.prediction.as_mut() {
             let rename = |label: &mut String| {
                 if let Some(new) = self.renames.get(label.as_str()).and_then(toml::Value::as_str) {
                     *label = new.to_owned();

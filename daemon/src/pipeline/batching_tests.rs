@@ -1,7 +1,7 @@
 //! Shape by situation, through the fixture model and a real ONNX Runtime: a message that runs alone runs at its own
 //! length; messages of one length bucket share a run, padded to the longest of them, and keep their predictions.
 
-use zinfer_stage_api::RawMessage;
+use zinfer_stage_api::{Prediction, RawMessage};
 
 use super::accounting_tests::pipeline;
 use super::outcome::Verdict;
@@ -23,7 +23,7 @@ fn tokens(prepared: &Prepared) -> usize {
 }
 
 fn scores(verdict: &Verdict) -> Vec<f32> {
-    let Verdict::Classified(prediction) = verdict else { panic!("classified: {verdict:?}") };
+    let Verdict::Predicted(Prediction::Classification(prediction)) = verdict else { panic!("classified: {verdict:?}") };
     prediction.scores.iter().map(|score| score.score).collect()
 }
 

@@ -14,13 +14,19 @@ use crate::config::{Config, ConfigError, DriftGuardMode, PipelineConfig, StageSp
 /// The input length warm-ups assume when a text model's manifest gives no `max_length`.
 const DEFAULT_LONGEST_INPUT: usize = 512;
 
-/// The longest input a pipeline on `manifest` runs, which its warm-up uses, and what its unit is: a sensor
-/// model's window in samples, or a text model's `max_length` in tokens.
-pub fn longest_input(manifest: &ModelManifest) -> (usize, &'static str) {
-    match &manifest.sensor {
-        Some(sensor) => (sensor.window, "samples"),
-        None => (manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT), "tokens"),
-    }
+/// The length a warm-up gives each dimension that neither the model nor a stage fixes ([`Stage::produces`]; a sensor
+/// window is fixed, a text's tokens are not): the manifest's `max_length`, the longest input the pipeline runs.
+pub fn open_length(manifest: &ModelManifest) -> usize {
+    manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT)
+}
+
+/// The per-item shape of each input of `model` at its warm-up, e.g. `input_ids [128], attention_mask [128]` or
+/// `frames [100, 6]`, and the longest first axis among them.
+pub fn warm_up_shape(model: &Model, manifest: &ModelManifest) -> (String, usize) {
+    let shapes = model.warm_up_shapes(open_length(manifest));
+    let longest = shapes.iter().filter_map(|(_, shape)| shape.first().copied()).max().unwrap_or(0);
+    let shown: Vec<String> = shapes.iter().map(|(name, shape)| format!("{name} {shape:?}")).collect();
+    (shown.join(", "), longest)
 }
 
 /// What applies where a pipeline's table leaves a setting out (see [`crate::DEFAULT_INSTANCES`] and
@@ -60,7 +66,7 @@ pub fn build(
             for (rung, manifest) in ladder.rungs.iter().enumerate() {
                 let model_key = format!("{key}.ladder.rungs[{rung}]");
                 let (mut built, _, _) = build_rung(config, pipeline, manifest, &model_key, registry, ort, defaults, 1)?;
-                if manifest.sensor.is_some() {
+                if built.keeps_state() {
                     built.share_preprocessing();
                 }
                 rungs.push(built);
@@ -110,7 +116,7 @@ fn build_rung(
     // Every instance is measured. Each holds its own copy of the weights: ONNX Runtime's container of pre-packed
     // weights, which sessions can share, made no difference with the shipped int8 models (their MatMulInteger
     // kernels pack nothing; the second sentiment instance cost 8.6 MB to load either way).
-    let (longest, _) = longest_input(manifest);
+    let longest = open_length(manifest);
     let mut models = Vec::with_capacity(count);
     let mut memory = crate::memory::ModelMemory::default();
     for instance in 1..=count {

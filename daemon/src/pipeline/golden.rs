@@ -438,6 +438,7 @@ mod tests {
             sha256: None,
             sensor: None,
             golden: None,
+            head: Default::default(),
         };
         let load = |text: &str, labels: &[&str]| {
             let path = dir.join("golden.json");

@@ -113,8 +113,13 @@ pub struct Rung {
 }
 
 impl Rung {
-    /// Lets the first rung's preprocessing stages prepare this rung's messages, dropping its own. For a sensor model:
-    /// its stages keep each stream's window in progress, which must go on across a step between rungs (the
+    /// Whether a preprocessing stage carries state from message to message ([`Stage::keeps_state`]).
+    pub fn keeps_state(&self) -> bool {
+        self.preprocess.iter().any(|stage| stage.keeps_state())
+    }
+
+    /// Lets the first rung's preprocessing stages prepare this rung's messages, dropping its own: for stages that
+    /// keep state (a sensor stream's window in progress), which must go on across a step between rungs (the
     /// manifests' sensor layouts are equal, so the windows fit every rung's model).
     pub fn share_preprocessing(&mut self) {
         self.preprocess.clear();
@@ -509,10 +514,10 @@ fn postprocess(stages: &mut [Box<dyn Stage>], item: &mut Item, times: &mut [std:
     let result = run_stages_timed(stages, item, times);
     match (result, item.prediction.take()) {
         (Err(error), _) => Verdict::Failed(error),
-        (Ok(()), Some(prediction)) => Verdict::Classified(prediction),
+        (Ok(()), Some(prediction)) => Verdict::Predicted(prediction),
         (Ok(()), None) => Verdict::Failed(StageError::new(
             Reason::MissingInput,
-            "no postprocessing stage produced a prediction; add a `classify` stage",
+            "no postprocessing stage produced a prediction; end the pipeline with a head (`classify`, or one of your own)",
         )),
     }
 }
@@ -528,7 +533,7 @@ fn postprocess_windows(
     for (window, window_outputs) in windows.iter_mut().zip(outputs) {
         item.outputs = window_outputs;
         match postprocess(stages, item, times) {
-            Verdict::Classified(prediction) => window.prediction = Some(prediction),
+            Verdict::Predicted(prediction) => window.prediction = Some(prediction),
             failed => return failed,
         }
     }

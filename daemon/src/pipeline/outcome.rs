@@ -33,9 +33,9 @@ pub struct Timings {
 /// How a message ended.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Classified.
-    Classified(Prediction),
-    /// A sensor frame taken into its stream; the windows it completed (possibly none), each classified.
+    /// What the head made of the model's outputs.
+    Predicted(Prediction),
+    /// A sensor frame taken into its stream; the windows it completed (possibly none), each with its prediction.
     Windowed(Vec<Window>),
     /// Bad input or a failed stage.
     Failed(StageError),
@@ -121,7 +121,7 @@ impl Verdict {
     /// The outcome string published for this verdict.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Classified(_) | Self::Windowed(_) => proto::outcome::OK,
+            Self::Predicted(_) | Self::Windowed(_) => proto::outcome::OK,
             Self::Failed(_) => proto::outcome::ERROR,
             Self::Dropped(_) => proto::outcome::DROPPED,
             Self::Expired(_) => proto::outcome::EXPIRED,
@@ -131,7 +131,7 @@ impl Verdict {
     /// The reason label (empty for success).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Classified(_) | Self::Windowed(_) => "",
+            Self::Predicted(_) | Self::Windowed(_) => "",
             Self::Failed(error) => error.reason.as_str(),
             Self::Dropped(reason) => reason.as_str(),
             Self::Expired(reason) => reason.as_str(),
@@ -167,9 +167,6 @@ impl Outcome {
     /// The wire form, with the total time and the deadline slack measured up to now.
     pub fn to_result(&self, pipeline: &str, model: Option<&ModelIdentity>, stage_names: &[String]) -> proto::Result {
         let now = Instant::now();
-        let scores = |list: &[zinfer_stage_api::ClassScore]| {
-            list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
-        };
         let mut result = proto::Result {
             id: self.id.clone(),
             key: self.key.clone(),
@@ -200,15 +197,11 @@ impl Outcome {
             result.deadline_slack_us = early - late;
         }
         match &self.verdict {
-            Verdict::Classified(prediction) => {
-                result.label = prediction.label.clone();
-                result.score = prediction.score;
-                result.scores = scores(&prediction.scores);
-                result.top_k = scores(&prediction.top_k);
-            }
+            Verdict::Predicted(prediction) => WireFields::of(prediction).fill(&mut result),
             Verdict::Windowed(windows) => {
                 for window in windows {
                     let Some(prediction) = &window.prediction else { continue };
+                    let fields = WireFields::of(prediction);
                     let (start_us, end_us) = window.span_us.unwrap_or_default();
                     result.windows.push(proto::WindowResult {
                         source: window.source.clone(),
@@ -216,14 +209,14 @@ impl Outcome {
                         start_sample: window.start_sample,
                         start_us,
                         end_us,
-                        label: prediction.label.clone(),
-                        score: prediction.score,
-                        scores: scores(&prediction.scores),
+                        label: fields.label.clone(),
+                        score: fields.score,
+                        scores: fields.scores.clone(),
+                        values: fields.values.clone(),
+                        embedding: fields.embedding.clone(),
+                        anomaly: fields.anomaly,
                     });
-                    result.label = prediction.label.clone();
-                    result.score = prediction.score;
-                    result.scores = scores(&prediction.scores);
-                    result.top_k = scores(&prediction.top_k);
+                    fields.fill(&mut result);
                 }
             }
             Verdict::Failed(error) => result.message = error.detail.clone(),
@@ -231,6 +224,63 @@ impl Outcome {
             Verdict::Expired(reason) => result.message = reason.message().to_owned(),
         }
         result
+    }
+}
+
+/// A prediction as the wire carries it, in a result and in each of its windows: a classification in the v1
+/// fields (label, score, scores, top_k), any other kind in a field of its own.
+#[derive(Default)]
+struct WireFields {
+    label: Option<String>,
+    score: f32,
+    scores: Vec<proto::ClassScore>,
+    top_k: Vec<proto::ClassScore>,
+    values: Option<proto::Values>,
+    embedding: Option<proto::Embedding>,
+    anomaly: Option<proto::Anomaly>,
+}
+
+impl WireFields {
+    fn of(prediction: &Prediction) -> Self {
+        let classes = |list: &[zinfer_stage_api::ClassScore]| {
+            list.iter().map(|class| proto::ClassScore { label: class.label.clone(), score: class.score }).collect()
+        };
+        match prediction {
+            Prediction::Classification(class) => Self {
+                label: class.label.clone(),
+                score: class.score,
+                scores: classes(&class.scores),
+                top_k: classes(&class.top_k),
+                ..Self::default()
+            },
+            Prediction::Scores(scores) => Self {
+                values: Some(proto::Values { names: scores.names.clone(), values: scores.values.clone() }),
+                ..Self::default()
+            },
+            Prediction::Embedding(values) => {
+                Self { embedding: Some(proto::Embedding { values: values.clone() }), ..Self::default() }
+            }
+            Prediction::Anomaly(anomaly) => Self {
+                anomaly: Some(proto::Anomaly {
+                    score: anomaly.score,
+                    threshold: anomaly.threshold,
+                    anomalous: anomaly.anomalous,
+                }),
+                ..Self::default()
+            },
+            // A kind newer than this daemon's wire schema: the outcome stays "ok", with no fields to carry it.
+            _ => Self::default(),
+        }
+    }
+
+    fn fill(self, result: &mut proto::Result) {
+        result.label = self.label;
+        result.score = self.score;
+        result.scores = self.scores;
+        result.top_k = self.top_k;
+        result.values = self.values;
+        result.embedding = self.embedding;
+        result.anomaly = self.anomaly;
     }
 }
 

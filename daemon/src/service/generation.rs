@@ -83,7 +83,8 @@ impl Generation {
                         load_bytes: memory.load_bytes,
                         working_bytes: memory.working_bytes,
                         warm_up_batch: settings.max_batch as u32,
-                        warm_up_length: settings.manifest.max_length.unwrap_or(512) as u32,
+                        warm_up_length: crate::pipeline::build::warm_up_shape(pipeline.model(), &settings.manifest).1
+                            as u32,
                     },
                     session: zinfer_proto::SessionSettings {
                         intra_threads: pipeline.model().intra_threads() as u32,

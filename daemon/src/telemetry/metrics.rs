@@ -273,7 +273,7 @@ impl PipelineMetrics {
 
     /// An outcome is about to leave the daemon as `result`.
     pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result) {
-        let ok = matches!(outcome.verdict, Verdict::Classified(_) | Verdict::Windowed(_));
+        let ok = matches!(outcome.verdict, Verdict::Predicted(_) | Verdict::Windowed(_));
         if result.deadline_met == Some(false) && ok {
             self.deadline_missed.fetch_add(1, Ordering::Relaxed);
         }
@@ -284,7 +284,7 @@ impl PipelineMetrics {
             *detail.by_batch_size.entry(batch_size).or_default() += 1;
         }
         match &outcome.verdict {
-            Verdict::Classified(_) | Verdict::Windowed(_) => {
+            Verdict::Predicted(_) | Verdict::Windowed(_) => {
                 if let Some(counter) = self.ladder.completed.get(outcome.rung) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
@@ -461,7 +461,7 @@ impl Counts {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use zinfer_stage_api::Prediction;
+    use zinfer_stage_api::{Prediction, Scores};
 
     use super::{PipelineDescription, PipelineMetrics};
     use crate::pipeline::ModelIdentity;
@@ -469,7 +469,7 @@ mod tests {
 
     fn answer(metrics: &PipelineMetrics, inference_ms: u64) {
         let identity = ModelIdentity { name: "m".into(), version: "1".into() };
-        let prediction = Prediction { label: None, score: 0.0, scores: Vec::new(), top_k: Vec::new() };
+        let prediction = Prediction::Scores(Scores::default());
         let timings = Timings {
             inference: Duration::from_millis(inference_ms),
             batch_size: 1,
@@ -481,7 +481,7 @@ mod tests {
             pipeline: 0,
             id: "id".into(),
             key: "k".into(),
-            verdict: Verdict::Classified(prediction),
+            verdict: Verdict::Predicted(prediction),
             timings,
             arrived: Instant::now(),
             deadline: None,

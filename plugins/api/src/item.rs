@@ -16,13 +16,20 @@ pub struct RawMessage {
     pub attachment_id: Option<String>,
 }
 
-/// The content of a request, as far as the stages are concerned.
+/// The content of a request, as far as the stages are concerned. A decoder of one's own may hand on bytes or tensors
+/// for stages of one's own to read; more kinds may come, so match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Input {
-    /// A text to classify.
+    /// A text.
     Text(String),
     /// Readings of a sensor stream.
     Samples(Samples),
+    /// Bytes whose format a stage knows: an image, an audio chunk, a format of one's own.
+    Bytes(Vec<u8>),
+    /// Tensors the decoder made itself (a client that sends model-ready features); a stage moves what the model
+    /// takes into [`Item::features`].
+    Tensors(Vec<NamedTensor>),
 }
 
 /// Readings of one sensor stream, as a decoder found them in one message.
@@ -100,9 +107,36 @@ pub struct ClassScore {
     pub score: f32,
 }
 
+/// What a head made of the model's outputs: the result a sender reads. Each kind has its own fields on the wire
+/// (`proto/`, `Result`); more kinds may come, so match with a wildcard arm.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Prediction {
+    /// One class among labelled ones (the `classify` head).
+    Classification(Classification),
+    /// Real values: a regression's targets, or scores without labels.
+    Scores(Scores),
+    /// A vector that represents the input (an embedding head's, e.g. mean pooled and L2-normalised).
+    Embedding(Vec<f32>),
+    /// How unusual the input is, and whether that crosses the model's threshold.
+    Anomaly(Anomaly),
+}
+
+impl Prediction {
+    /// The kind's stable name (`classification`, `scores`, `embedding`, `anomaly`), for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Classification(_) => "classification",
+            Self::Scores(_) => "scores",
+            Self::Embedding(_) => "embedding",
+            Self::Anomaly(_) => "anomaly",
+        }
+    }
+}
+
 /// The result of a classification head.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
+pub struct Classification {
     /// The winning label; `None` when its score is below the head's threshold.
     pub label: Option<String>,
     /// The winning class's score.
@@ -111,6 +145,33 @@ pub struct Prediction {
     pub scores: Vec<ClassScore>,
     /// The best `top_k` classes, best first.
     pub top_k: Vec<ClassScore>,
+}
+
+/// Real values, each optionally named (a regression's targets: `["temperature", "humidity"]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scores {
+    /// One name per value, or none at all.
+    pub names: Vec<String>,
+    /// The values.
+    pub values: Vec<f32>,
+}
+
+/// An anomaly score and the verdict of comparing it with the model's threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    /// How unusual the input is (e.g. an autoencoder's reconstruction error); higher is more unusual.
+    pub score: f32,
+    /// The score above which an input counts as anomalous (chosen with the model, on validation data).
+    pub threshold: f32,
+    /// `score > threshold`.
+    pub anomalous: bool,
+}
+
+impl Anomaly {
+    /// The verdict on `score` against `threshold`.
+    pub fn new(score: f32, threshold: f32) -> Self {
+        Self { score, threshold, anomalous: score > threshold }
+    }
 }
 
 /// A message on its way through the stages.

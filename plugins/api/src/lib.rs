@@ -18,8 +18,14 @@
 //! # Writing a stage
 //!
 //! Implement [`Stage`], give it a typed options struct that rejects unknown keys, and register a factory under
-//! the name that TOML's `type = "..."` will use. Then start the daemon with that registry
-//! (`zinferd::run(config, Arc::new(registry), shutdown)`); `tests/e2e/custom_stage.rs` does exactly that.
+//! the name that TOML's `type = "..."` will use. Then hand that registry to zinferd's command line
+//! (`zinferd::cli::main(registry)`: run, check, send and bench all know the stage) or start the daemon with it
+//! (`zinferd::run(config, Arc::new(registry), shutdown)`). `examples/watch-anomaly/` is a whole crate that does it
+//! from outside the workspace: an image decoder whose [`Input::Tensors`] feed a uint8 model, and an anomaly head
+//! whose [`Prediction::Anomaly`] reads a threshold from the manifest's `[head]` table.
+//!
+//! Inputs are open ([`Input::Bytes`], [`Input::Tensors`] beside text and sensor samples), and predictions are typed
+//! ([`Prediction`]: a classification, scores, an embedding, an anomaly verdict), each with its own wire fields.
 //!
 //! ```
 //! use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Reason, Registry, Stage, StageError, parse_options};
@@ -68,7 +74,7 @@
 //! #     let manifest = Box::leak(Box::new(zinfer_stage_api::ModelManifest {
 //! #         path: "m.toml".into(), name: "m".into(), version: "1".into(), task: "t".into(), model: "m.onnx".into(),
 //! #         tokenizer: None, max_length: None, labels: vec!["a".into()], output: None, sha256: None, sensor: None,
-//! #         golden: None,
+//! #         golden: None, head: Default::default(),
 //! #     }));
 //! #     BuildContext { manifest, base_dir: std::path::Path::new(".") }
 //! # }
@@ -81,7 +87,9 @@ mod registry;
 mod tensor;
 
 pub use error::{BuildError, Reason, StageError};
-pub use item::{ClassScore, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Window};
+pub use item::{
+    Anomaly, ClassScore, Classification, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Scores, Window,
+};
 pub use manifest::{GoldenSpec, ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};
 pub use tensor::{ElementType, NamedTensor, Tensor, TensorData, TensorSpec, f16};
@@ -133,5 +141,12 @@ pub trait Stage: Send {
     /// The model outputs this stage reads from [`Item::outputs`] (per item, without the batch axis).
     fn consumes(&self) -> Vec<TensorSpec> {
         Vec::new()
+    }
+
+    /// Whether the stage carries state from one message to the next (the `window` stage's streams in progress).
+    /// When a pipeline steps between the models of its ladder, such a stage must go on preparing the messages
+    /// of every rung rather than start over with the new rung's own copy, so the runtime keeps the first rung's.
+    fn keeps_state(&self) -> bool {
+        false
     }
 }

@@ -35,6 +35,10 @@ pub struct ModelManifest {
     pub sensor: Option<SensorSpec>,
     /// The model's golden inputs and how closely it must reproduce their reference outputs: its `[golden]` table.
     pub golden: Option<GoldenSpec>,
+    /// Settings made with the model for the stage that reads its outputs (its `[head]` table, free-form: an
+    /// anomaly threshold chosen on validation data, say). They travel with the model file, so a stage reads them
+    /// here rather than from each daemon config; parse them with [`crate::parse_options`] into a typed struct.
+    pub head: toml::Table,
 }
 
 /// Golden inputs that travel with a model, and the tolerance its answers on them must meet where it runs.
@@ -112,6 +116,8 @@ struct RawManifest {
     sha256: Option<String>,
     sensor: Option<SensorSpec>,
     golden: Option<RawGolden>,
+    #[serde(default)]
+    head: toml::Table,
 }
 
 fn default_task() -> String {
@@ -208,6 +214,7 @@ impl ModelManifest {
             sha256: raw.sha256.map(|hash| hash.to_ascii_lowercase()),
             sensor: raw.sensor,
             golden,
+            head: raw.head,
         })
     }
 }
@@ -295,6 +302,9 @@ mod tests {
         let error = ModelManifest::parse(&golden("0.9").replace("g.json", "absent.json"), &path)
             .expect_err("a missing golden file");
         assert!(error.to_string().contains("golden.file"), "{error}");
+
+        let head = ModelManifest::parse(&format!("{ok}[head]\nthreshold = 0.25\n"), &path).expect("a [head] table");
+        assert_eq!(head.head.get("threshold").and_then(toml::Value::as_float), Some(0.25));
 
         let typo = format!("{ok}lables = []\n");
         let error = ModelManifest::parse(&typo, &path).expect_err("unknown key");

@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 use zinfer_stage_api::{
-    BuildContext, BuildError, ClassScore, ElementType, Item, Prediction, Reason, Stage, StageError, TensorSpec,
-    parse_options,
+    BuildContext, BuildError, ClassScore, Classification, ElementType, Item, Prediction, Reason, Stage, StageError,
+    TensorSpec, parse_options,
 };
 
 /// The registry name.
@@ -133,8 +133,12 @@ impl Stage for Classify {
         let keep = if self.config.top_k == 0 { ranked.len() } else { self.config.top_k.min(ranked.len()) };
         ranked.truncate(keep);
         let confident = self.config.threshold.is_none_or(|threshold| best.score >= threshold);
-        item.prediction =
-            Some(Prediction { label: confident.then_some(best.label), score: best.score, scores, top_k: ranked });
+        item.prediction = Some(Prediction::Classification(Classification {
+            label: confident.then_some(best.label),
+            score: best.score,
+            scores,
+            top_k: ranked,
+        }));
         Ok(())
     }
 
@@ -177,7 +181,7 @@ mod tests {
     fn softmax_labels_and_top_k() {
         let mut item = item(vec![0.0, 2.0, 1.0]);
         head(2, None).process(&mut item).expect("classify");
-        let prediction = item.prediction.expect("prediction");
+        let Some(Prediction::Classification(prediction)) = item.prediction else { panic!("a classification") };
         assert_eq!(prediction.label.as_deref(), Some("pos"));
         let expected = softmax(&[0.0, 2.0, 1.0]);
         assert!((prediction.score - expected[1]).abs() < 1e-6);
@@ -190,7 +194,7 @@ mod tests {
     fn threshold_withholds_the_label() {
         let mut item = item(vec![0.0, 0.1, 0.0]);
         head(0, Some(0.9)).process(&mut item).expect("classify");
-        let prediction = item.prediction.expect("prediction");
+        let Some(Prediction::Classification(prediction)) = item.prediction else { panic!("a classification") };
         assert_eq!(prediction.label, None);
         assert_eq!(prediction.top_k.len(), 3);
     }

@@ -172,6 +172,11 @@ impl Model {
         Ok((elements, started.elapsed()))
     }
 
+    /// Each input's per-item shape in a warm-up at `length` ([`Model::warm_up`]), by name.
+    pub fn warm_up_shapes(&self, length: usize) -> Vec<(String, Vec<usize>)> {
+        self.dummy_items(1, length).into_iter().flatten().map(|input| (input.name, input.tensor.shape)).collect()
+    }
+
     /// `batch` items of neutral inputs, every dynamic dimension as declared by a stage, else `length`.
     fn dummy_items(&self, batch: usize, length: usize) -> Vec<Vec<NamedTensor>> {
         (0..batch.max(1))

@@ -334,6 +334,10 @@ impl Stage for WindowStage {
         let dims = vec![Some(self.spec.window), Some(self.spec.channels.len())];
         vec![TensorSpec::new(self.spec.input.clone(), ElementType::F32, dims)]
     }
+
+    fn keeps_state(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
