@@ -15,6 +15,8 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
   export     models/<name>/: model.onnx, manifest.toml, test_recording*.json, README.md
   recipe     all of the above; completed steps are skipped
   bench      the side-by-side table (its own options follow the word `bench`; see `sensor bench --help`)
+  anomaly    a separate model: the conv autoencoder anomaly detector (models/zinfer-watch-anomaly/), one command:
+             sensor anomaly --recipe model/recipes/anomaly.toml [--quick] [--export-dir DIR]
 
 Every step writes into <run-dir>/<step>/ with a metrics.json. An interrupted training step resumes from its last
 checkpoint when run again with the same --run-dir and recipe."""
@@ -27,6 +29,10 @@ def main(argv: list[str]) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "anomaly":
+        from .anomaly import main as anomaly_main
+
+        return anomaly_main(argv[1:])
     from .steps import STEPS
 
     parser = argparse.ArgumentParser(prog="python -m zinfer_model sensor", epilog=STEP_HELP,
