@@ -250,15 +250,25 @@ impl Results {
     pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<proto::Result, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let sample = tokio::time::timeout_at(deadline, self.subscriber.recv_async())
-                .await
-                .map_err(|_| ClientError::Timeout(id.to_owned()))?
-                .map_err(|error| ClientError::Zenoh(error.to_string()))?;
-            let result = decode_result(&sample)?;
+            let result = self.next_until(deadline, id).await?;
             if result.id == id {
                 return Ok(result);
             }
         }
+    }
+
+    /// Waits for the next result, whatever its id, up to `timeout`.
+    pub async fn next(&self, timeout: Duration) -> Result<proto::Result, ClientError> {
+        self.next_until(tokio::time::Instant::now() + timeout, "any result").await
+    }
+
+    /// The next result; a timeout names `awaited`.
+    async fn next_until(&self, deadline: tokio::time::Instant, awaited: &str) -> Result<proto::Result, ClientError> {
+        let sample = tokio::time::timeout_at(deadline, self.subscriber.recv_async())
+            .await
+            .map_err(|_| ClientError::Timeout(awaited.to_owned()))?
+            .map_err(|error| ClientError::Zenoh(error.to_string()))?;
+        decode_result(&sample)
     }
 }
 

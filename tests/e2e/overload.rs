@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use zinfer_proto::outcome;
 
-use crate::support::{TextDaemon, collect_outcomes, next_result, start_text, wait_for_stats};
+use crate::support::{
+    Daemon, TextDaemon, WAIT, base_config, collect_outcomes, free_port, next_result, spin_pipeline, start_text,
+    wait_for_stats,
+};
 
 const PER_KEY: usize = 60;
 
@@ -76,4 +79,70 @@ async fn the_byte_bound_refuses_with_queue_full() {
     let snapshot = wait_for_stats(&client, &prefix, "books balance", |stats| stats.in_flight == 0).await;
     assert_eq!(snapshot.pipelines[0].dropped, full);
     client.close().await;
+}
+
+/// `queue_capacity` bounds every message that waits for the model, wherever it waits: zinferd's admission queue and
+/// its worker's deadline-ordered queue together. (Each used to be bounded on its own, so twice as many could wait.)
+/// The stall model holds each run until its 1 s timeout, so the test knows where every message is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_capacity_bounds_everything_that_waits() {
+    const CAPACITY: usize = 4;
+    const BURST: usize = 10;
+    let port = free_port();
+    let prefix = format!("zt/capacity/{port}");
+    let keys = format!("queue_capacity = {CAPACITY}\nmax_batch = 1\n");
+    let config = base_config(port, &prefix) + &spin_pipeline("stall", "capacity", &keys, 1000);
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/capacity/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.results("out", "in/capacity/**").await.expect("subscribe to results");
+    let send = |id: String| {
+        let client = &client;
+        async move {
+            let text = zenoh::bytes::Encoding::TEXT_PLAIN;
+            client.publish("in/capacity/x", &id, b"a film".to_vec(), text).await.expect("publish");
+        }
+    };
+    // One message runs (and stalls), CAPACITY wait, the rest of the burst is refused.
+    for index in 0..BURST {
+        send(format!("first-{index}")).await;
+    }
+    let mut outcomes = BTreeMap::new();
+    collect_until(&results, &mut outcomes, |outcomes| outcomes.contains_key("first-0"), &daemon).await;
+    assert_eq!(outcomes["first-0"].reason, "inference_timeout", "the first run times out");
+    // The worker has now taken the waiting messages into its own queue and runs the next: CAPACITY - 1 wait, so
+    // one more fits, whatever the admission queue alone would take.
+    for index in 0..BURST {
+        send(format!("second-{index}")).await;
+    }
+    collect_until(&results, &mut outcomes, |outcomes| outcomes.len() == 2 * BURST, &daemon).await;
+    let accepted = |phase: &str| {
+        outcomes.iter().filter(|(id, result)| id.starts_with(phase) && result.reason != "queue_full").count()
+    };
+    // The first burst: one running and CAPACITY waiting (CAPACITY - 1 if the burst came while the worker was
+    // still preparing the first, which then also waited). The second: as many as the first left room for, the
+    // one now running excepted (one fewer if it came just before that one started).
+    let (first, second) = (accepted("first-"), accepted("second-"));
+    assert!(first == CAPACITY + 1 || first == CAPACITY, "first burst: {first} accepted");
+    assert!(
+        first + second == CAPACITY + 2 || first + second == CAPACITY + 1,
+        "{first} + {second} accepted: more than CAPACITY ({CAPACITY}) waited at once"
+    );
+    client.close().await;
+}
+
+/// Adds results to `outcomes`, by id, until `until` holds; each message must get one.
+async fn collect_until(
+    results: &zinferd::client::Results,
+    outcomes: &mut BTreeMap<String, zinfer_proto::Result>,
+    until: impl Fn(&BTreeMap<String, zinfer_proto::Result>) -> bool,
+    daemon: &Daemon,
+) {
+    while !until(outcomes) {
+        let result = results
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|error| panic!("{} outcomes so far ({error}):\n{}", outcomes.len(), daemon.log()));
+        assert!(outcomes.insert(result.id.clone(), result).is_none(), "one outcome per message");
+    }
 }

@@ -2,8 +2,14 @@
 //!
 //! A plain bounded channel can only refuse the newest message when it is full, which is right for `fifo` but the
 //! opposite of what `latest` promises: under a flood of sensor frames, the newest must get in and the oldest go.
-//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress. It bounds both the
-//! count and the payload bytes it holds (`queue_capacity`, `queue_bytes`).
+//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress.
+//!
+//! It bounds the count and the payload bytes of every message that waits for the model (`queue_capacity`,
+//! `queue_bytes`): those here, and those the worker took from here and has not yet started to run or answered (its
+//! own deadline-ordered queue), which the worker gives back with [`Account::release`]. One bound over both, so that
+//! the settings mean what they say rather than twice as much. Under `latest` the worker's oldest messages cannot be
+//! evicted from here: a newcomer is let in, and the worker answers its oldest `superseded` when it takes the
+//! newcomer (its next turn, after the model run in progress).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::RecvTimeoutError;
@@ -24,6 +30,9 @@ struct Shared {
 struct State {
     waiting: VecDeque<Envelope>,
     bytes: usize,
+    /// Messages the worker took from `waiting` and holds, not yet running or answered, and their payload bytes.
+    held: usize,
+    held_bytes: usize,
     /// True once the worker failed: nothing will take messages from here again.
     failed: bool,
     /// False once the sending side is gone: the worker drains what is left and stops.
@@ -33,9 +42,13 @@ struct State {
 }
 
 impl State {
+    /// The oldest message, which the worker holds from now on: it still counts against the bound.
     fn pop(&mut self) -> Option<Envelope> {
         let envelope = self.waiting.pop_front()?;
-        self.bytes -= envelope.message.payload.len();
+        let bytes = envelope.message.payload.len();
+        self.bytes -= bytes;
+        self.held += 1;
+        self.held_bytes += bytes;
         Some(envelope)
     }
 }
@@ -50,7 +63,15 @@ impl Shared {
 /// never queued: the ingress answers it before).
 pub fn bounded(capacity: usize, capacity_bytes: usize, overload: Overload) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { waiting: VecDeque::new(), bytes: 0, failed: false, open: true, woken: false }),
+        state: Mutex::new(State {
+            waiting: VecDeque::new(),
+            bytes: 0,
+            held: 0,
+            held_bytes: 0,
+            failed: false,
+            open: true,
+            woken: false,
+        }),
         arrived: Condvar::new(),
         capacity: capacity.max(1),
         capacity_bytes,
@@ -74,9 +95,11 @@ pub enum Refused {
 pub struct Sender(Arc<Shared>);
 
 impl Sender {
-    /// Queues `envelope`. Under `latest`, a full queue (by count or bytes) makes room by evicting its oldest message
-    /// of the same key (else its oldest message), which is returned so that the caller answers it
-    /// `dropped: superseded`; when evicting one is not enough, the newest is refused like under `fifo`.
+    /// Queues `envelope` if what waits (here and in the worker) leaves room for it. Under `latest`, a full queue (by
+    /// count or bytes) makes room by evicting its oldest message of the same key (else, if the worker holds nothing,
+    /// its oldest message), which is returned so that the caller answers it `dropped: superseded`; if the worker
+    /// holds the oldest messages, the newcomer is let in and the worker makes room (see the module docs). When that
+    /// is not enough (the newcomer alone would overflow what waits here), it is refused like under `fifo`.
     pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
         let mut state = self.0.lock();
         if state.failed {
@@ -86,17 +109,26 @@ impl Sender {
             return Err(Refused::Closed(Box::new(envelope)));
         }
         let bytes = envelope.message.payload.len();
-        let full =
-            |state: &State| state.waiting.len() >= self.0.capacity || state.bytes + bytes > self.0.capacity_bytes;
+        let (capacity, capacity_bytes) = (self.0.capacity, self.0.capacity_bytes);
+        // Full counting what the worker holds too, or (`with_held` false) what waits here alone.
+        let full = |state: &State, with_held: bool| {
+            let (held, held_bytes) = if with_held { (state.held, state.held_bytes) } else { (0, 0) };
+            state.waiting.len() + held >= capacity || state.bytes + held_bytes + bytes > capacity_bytes
+        };
         let mut evicted = None;
-        if full(&state) {
+        if full(&state, true) {
+            let mut with_held = true;
             if let Overload::Latest { .. } = self.0.overload {
                 let key = &envelope.message.key;
-                let oldest = state.waiting.iter().position(|waiting| &waiting.message.key == key).unwrap_or(0);
-                evicted = state.waiting.remove(oldest);
+                let same_key = state.waiting.iter().position(|waiting| &waiting.message.key == key);
+                let oldest = same_key.or((state.held == 0).then_some(0));
+                evicted = oldest.and_then(|oldest| state.waiting.remove(oldest));
                 state.bytes -= evicted.as_ref().map_or(0, |evicted| evicted.message.payload.len());
+                // The worker evicts among what it holds once it takes the newcomer: only this queue's own share of
+                // the bound can refuse it.
+                with_held = false;
             }
-            if full(&state) {
+            if full(&state, with_held) {
                 // Nothing was gained by the eviction: put it back where it was, refuse the newcomer.
                 if let Some(evicted) = evicted {
                     state.bytes += evicted.message.payload.len();
@@ -164,6 +196,11 @@ impl Receiver {
         Waker(Arc::clone(&self.0))
     }
 
+    /// The handle through which the worker accounts for what it holds (see [`Account`]).
+    pub fn account(&self) -> Account {
+        Account(Arc::clone(&self.0))
+    }
+
     /// The worker failed: from now on every push is refused as [`Refused::Failed`]; returns what was waiting, so
     /// that each gets its outcome.
     pub fn fail(&self) -> Vec<Envelope> {
@@ -171,6 +208,25 @@ impl Receiver {
         state.failed = true;
         state.bytes = 0;
         state.waiting.drain(..).collect()
+    }
+}
+
+/// The worker's account of what it holds, which shares the queue's bound (see [`Receiver::account`]).
+pub struct Account(Arc<Shared>);
+
+impl Account {
+    /// Messages and payload bytes waiting in all: in the queue, and held by the worker.
+    pub fn load(&self) -> (usize, usize) {
+        let state = self.0.lock();
+        (state.waiting.len() + state.held, state.bytes + state.held_bytes)
+    }
+
+    /// A message the worker took from the queue no longer waits: it started to run, or was answered. Its `bytes`
+    /// (payload length) and its place are free for the next arrival.
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.0.lock();
+        state.held = state.held.saturating_sub(1);
+        state.held_bytes = state.held_bytes.saturating_sub(bytes);
     }
 }
 
@@ -234,7 +290,10 @@ mod tests {
         assert!(matches!(sender.push(sized("a", "2", 50)), Err(Refused::Full(refused)) if refused.fallback_id == "2"));
         assert!(sender.push(sized("a", "3", 40)).expect("room").is_none());
         assert_eq!(ids(&receiver), ["1", "3"]);
-        assert!(sender.push(sized("a", "4", 100)).expect("room once drained").is_none());
+        let account = receiver.account();
+        account.release(60);
+        account.release(40);
+        assert!(sender.push(sized("a", "4", 100)).expect("room once both ran").is_none());
 
         let (sender, receiver) = bounded(10, 100, Overload::Latest { per_key: 1 });
         for (id, bytes) in [("1", 30), ("2", 30), ("3", 30)] {
@@ -245,6 +304,43 @@ mod tests {
         // One eviction cannot make room for 95 bytes: the newcomer is refused and the queue is unchanged.
         assert!(matches!(sender.push(sized("k", "5", 95)), Err(Refused::Full(refused)) if refused.fallback_id == "5"));
         assert_eq!(ids(&receiver), ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn what_the_worker_holds_counts_against_the_bound_until_released() {
+        let (sender, receiver) = bounded(2, 100, Overload::Fifo);
+        let account = receiver.account();
+        sender.push(sized("a", "1", 10)).expect("room");
+        sender.push(sized("a", "2", 10)).expect("room");
+        assert_eq!(ids(&receiver), ["1", "2"], "taken by the worker, not yet run");
+        assert_eq!(account.load(), (2, 20));
+        assert!(matches!(sender.push(sized("a", "3", 10)), Err(Refused::Full(_))), "still waiting, at the worker");
+        account.release(10);
+        assert!(sender.push(sized("a", "4", 10)).expect("one started to run").is_none());
+        assert_eq!(account.load(), (2, 20));
+
+        // Bytes too: 90 held leave room for 10 more, not 11.
+        let (sender, receiver) = bounded(10, 100, Overload::Fifo);
+        sender.push(sized("a", "1", 90)).expect("room");
+        assert_eq!(ids(&receiver), ["1"]);
+        assert!(matches!(sender.push(sized("a", "2", 11)), Err(Refused::Full(_))));
+        assert!(sender.push(sized("a", "3", 10)).expect("room").is_none());
+    }
+
+    #[test]
+    fn latest_lets_the_newest_in_when_the_worker_holds_the_oldest() {
+        let (sender, receiver) = bounded(2, usize::MAX, Overload::Latest { per_key: 1 });
+        let account = receiver.account();
+        sender.push(envelope("a", "1")).expect("room");
+        sender.push(envelope("b", "2")).expect("room");
+        assert_eq!(ids(&receiver), ["1", "2"]);
+        // The oldest are the worker's to evict: the newcomer gets in, over the bound until the worker takes it.
+        assert!(sender.push(envelope("c", "3")).expect("latest lets it in").is_none());
+        assert_eq!(account.load(), (3, 0));
+        // A newer message of a key still waiting here replaces it.
+        let evicted = sender.push(envelope("c", "4")).expect("latest never refuses").expect("an eviction");
+        assert_eq!(evicted.fallback_id, "3");
+        assert_eq!(ids(&receiver), ["4"]);
     }
 
     #[test]

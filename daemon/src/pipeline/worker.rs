@@ -28,7 +28,7 @@ use zinfer_stage_api::{Reason, StageError};
 
 use super::deadline::{CostModel, Deadline};
 use super::outcome::{DropReason, ExpireReason, Outcome, Timings, Verdict};
-use super::queue::Receiver;
+use super::queue::{Account, Receiver};
 use super::runner::Runners;
 use super::{Envelope, Job, Pipeline, Prepared, Processed, panicked};
 use crate::memory::{Governor, Pressure};
@@ -41,11 +41,12 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 pub struct WorkerContext {
     /// Index of the pipeline.
     pub index: usize,
-    /// Most prepared messages waiting for the model; more are dropped with `queue_full`.
+    /// Most messages waiting for the model, in the admission queue and this worker's together (the admission queue
+    /// refuses with `queue_full` at this bound); a quarter of it under memory pressure.
     pub capacity: usize,
     /// Most messages per model run.
     pub max_batch: usize,
-    /// Most payload bytes waiting; more are refused (or, with `latest`, evict the oldest).
+    /// Most payload bytes waiting, counted like `capacity`; more are refused (or, with `latest`, evict the oldest).
     pub capacity_bytes: usize,
     /// What gives when the queue is full.
     pub overload: Overload,
@@ -87,7 +88,7 @@ pub fn spawn(
         Runners::start(&name, instances, queue.waker(), &context.metrics)?
     };
     std::thread::Builder::new().name(format!("zinfer-{name}")).spawn(move || {
-        let mut worker = Worker::new(pipeline, context, runners);
+        let mut worker = Worker::new(pipeline, context, runners, queue.account());
         // Stages, decoders and model runs are already guarded per message; a panic that reaches here is zinferd's
         // own bug. The thread then ends (its heartbeat stops, so the watchdog has the service restarted); what it
         // held and what waits are answered, and so is every later one. The few messages of the turn in progress
@@ -100,7 +101,7 @@ pub fn spawn(
             );
             let held: Vec<Waiting> = std::mem::take(&mut worker.waiting).into_vec();
             for waiting in held {
-                worker.context.metrics.record_dequeued();
+                worker.dequeued(waiting.bytes);
                 let outcome = worker.outcome(waiting.prepared, failed_verdict());
                 worker.send(outcome);
             }
@@ -150,6 +151,8 @@ struct Worker {
     costs: Vec<CostModel>,
     /// The pipeline's further model instances, which run batches while this thread prepares the next.
     runners: Runners,
+    /// What the worker holds, in the admission queue's bound (`queue_capacity`, `queue_bytes` cover both).
+    account: Account,
 }
 
 /// A prepared message in the EDF queue.
@@ -202,7 +205,7 @@ impl Ord for Waiting {
 }
 
 impl Worker {
-    fn new(pipeline: Pipeline, context: WorkerContext, runners: Runners) -> Self {
+    fn new(pipeline: Pipeline, context: WorkerContext, runners: Runners, account: Account) -> Self {
         let costs = (0..pipeline.rungs().len())
             .map(|rung| {
                 let mut costs = CostModel::default();
@@ -212,7 +215,7 @@ impl Worker {
                 costs
             })
             .collect();
-        Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs, runners }
+        Self { pipeline, context, waiting: BinaryHeap::new(), waiting_bytes: 0, sequence: 0, costs, runners, account }
     }
 
     fn run(&mut self, queue: &Receiver) {
@@ -376,7 +379,7 @@ impl Worker {
                 self.waiting.push(Waiting::new(prepared, self.sequence, bytes));
             }
             Err(processed) => {
-                self.context.metrics.record_dequeued();
+                self.dequeued(bytes);
                 let outcome = self.finish(*processed, key, arrived);
                 self.send(outcome);
             }
@@ -385,7 +388,7 @@ impl Worker {
 
     /// Answers a message taken from the admission queue without decoding it, under its sender's id.
     fn answer_undecoded(&mut self, envelope: Envelope, reason: DropReason) {
-        self.context.metrics.record_dequeued();
+        self.dequeued(envelope.message.payload.len());
         let processed = Processed {
             id: self.pipeline.sender_id(&envelope),
             verdict: Verdict::Dropped(reason),
@@ -415,7 +418,13 @@ impl Worker {
                         break;
                     }
                 }
-                while full(self) {
+                // The admission queue lets a newcomer in while this worker holds the oldest messages: the oldest
+                // go until everything waiting, here and there (this message included), fits the bound again.
+                let over = |worker: &Self| {
+                    let (count, total_bytes) = worker.account.load();
+                    count > worker.context.capacity || total_bytes > worker.context.capacity_bytes
+                };
+                while full(self) || over(self) {
                     if !self.evict(|_| true) {
                         break;
                     }
@@ -434,10 +443,17 @@ impl Worker {
         self.waiting = all.into();
         let Some(evicted) = evicted else { return false };
         self.waiting_bytes -= evicted.bytes;
-        self.context.metrics.record_dequeued();
+        self.dequeued(evicted.bytes);
         let outcome = self.outcome(evicted.prepared, Verdict::Dropped(DropReason::Superseded));
         self.send(outcome);
         true
+    }
+
+    /// A message of `bytes` leaves what waits (it runs, or is answered): telemetry's queue depth and the admission
+    /// bound count it no more.
+    fn dequeued(&self, bytes: usize) {
+        self.context.metrics.record_dequeued();
+        self.account.release(bytes);
     }
 
     /// The queue length allowed now: a quarter under memory pressure.
@@ -460,7 +476,7 @@ impl Worker {
     fn take_next(&mut self) -> Option<Waiting> {
         let next = self.waiting.pop()?;
         self.waiting_bytes -= next.bytes;
-        self.context.metrics.record_dequeued();
+        self.dequeued(next.bytes);
         Some(next)
     }
 
@@ -503,7 +519,7 @@ impl Worker {
             let Some(candidate) = self.waiting.pop() else { break };
             self.waiting_bytes -= candidate.bytes;
             if let Some(verdict @ Verdict::Expired(ExpireReason::Passed)) = self.shed(&candidate, 1, now) {
-                self.context.metrics.record_dequeued();
+                self.dequeued(candidate.bytes);
                 answered.push(self.outcome(candidate.prepared, verdict));
                 continue;
             }
@@ -511,7 +527,7 @@ impl Worker {
             let fits = Pipeline::signature(&candidate.prepared) == signature
                 && batch.iter().chain([&candidate]).all(|member| self.shed(member, grown, now).is_none());
             if fits {
-                self.context.metrics.record_dequeued();
+                self.dequeued(candidate.bytes);
                 batch.push(candidate);
             } else {
                 aside.push(candidate);
