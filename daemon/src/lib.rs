@@ -11,6 +11,18 @@
 //!                                     telemetry::metrics ─▶ telemetry (<prefix>/telemetry, /status, /alive)
 //! ```
 //!
+//! What a message is on the way, one type per hand-over:
+//!
+//! ```text
+//! zenoh Sample ─▶ Envelope ─decode─▶ Request ─▶ Item ─preprocess─▶ Prepared ─model, postprocess─▶ Outcome ─▶ zinfer.v1.Result
+//!               (RawMessage,         (the        (what the      (an Item and     (in a Job:         (verdict,       (the wire)
+//!                arrival, query)      decoder's)  stages share)  its deadline)    a batch)           timings, ids)
+//! ```
+//!
+//! A message answered before it is decoded (shed at the door or in the queue) goes from its `Envelope` straight to
+//! an `Outcome`, with the sender's id. [`zinfer_stage_api`] owns `RawMessage`, `Request` and `Item`, the types a
+//! stage sees; the rest are [`pipeline`]'s.
+//!
 //! A query on `<prefix>/infer/<pipeline>` enters the same ingress and queue as a published message and leaves the
 //! egress as its reply. With a pipeline's `share` set, `io::share` decides at the ingress which of the daemons
 //! serving that pipeline takes each message (docs/fleet.md).

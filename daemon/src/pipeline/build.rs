@@ -75,6 +75,7 @@ pub fn build(
         }
     };
     Ok(Pipeline {
+        index,
         decoder: decoder.into(),
         rungs,
         ladder,

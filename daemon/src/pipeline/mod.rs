@@ -38,7 +38,7 @@ use crate::io::egress::Reply;
 use zinfer_stage_api::{Decoder, Item, NamedTensor, RawMessage, Reason, Stage, StageError};
 
 use deadline::Deadline;
-use outcome::{Timings, Verdict};
+use outcome::{Outcome, Timings, Verdict};
 
 /// A message waiting for its pipeline.
 #[derive(Debug)]
@@ -83,6 +83,8 @@ pub struct ModelIdentity {
 /// A built pipeline: decoder, stages and the model (or the models of its ladder), ready to process envelopes on one
 /// thread.
 pub struct Pipeline {
+    /// Its position in the config, which its outcomes carry.
+    index: usize,
     decoder: Arc<dyn Decoder>,
     /// The pipeline's `model` first, then its ladder's smaller models: never empty.
     rungs: Vec<Rung>,
@@ -125,23 +127,6 @@ impl Rung {
         self.preprocess.clear();
         self.shares_preprocessing = true;
     }
-}
-
-/// What processing one envelope yields.
-#[derive(Debug)]
-pub struct Processed {
-    /// The request id finally used.
-    pub id: String,
-    /// The prediction or the failure.
-    pub verdict: Verdict,
-    /// Time per stage.
-    pub timings: Timings,
-    /// The message's deadline, if it had one.
-    pub deadline: Option<Deadline>,
-    /// The query its outcome answers (see [`Envelope::reply`]).
-    pub reply: Option<Reply>,
-    /// The rung whose model produced the outcome, or would have (the one serving when it was decided).
-    pub rung: usize,
 }
 
 /// A decoded, preprocessed message waiting for the model.
@@ -338,16 +323,16 @@ impl Pipeline {
     }
 
     /// Runs one envelope through every phase. Never panics on bad input: failures become [`Verdict::Failed`].
-    pub fn process(&mut self, envelope: Envelope) -> Processed {
+    pub fn process(&mut self, envelope: Envelope) -> Outcome {
         match self.prepare(envelope) {
             Ok(prepared) => self.run(prepared),
-            Err(processed) => *processed,
+            Err(outcome) => *outcome,
         }
     }
 
     /// Decodes and preprocesses; a failure (a panic of a stage or the decoder included) is already the message's
     /// final outcome.
-    pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Box<Processed>> {
+    pub fn prepare(&mut self, envelope: Envelope) -> Result<Prepared, Box<Outcome>> {
         let rung = self.active_rung();
         let mut timings = Timings::default();
         let started = Instant::now();
@@ -362,7 +347,9 @@ impl Pipeline {
                     _ => panicked(),
                 };
                 let id = self.sender_id(&envelope);
-                return Err(Box::new(Processed { id, verdict, timings, deadline: None, reply: envelope.reply, rung }));
+                let mut outcome = Outcome::undecoded(self.index, envelope, id, verdict, rung);
+                outcome.timings = timings;
+                return Err(Box::new(outcome));
             }
         };
         let requested = match (request.deadline_ms, envelope.deadline_ms) {
@@ -400,7 +387,9 @@ impl Pipeline {
             Ok(Err(error)) => Verdict::Failed(error),
             Err(_) => panicked(),
         };
-        Err(Box::new(Processed { id: item.id, verdict, timings, deadline, reply: envelope.reply, rung }))
+        let (pipeline, arrived, reply) = (self.index, envelope.arrived, envelope.reply);
+        let Item { id, key, .. } = item;
+        Err(Box::new(Outcome { pipeline, id, key, verdict, timings, arrived, deadline, reply, rung }))
     }
 
     /// The id an outcome carries for `envelope` when it is not decoded: see [`Envelope::sender_id`].
@@ -409,7 +398,7 @@ impl Pipeline {
     }
 
     /// Runs the model and the postprocessing stages on a prepared message.
-    pub fn run(&mut self, prepared: Prepared) -> Processed {
+    pub fn run(&mut self, prepared: Prepared) -> Outcome {
         let rows = self.max_rows;
         let mut processed = self.run_batch(vec![prepared], rows, &mut || {});
         processed.pop().expect("run_batch answers every item: this is a bug")
@@ -417,20 +406,15 @@ impl Pipeline {
 
     /// Runs the model on a batch of prepared messages whose model inputs have equal shapes, then postprocesses
     /// each: [`Job::run`] on this pipeline's own model, then [`Pipeline::conclude`]. Every message gets its own
-    /// [`Processed`], in order.
-    pub fn run_batch(
-        &mut self,
-        batch: Vec<Prepared>,
-        max_rows: usize,
-        between_runs: &mut dyn FnMut(),
-    ) -> Vec<Processed> {
+    /// [`Outcome`], in order.
+    pub fn run_batch(&mut self, batch: Vec<Prepared>, max_rows: usize, between_runs: &mut dyn FnMut()) -> Vec<Outcome> {
         let mut job = Job::new(batch, max_rows);
         job.run(self.rung_model_mut(job.rung()), between_runs);
         self.conclude(job)
     }
 
     /// Postprocesses a batch whose model run ([`Job::run`]) is done, here or on another instance.
-    pub fn conclude(&mut self, job: Job) -> Vec<Processed> {
+    pub fn conclude(&mut self, job: Job) -> Vec<Outcome> {
         let Job { batch, rung, rows, outputs, started, inferred } = job;
         let size: usize = batch.iter().map(|prepared| model_inputs(&prepared.item).count()).sum();
         let mut outputs = outputs.into_iter();
@@ -468,7 +452,8 @@ impl Pipeline {
                     }
                     Err(error) => Verdict::Failed(error),
                 };
-                Processed { id: item.id, verdict, timings, deadline, reply, rung }
+                let Item { id, key, .. } = item;
+                Outcome { pipeline: self.index, id, key, verdict, timings, arrived, deadline, reply, rung }
             })
             .collect()
     }

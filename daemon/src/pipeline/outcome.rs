@@ -164,6 +164,28 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a message answered before it was decoded (shed, undecodable, or its worker failed): it carries
+    /// `id`, the sender's id as far as it can be found (see [`super::Envelope::sender_id`]).
+    pub fn undecoded(pipeline: usize, envelope: super::Envelope, id: String, verdict: Verdict, rung: usize) -> Self {
+        Self {
+            pipeline,
+            id,
+            key: envelope.message.key,
+            verdict,
+            timings: Timings::default(),
+            arrived: envelope.arrived,
+            deadline: None,
+            reply: envelope.reply,
+            rung,
+        }
+    }
+
+    /// The outcome of a prepared message that did not reach the model, or whose run was lost.
+    pub fn prepared(pipeline: usize, prepared: super::Prepared, verdict: Verdict) -> Self {
+        let super::Prepared { item, timings, arrived, deadline, reply, rung } = prepared;
+        Self { pipeline, id: item.id, key: item.key, verdict, timings, arrived, deadline, reply, rung }
+    }
+
     /// The wire form, with the total time and the deadline slack measured up to now.
     pub fn to_result(&self, pipeline: &str, model: Option<&ModelIdentity>, stage_names: &[String]) -> proto::Result {
         let now = Instant::now();

@@ -30,7 +30,7 @@ use super::deadline::{CostModel, Deadline};
 use super::outcome::{DropReason, ExpireReason, Outcome, Timings, Verdict};
 use super::queue::{Account, Receiver};
 use super::runner::Runners;
-use super::{Envelope, Job, Pipeline, Prepared, Processed, panicked};
+use super::{Envelope, Job, Pipeline, Prepared, panicked};
 use crate::memory::{Governor, Pressure};
 use crate::telemetry::metrics::PipelineMetrics;
 
@@ -114,15 +114,8 @@ pub fn spawn(
             }
             for envelope in queue.fail() {
                 worker.context.metrics.record_dequeued();
-                let processed = Processed {
-                    id: worker.pipeline.sender_id(&envelope),
-                    verdict: failed_verdict(),
-                    timings: Timings::default(),
-                    deadline: None,
-                    reply: envelope.reply,
-                    rung: worker.pipeline.active_rung(),
-                };
-                let outcome = worker.finish(processed, envelope.message.key, envelope.arrived);
+                let (id, rung) = (worker.pipeline.sender_id(&envelope), worker.pipeline.active_rung());
+                let outcome = Outcome::undecoded(worker.context.index, envelope, id, failed_verdict(), rung);
                 worker.send(outcome);
             }
         }
@@ -370,7 +363,6 @@ impl Worker {
         if let Some(reason) = shed {
             return self.answer_undecoded(envelope, reason);
         }
-        let (key, arrived) = (envelope.message.key.clone(), envelope.arrived);
         match self.pipeline.prepare(envelope) {
             Ok(prepared) => {
                 self.context.metrics.record_counters(&prepared.item.counters);
@@ -378,10 +370,9 @@ impl Worker {
                 self.waiting_bytes += bytes;
                 self.waiting.push(Waiting::new(prepared, self.sequence, bytes));
             }
-            Err(processed) => {
+            Err(outcome) => {
                 self.dequeued(bytes);
-                let outcome = self.finish(*processed, key, arrived);
-                self.send(outcome);
+                self.send(*outcome);
             }
         }
     }
@@ -389,15 +380,8 @@ impl Worker {
     /// Answers a message taken from the admission queue without decoding it, under its sender's id.
     fn answer_undecoded(&mut self, envelope: Envelope, reason: DropReason) {
         self.dequeued(envelope.message.payload.len());
-        let processed = Processed {
-            id: self.pipeline.sender_id(&envelope),
-            verdict: Verdict::Dropped(reason),
-            timings: Timings::default(),
-            deadline: None,
-            reply: envelope.reply,
-            rung: self.pipeline.active_rung(),
-        };
-        let outcome = self.finish(processed, envelope.message.key, envelope.arrived);
+        let (id, rung) = (self.pipeline.sender_id(&envelope), self.pipeline.active_rung());
+        let outcome = Outcome::undecoded(self.context.index, envelope, id, Verdict::Dropped(reason), rung);
         self.send(outcome);
     }
 
@@ -580,57 +564,41 @@ impl Worker {
         for (identity, prepared) in identities.iter_mut().zip(job.batch_mut()) {
             identity.4 = prepared.reply.take();
         }
-        let processed =
+        let concluded =
             if completed { catch_unwind(AssertUnwindSafe(|| self.pipeline.conclude(job))).ok() } else { None };
-        match processed {
-            Some(processed) => {
-                if let (Some(first), Some(costs)) = (processed.first(), self.costs.get_mut(rung)) {
+        match concluded {
+            Some(outcomes) => {
+                if let (Some(first), Some(costs)) = (outcomes.first(), self.costs.get_mut(rung)) {
                     costs.observe(length, size, first.timings.inference + first.timings.postprocess);
                 }
-                processed
+                outcomes
                     .into_iter()
                     .zip(identities)
-                    .map(|(mut processed, (_, key, arrived, _, reply))| {
-                        processed.reply = reply;
-                        self.finish(processed, key, arrived)
+                    .map(|(mut outcome, (_, _, _, _, reply))| {
+                        outcome.reply = reply;
+                        outcome
                     })
                     .collect()
             }
             None => identities
                 .into_iter()
-                .map(|(id, key, arrived, deadline, reply)| {
-                    let processed =
-                        Processed { id, verdict: panicked(), timings: Timings::default(), deadline, reply, rung };
-                    self.finish(processed, key, arrived)
+                .map(|(id, key, arrived, deadline, reply)| Outcome {
+                    pipeline: self.context.index,
+                    id,
+                    key,
+                    verdict: panicked(),
+                    timings: Timings::default(),
+                    arrived,
+                    deadline,
+                    reply,
+                    rung,
                 })
                 .collect(),
         }
     }
 
     fn outcome(&self, prepared: Prepared, verdict: Verdict) -> Outcome {
-        let processed = Processed {
-            id: prepared.item.id,
-            verdict,
-            timings: prepared.timings,
-            deadline: prepared.deadline,
-            reply: prepared.reply,
-            rung: prepared.rung,
-        };
-        self.finish(processed, prepared.item.key, prepared.arrived)
-    }
-
-    fn finish(&self, processed: Processed, key: String, arrived: Instant) -> Outcome {
-        Outcome {
-            pipeline: self.context.index,
-            id: processed.id,
-            key,
-            verdict: processed.verdict,
-            timings: processed.timings,
-            arrived,
-            deadline: processed.deadline,
-            reply: processed.reply,
-            rung: processed.rung,
-        }
+        Outcome::prepared(self.context.index, prepared, verdict)
     }
 
     /// Hands an outcome to the egress; false if the publisher is gone. A missed deadline (expired, or answered
