@@ -27,7 +27,7 @@ use crate::config::{ShareMode, WireEncoding};
 use crate::io::egress::{Reply, encode};
 use crate::io::share::Share;
 use crate::pipeline::Envelope;
-use crate::pipeline::outcome::{DropReason, Outcome, Timings, Verdict};
+use crate::pipeline::outcome::{DropReason, Outcome, Verdict};
 use crate::pipeline::queue::{Refused, Sender};
 use crate::telemetry::metrics::PipelineMetrics;
 
@@ -493,17 +493,8 @@ fn refuse_query(reply: Reply, refusal: Refusal<'_>, reason: DropReason, encoding
 
 /// Answers an accepted message that will not be decoded, with the id its sender gave it wherever it can be found.
 fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
-    let outcome = Outcome {
-        pipeline: admission.pipeline,
-        id: envelope.sender_id(admission.decoder.as_ref()),
-        key: envelope.message.key,
-        verdict,
-        timings: Timings::default(),
-        arrived: envelope.arrived,
-        deadline: None,
-        reply: envelope.reply,
-        rung: 0,
-    };
+    let id = envelope.sender_id(admission.decoder.as_ref());
+    let outcome = Outcome::undecoded(admission.pipeline, envelope, id, verdict, 0);
     if admission.outcomes.send(outcome).is_err() {
         tracing::error!(pipeline = admission.pipeline, "the publisher is gone; an accepted message gets no outcome");
     }

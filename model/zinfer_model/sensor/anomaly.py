@@ -17,22 +17,20 @@ test_recording_anomaly.json, report.json and README.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
 import random
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..recipe import merge
 from . import data as sd
+from .recipe import load_with_defaults
 
 INPUT_NAME = "frames"
 SCORE_NAME = "score"
@@ -64,15 +62,7 @@ DEFAULTS: dict = {
 
 
 def load_recipe(path: Path | None, quick: bool = False) -> dict:
-    recipe = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        with open(path, "rb") as f:
-            recipe = merge(recipe, tomllib.load(f))
-    quick_over = recipe.pop("quick")
-    if quick:
-        recipe = merge(recipe, quick_over)
-    recipe["quick"] = bool(quick)
-    return recipe
+    return load_with_defaults(DEFAULTS, path, quick)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -342,7 +332,7 @@ def recording_doc(sess, rec: sd.Recording, n_samples: int, labels: list[str], he
 
 def manifest_text(name: str, version: str, sha256: str, channels: list[str], rate: float, window: int, hop: int,
                   mean, std, threshold: float) -> str:
-    from .steps import _f32_list, f32
+    from .steps import f32, sensor_table
 
     return f"""# what the daemon reads; paths are relative to this file
 name = "{name}"
@@ -352,15 +342,7 @@ model = "model.onnx"
 output = "score"   # float32 [batch]: mean squared reconstruction error over the window's normalised values
 sha256 = "{sha256}"
 
-[sensor]
-input = "frames"
-channels = [{", ".join(json.dumps(x) for x in channels)}]
-sample_rate_hz = {rate}
-window = {window}
-hop = {hop}
-mean = {_f32_list(mean)}
-std = {_f32_list(std)}
-
+{sensor_table(channels, rate, window, hop, mean, std)}
 [head]
 # chosen on the validation split only (never the test split): {THRESHOLD_RULE}
 threshold = {f32(threshold)}

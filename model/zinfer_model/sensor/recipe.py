@@ -53,7 +53,12 @@ DEFAULTS: dict = {
 
 
 def load_sensor_recipe(path: Path | None, quick: bool = False) -> dict:
-    recipe = copy.deepcopy(DEFAULTS)
+    return load_with_defaults(DEFAULTS, path, quick)
+
+
+def load_with_defaults(defaults: dict, path: Path | None, quick: bool = False) -> dict:
+    """`defaults`, overridden by the recipe file at `path`, then (with `quick`) by its own `[quick]` table."""
+    recipe = copy.deepcopy(defaults)
     if path is not None:
         with open(path, "rb") as f:
             recipe = merge(recipe, tomllib.load(f))

@@ -389,6 +389,19 @@ def recording_json(sess, rec: sd.Recording, n_samples: int, labels: list[str], m
     return "\n".join(lines) + "\n", wins
 
 
+def sensor_table(channels: list[str], rate: float, window: int, hop: int, mean, std) -> str:
+    """A manifest's `[sensor]` table: how the daemon's `window` stage feeds the model."""
+    return f"""[sensor]
+input = "frames"
+channels = [{", ".join(json.dumps(x) for x in channels)}]
+sample_rate_hz = {rate}
+window = {window}
+hop = {hop}
+mean = {_f32_list(mean)}
+std = {_f32_list(std)}
+"""
+
+
 def manifest_text(name: str, version: str, sha256: str, labels: list[str], channels: list[str], rate: float,
                   window: int, hop: int, mean, std) -> str:
     return f"""# what the daemon reads; paths are relative to this file
@@ -400,15 +413,7 @@ labels = [{", ".join(json.dumps(x) for x in labels)}]   # index = logits column
 output = "logits"
 sha256 = "{sha256}"
 
-[sensor]
-input = "frames"
-channels = [{", ".join(json.dumps(x) for x in channels)}]
-sample_rate_hz = {rate}
-window = {window}
-hop = {hop}
-mean = {_f32_list(mean)}
-std = {_f32_list(std)}
-"""
+""" + sensor_table(channels, rate, window, hop, mean, std)
 
 
 def step_export(run: SensorRun) -> None:

@@ -245,6 +245,15 @@ impl Item {
         self.outputs.iter().find(|tensor| tensor.name == name)
     }
 
+    /// The output named `name`, or without a name the model's first output: what a head configured with an
+    /// optional `output` reads.
+    pub fn output_or_first(&self, name: Option<&str>) -> Option<&NamedTensor> {
+        match name {
+            Some(name) => self.output(name),
+            None => self.outputs.first(),
+        }
+    }
+
     /// Adds `count` to the per-pipeline counter `name`.
     pub fn count(&mut self, name: &'static str, count: u64) {
         if count > 0 {

@@ -74,11 +74,9 @@ impl Stage for Embed {
     }
 
     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
-        let tensor = match &self.output {
-            Some(name) => item.output(name),
-            None => item.outputs.first(),
-        }
-        .ok_or_else(|| StageError::new(Reason::MissingInput, "the model produced no output for the embed head"))?;
+        let tensor = item
+            .output_or_first(self.output.as_deref())
+            .ok_or_else(|| StageError::new(Reason::MissingInput, "the model produced no output for the embed head"))?;
         let bad = |why: String| StageError::new(Reason::BadModelOutput, format!("output `{}` {why}", tensor.name));
         let values = tensor.tensor.as_f32().ok_or_else(|| bad("is not float32".into()))?;
         let shape = &tensor.tensor.shape;

@@ -45,11 +45,9 @@ impl Stage for ScoresHead {
     }
 
     fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
-        let tensor = match &self.output {
-            Some(name) => item.output(name),
-            None => item.outputs.first(),
-        }
-        .ok_or_else(|| StageError::new(Reason::MissingInput, "the model produced no output for the scores head"))?;
+        let tensor = item
+            .output_or_first(self.output.as_deref())
+            .ok_or_else(|| StageError::new(Reason::MissingInput, "the model produced no output for the scores head"))?;
         let values = tensor.tensor.as_f32().ok_or_else(|| {
             StageError::new(Reason::BadModelOutput, format!("output `{}` is not float32", tensor.name))
         })?;
