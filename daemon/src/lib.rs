@@ -163,7 +163,7 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
         .zip(pipelines)
         .map(|(settings, pipeline)| {
             let memory = pipeline.memory();
-            let (shape, _) = pipeline::build::warm_up_shape(pipeline.model(), &settings.manifest);
+            let shape = pipeline::build::warm_up_shape(pipeline.model(), &settings.manifest);
             format!(
                 "pipeline `{}`: model {:.1} MiB + working memory {:.1} MiB at {} × ({shape})",
                 settings.name,

@@ -114,7 +114,8 @@ mod tests {
     /// before them reads a new result's v1 fields, and a new client reads an old result, in both encodings.
     #[test]
     fn results_with_and_without_the_other_heads_fields_read_both_ways() {
-        /// Result as the schema had it before fields 18 to 20, for what an old client decodes.
+        /// Result and WindowResult as the schema had them before fields 18 to 20 and 9 to 11: what an old client
+        /// decodes.
         #[derive(Clone, PartialEq, prost::Message)]
         struct OldResult {
             #[prost(string, tag = "1")]
@@ -124,24 +125,35 @@ mod tests {
             #[prost(float, tag = "8")]
             score: f32,
             #[prost(message, repeated, tag = "15")]
-            windows: Vec<WindowResult>,
+            windows: Vec<OldWindowResult>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldWindowResult {
+            #[prost(string, tag = "1")]
+            source: String,
+            #[prost(uint64, tag = "2")]
+            index: u64,
+            #[prost(float, tag = "7")]
+            score: f32,
         }
         let anomaly = Anomaly { score: 0.9, threshold: 0.5, anomalous: true };
+        let window = WindowResult { source: "s".into(), index: 3, anomaly: Some(anomaly), ..Default::default() };
         let new = Result {
             id: "w1".into(),
             outcome: outcome::OK.into(),
             anomaly: Some(anomaly),
-            windows: vec![WindowResult { index: 3, anomaly: Some(anomaly), ..Default::default() }],
-            values: Some(Values { names: vec!["t".into()], values: vec![21.5] }),
+            windows: vec![window],
             ..Default::default()
         };
         let old = OldResult::decode(new.encode_to_vec().as_slice()).expect("an old client decodes a new result");
-        assert_eq!((old.id.as_str(), old.outcome.as_str(), old.windows[0].index), ("w1", "ok", 3));
+        assert_eq!((old.id.as_str(), old.outcome.as_str()), ("w1", "ok"));
+        assert_eq!((old.windows[0].source.as_str(), old.windows[0].index), ("s", 3));
         let back = Result::decode(old.encode_to_vec().as_slice()).expect("a new client decodes an old result");
-        assert_eq!((back.anomaly, back.values, back.embedding), (None, None, None));
+        assert_eq!((back.anomaly, back.values, back.embedding, back.windows[0].anomaly), (None, None, None, None));
 
         let json = serde_json::to_string(&new).expect("json");
         assert!(json.contains(r#""anomaly":{"score":0.9,"threshold":0.5,"anomalous":true}"#), "{json}");
+        assert!(!json.contains("values") && !json.contains("embedding"), "kinds not set are left out: {json}");
         assert_eq!(serde_json::from_str::<Result>(&json).expect("json back"), new);
         let v1 = r#"{"id":"x","outcome":"ok","label":"positive","score":0.8,"scores":[],"top_k":[],"windows":[]}"#;
         let read: Result = serde_json::from_str(v1).expect("a v1 JSON result");

@@ -21,12 +21,17 @@ pub fn open_length(manifest: &ModelManifest) -> usize {
 }
 
 /// The per-item shape of each input of `model` at its warm-up, e.g. `input_ids [128], attention_mask [128]` or
-/// `frames [100, 6]`, and the longest first axis among them.
-pub fn warm_up_shape(model: &Model, manifest: &ModelManifest) -> (String, usize) {
+/// `frames [100, 6]`.
+pub fn warm_up_shape(model: &Model, manifest: &ModelManifest) -> String {
     let shapes = model.warm_up_shapes(open_length(manifest));
-    let longest = shapes.iter().filter_map(|(_, shape)| shape.first().copied()).max().unwrap_or(0);
     let shown: Vec<String> = shapes.iter().map(|(name, shape)| format!("{name} {shape:?}")).collect();
-    (shown.join(", "), longest)
+    shown.join(", ")
+}
+
+/// The longest first axis among the inputs of `model` at its warm-up: tokens of a text, samples of a window.
+pub fn warm_up_length(model: &Model, manifest: &ModelManifest) -> usize {
+    let shapes = model.warm_up_shapes(open_length(manifest));
+    shapes.iter().filter_map(|(_, shape)| shape.first().copied()).max().unwrap_or(0)
 }
 
 /// What applies where a pipeline's table leaves a setting out (see [`crate::DEFAULT_INSTANCES`] and
@@ -67,6 +72,8 @@ pub fn build(
                 let model_key = format!("{key}.ladder.rungs[{rung}]");
                 let (mut built, _, _) = build_rung(config, pipeline, manifest, &model_key, registry, ort, defaults, 1)?;
                 if built.keeps_state() {
+                    // The first rung's stages will feed this rung's model: check the model against them.
+                    rungs[0].check_feeds(&built).map_err(|error| config.error_at(&model_key, error.to_string()))?;
                     built.share_preprocessing();
                 }
                 rungs.push(built);
@@ -128,13 +135,14 @@ fn build_rung(
             Ok::<_, zinfer_ort::OrtError>(model)
         };
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
-            warm_up_error = model.warm_up(pipeline.max_batch, longest).err();
+            let failed = model.warm_up(pipeline.max_batch, longest).err();
+            warm_up_error = failed.map(|error| (error, warm_up_shape(model, manifest)));
         })
         .map_err(|error| config.error_at(model_key, error.to_string()))?;
-        if let Some(error) = warm_up_error {
+        if let Some((error, shape)) = warm_up_error {
             return Err(config.error_at(
                 model_key,
-                format!("the warm-up run at {} × {longest} failed: {error}", pipeline.max_batch),
+                format!("the warm-up run at {} × ({shape}) failed: {error}", pipeline.max_batch),
             ));
         }
         if count > 1 {
@@ -156,7 +164,8 @@ fn build_rung(
     let mut calibration = Vec::new();
     let timed = |model: &mut Model, batch: usize| {
         model.time_run(batch, longest).map_err(|error| {
-            config.error_at(model_key, format!("the timing run at {batch} × {longest} failed: {error}"))
+            let shape = warm_up_shape(model, manifest);
+            config.error_at(model_key, format!("the timing run at {batch} × ({shape}) failed: {error}"))
         })
     };
     let (elements, took) = timed(&mut model, pipeline.max_batch)?;

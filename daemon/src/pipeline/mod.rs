@@ -115,6 +115,14 @@ pub struct Rung {
 }
 
 impl Rung {
+    /// Checks that this rung's preprocessing stages produce what `other`'s model takes, and that its model has the
+    /// outputs `other`'s postprocessing reads: for a rung that will share this one's stages.
+    pub fn check_feeds(&self, other: &Rung) -> Result<(), zinfer_ort::OrtError> {
+        let produced: Vec<_> = self.preprocess.iter().flat_map(|stage| stage.produces()).collect();
+        let consumed: Vec<_> = other.postprocess.iter().flat_map(|stage| stage.consumes()).collect();
+        other.model.check(&produced, &consumed)
+    }
+
     /// Whether a preprocessing stage carries state from message to message ([`Stage::keeps_state`]).
     pub fn keeps_state(&self) -> bool {
         self.preprocess.iter().any(|stage| stage.keeps_state())

@@ -96,10 +96,11 @@ pub struct Sender(Arc<Shared>);
 
 impl Sender {
     /// Queues `envelope` if what waits (here and in the worker) leaves room for it. Under `latest`, a full queue (by
-    /// count or bytes) makes room by evicting its oldest message of the same key (else, if the worker holds nothing,
-    /// its oldest message), which is returned so that the caller answers it `dropped: superseded`; if the worker
-    /// holds the oldest messages, the newcomer is let in and the worker makes room (see the module docs). When that
-    /// is not enough (the newcomer alone would overflow what waits here), it is refused like under `fifo`.
+    /// count or bytes) makes room by evicting its oldest message of the same key, else its oldest message if the
+    /// worker holds nothing or this queue alone is full; the evicted message is returned so that the caller answers
+    /// it `dropped: superseded`. Otherwise the worker holds the oldest: the newcomer is let in and the worker makes
+    /// room (see the module docs). When one eviction is not enough (a large newcomer), it is refused like under
+    /// `fifo`.
     pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
         let mut state = self.0.lock();
         if state.failed {
@@ -121,7 +122,8 @@ impl Sender {
             if let Overload::Latest { .. } = self.0.overload {
                 let key = &envelope.message.key;
                 let same_key = state.waiting.iter().position(|waiting| &waiting.message.key == key);
-                let oldest = same_key.or((state.held == 0).then_some(0));
+                // Else the oldest here, if the worker holds nothing older or this queue alone is full.
+                let oldest = same_key.or_else(|| (state.held == 0 || full(&state, false)).then_some(0));
                 evicted = oldest.and_then(|oldest| state.waiting.remove(oldest));
                 state.bytes -= evicted.as_ref().map_or(0, |evicted| evicted.message.payload.len());
                 // The worker evicts among what it holds once it takes the newcomer: only this queue's own share of
@@ -225,6 +227,7 @@ impl Account {
     /// (payload length) and its place are free for the next arrival.
     pub fn release(&self, bytes: usize) {
         let mut state = self.0.lock();
+        debug_assert!(state.held > 0 && state.held_bytes >= bytes, "released a message the worker did not hold");
         state.held = state.held.saturating_sub(1);
         state.held_bytes = state.held_bytes.saturating_sub(bytes);
     }
@@ -340,7 +343,11 @@ mod tests {
         // A newer message of a key still waiting here replaces it.
         let evicted = sender.push(envelope("c", "4")).expect("latest never refuses").expect("an eviction");
         assert_eq!(evicted.fallback_id, "3");
-        assert_eq!(ids(&receiver), ["4"]);
+        // Once what waits here alone is full, the oldest here makes room: the newest always gets in.
+        sender.push(envelope("d", "5")).expect("room here");
+        let evicted = sender.push(envelope("e", "6")).expect("latest never refuses").expect("an eviction");
+        assert_eq!(evicted.fallback_id, "4");
+        assert_eq!(ids(&receiver), ["5", "6"]);
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct WorkerContext {
     /// Index of the pipeline.
     pub index: usize,
     /// Most messages waiting for the model, in the admission queue and this worker's together (the admission queue
-    /// refuses with `queue_full` at this bound); a quarter of it under memory pressure.
+    /// refuses with `queue_full` at this bound). Under memory pressure the worker keeps a quarter of it in its own
+    /// queue and answers what it takes beyond that `queue_full`.
     pub capacity: usize,
     /// Most messages per model run.
     pub max_batch: usize,

@@ -83,7 +83,7 @@ impl Generation {
                         load_bytes: memory.load_bytes,
                         working_bytes: memory.working_bytes,
                         warm_up_batch: settings.max_batch as u32,
-                        warm_up_length: crate::pipeline::build::warm_up_shape(pipeline.model(), &settings.manifest).1
+                        warm_up_length: crate::pipeline::build::warm_up_length(pipeline.model(), &settings.manifest)
                             as u32,
                     },
                     session: zinfer_proto::SessionSettings {

@@ -97,7 +97,7 @@ fn parse_pgm(bytes: &[u8]) -> Result<(usize, usize, &[u8]), String> {
         return Err("no whitespace after the header".into());
     }
     let pixels = &rest[at + 1..];
-    if width == 0 || height == 0 || pixels.len() != width * height {
+    if width == 0 || height == 0 || width.checked_mul(height) != Some(pixels.len()) {
         return Err(format!("{width} × {height} pixels announced, {} bytes of pixels sent", pixels.len()));
     }
     Ok((height, width, pixels))

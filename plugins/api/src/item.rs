@@ -122,18 +122,6 @@ pub enum Prediction {
     Anomaly(Anomaly),
 }
 
-impl Prediction {
-    /// The kind's stable name (`classification`, `scores`, `embedding`, `anomaly`), for logs and counters.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Classification(_) => "classification",
-            Self::Scores(_) => "scores",
-            Self::Embedding(_) => "embedding",
-            Self::Anomaly(_) => "anomaly",
-        }
-    }
-}
-
 /// The result of a classification head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {

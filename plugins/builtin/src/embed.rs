@@ -5,14 +5,16 @@
 //! - `output`: the model output to read (default: the manifest's `output`, else the model's first output).
 //! - `pooling` = `"mean"` (default: the average of the token vectors the attention mask keeps) | `"first"` (the
 //!   first token's, e.g. BERT's `[CLS]`) | `"none"` (the output already is one vector).
-//! - `mask`: the model input that says which tokens are real (default `attention_mask`); without it in the item,
-//!   mean pooling averages every row.
+//! - `mask`: the model input that says which tokens are real (default `attention_mask`; int64, int32, uint8 or
+//!   bool, non-zero = real); without it in the item, mean pooling averages every row.
 //! - `normalize`: scale the vector to unit length (default true), so that a dot product is the cosine similarity.
 //!
 //! For `mean` and `first` the output is `[tokens, width]` per item; for `none`, `[width]`.
 
 use serde::Deserialize;
-use zinfer_stage_api::{BuildContext, BuildError, Item, Prediction, Reason, Stage, StageError, parse_options};
+use zinfer_stage_api::{
+    BuildContext, BuildError, Item, Prediction, Reason, Stage, StageError, TensorData, parse_options,
+};
 
 /// The registry name.
 pub const TYPE: &str = "embed";
@@ -82,10 +84,24 @@ impl Stage for Embed {
         let shape = &tensor.tensor.shape;
         let mut vector = match (self.options.pooling, shape.as_slice()) {
             (Pooling::None, [_]) => values.to_vec(),
-            (Pooling::First, [tokens, width]) if *tokens > 0 => values[..*width].to_vec(),
+            (Pooling::First, [tokens, width]) if *tokens > 0 => {
+                values.get(..*width).ok_or_else(|| bad("holds fewer values than its shape".into()))?.to_vec()
+            }
             (Pooling::Mean, [tokens, width]) => {
-                let mask = item.feature(&self.options.mask).and_then(|mask| mask.tensor.as_i64());
-                let kept = |row: usize| mask.is_none_or(|mask| mask.get(row).is_some_and(|&keep| keep != 0));
+                let mask = match item.feature(&self.options.mask).map(|mask| &mask.tensor.data) {
+                    None => None,
+                    Some(TensorData::I64(mask)) => Some(mask.iter().map(|&keep| keep != 0).collect()),
+                    Some(TensorData::I32(mask)) => Some(mask.iter().map(|&keep| keep != 0).collect()),
+                    Some(TensorData::U8(mask)) => Some(mask.iter().map(|&keep| keep != 0).collect()),
+                    Some(TensorData::Bool(mask)) => Some(mask.clone()),
+                    Some(_) => {
+                        return Err(StageError::new(
+                            Reason::MissingInput,
+                            format!("mask `{}` is not int64, int32, uint8 or bool", self.options.mask),
+                        ));
+                    }
+                };
+                let kept = |row: usize| mask.as_ref().is_none_or(|mask: &Vec<bool>| mask.get(row) == Some(&true));
                 let mut sum = vec![0.0f32; *width];
                 let mut count = 0usize;
                 for (row, token) in values.chunks_exact((*width).max(1)).take(*tokens).enumerate() {
@@ -121,7 +137,7 @@ impl Stage for Embed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zinfer_stage_api::{ElementType, Input, NamedTensor, Tensor, TensorData};
+    use zinfer_stage_api::{ElementType, Input, NamedTensor, Tensor};
 
     fn head(pooling: Pooling, normalize: bool) -> Embed {
         let options = EmbedOptions { output: None, pooling, mask: default_mask(), normalize };
@@ -169,5 +185,17 @@ mod tests {
         empty.features[0].tensor.data = TensorData::I64(vec![0, 0, 0]);
         let error = head(Pooling::Mean, true).process(&mut empty).expect_err("nothing kept");
         assert_eq!(error.reason, Reason::MissingInput);
+        let mut floats = item();
+        floats.features[0].tensor.data = TensorData::F32(vec![1.0, 1.0, 0.0]);
+        let error = head(Pooling::Mean, true).process(&mut floats).expect_err("a float mask");
+        assert!(error.detail.contains("not int64"), "{error:?}");
+    }
+
+    #[test]
+    fn a_bool_mask_works_like_an_integer_one() {
+        let mut item = item();
+        item.features[0].tensor.data = TensorData::Bool(vec![true, true, false]);
+        head(Pooling::Mean, false).process(&mut item).expect("embed");
+        assert_eq!(embedding(item), [2.0, 3.0]);
     }
 }

@@ -5,7 +5,8 @@
 //! - `output`: the model output to read (default: the manifest's `output`, else the model's first output).
 //! - `names`: one name per value, published beside them (default: the manifest's `labels`, else none).
 //!
-//! The output must be float32; it is read whole, row-major, whatever its shape.
+//! The output must be float32. Without names it is read whole, row-major, whatever its shape; with names it must be
+//! one value per name (one axis per item), which start-up checks against the model when the output is named.
 
 use serde::Deserialize;
 use zinfer_stage_api::{
@@ -63,8 +64,8 @@ impl Stage for ScoresHead {
     }
 
     fn consumes(&self) -> Vec<TensorSpec> {
-        let dims = if self.names.is_empty() { vec![None] } else { vec![Some(self.names.len())] };
-        self.output.iter().map(|name| TensorSpec::new(name.clone(), ElementType::F32, dims.clone())).collect()
+        let Some(output) = self.output.as_ref().filter(|_| !self.names.is_empty()) else { return Vec::new() };
+        vec![TensorSpec::new(output.clone(), ElementType::F32, vec![Some(self.names.len())])]
     }
 }
 
