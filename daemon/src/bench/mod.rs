@@ -86,23 +86,6 @@ impl Summary {
         let mean = samples.iter().copied().map(micros).sum::<f64>() / samples.len().max(1) as f64;
         Self { count: samples.len(), p50_us: at(0.5), p99_us: at(0.99), mean_us: mean }
     }
-
-    /// Runs `work` for `warmup` untimed rounds and then `timed` timed ones, and summarises the timed ones.
-    pub(crate) fn time(
-        warmup: usize,
-        timed: usize,
-        mut work: impl FnMut() -> anyhow::Result<()>,
-    ) -> anyhow::Result<Self> {
-        let mut samples = Vec::with_capacity(timed);
-        for round in 0..warmup + timed {
-            let started = Instant::now();
-            work()?;
-            if round >= warmup {
-                samples.push(started.elapsed());
-            }
-        }
-        Ok(Self::of(samples))
-    }
 }
 
 /// A zenoh session in this process in `mode` (`"router"`, `"peer"` or `"client"`), multicast scouting off, that

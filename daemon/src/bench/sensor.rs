@@ -3,11 +3,15 @@
 //!
 //! The stream is synthetic (a sine per channel at the model's sample rate): a window's cost does not depend on
 //! the readings. It is sent as packed f32 frames of `hop` samples after a first frame that fills the window, so
-//! every frame completes exactly one window. Measured, in this order:
+//! every frame completes exactly one window. Measured:
 //! 1. the model alone on one window (in process);
 //! 2. the whole pipeline in process (decode → validate → window → model → classify), one frame per window;
 //! 3. sequential round trips of a frame through zenoh and a `zinferd` child: per-window latency as a client sees it;
 //! 4. throughput over zenoh: frames published as fast as results return, with up to 16 unanswered.
+//!
+//! The first three are timed once each per round, in turn, as `bench latency` does: a slow patch of a shared
+//! machine then falls on every way alike, and their ratios hold. (Measured one after the other, the daemon's ratio
+//! to the model run swung from 0.80× to 1.79× between two runs on one machine.)
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,7 +60,7 @@ pub struct SensorBenchReport {
     pub model_direct: Summary,
     /// The pipeline in process, per frame (one window each).
     pub pipeline_direct: Summary,
-    /// In-process windows per second (sequential).
+    /// In-process windows per second (sequential): timed windows over the time they took.
     pub pipeline_direct_windows_per_s: f64,
     /// Round trip of a frame through zenoh and the daemon.
     pub round_trip: Summary,
@@ -91,11 +95,6 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         },
     }];
     let timed = options.windows.max(1);
-    let model_direct = Summary::time(options.warmup, timed, || {
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run").map(drop)
-    })?;
-
-    // 2. The pipeline in process: a first frame fills the window, then each frame of `hop` samples completes one.
     let envelope = |payload: Vec<u8>| {
         let message = RawMessage {
             key: "bench/direct".into(),
@@ -105,18 +104,6 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         };
         Envelope::new(message, "bench".into())
     };
-    check(pipeline.process(envelope(stream.frame(0, window))).verdict, 1)?;
-    let mut next = window;
-    let started_all = Instant::now();
-    let pipeline_direct = Summary::time(options.warmup, timed, || {
-        let frame = stream.frame(next, hop);
-        next += hop;
-        check(pipeline.process(envelope(frame)).verdict, 1)
-    })?;
-    let pipeline_direct_windows_per_s = rounds as f64 / started_all.elapsed().as_secs_f64();
-    drop(pipeline);
-
-    // 3. Round trips through a zinferd child.
     let scratch = tempfile::tempdir().context("temp dir")?;
     let daemon = spawn_daemon(scratch.path(), &config, Some(&options.config), "sensor", Placement::Own).await?;
     daemon.settled_rss().await?;
@@ -131,25 +118,45 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
             client.round_trip(results, key, &id, request, Duration::from_secs(10)).await
         }
     };
+    // A first frame fills the window, in process and in the child; then each frame of `hop` samples completes one.
+    check(pipeline.process(envelope(stream.frame(0, window))).verdict, 1)?;
     let first = send("fill".into(), stream.frame(0, window)).await?;
     if first.windows.len() != 1 {
         bail!("the first frame should complete one window; the daemon answered {first:?}");
     }
-    let (mut round_trips, mut totals) = (Vec::new(), Vec::new());
+    let (mut models, mut pipelines_in_process, mut round_trips, mut totals) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut next = window;
     for round in 0..rounds {
-        let started = Instant::now();
-        let result = send(format!("rt-{round}"), stream.frame(next, hop)).await?;
-        let elapsed = started.elapsed();
+        let frame = stream.frame(next, hop);
         next += hop;
+        // 1. The model alone on one normalised window, timed on its second run: the first after the round trip's
+        // idle wait meets cold caches, as `bench latency` found, and would flatter the daemon's ratio to it.
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+        let started = Instant::now();
+        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+        let model = started.elapsed();
+        // 2. The pipeline in process.
+        let started = Instant::now();
+        check(pipeline.process(envelope(frame.clone())).verdict, 1)?;
+        let in_process = started.elapsed();
+        // 3. A round trip through the child.
+        let started = Instant::now();
+        let result = send(format!("rt-{round}"), frame).await?;
+        let round_trip = started.elapsed();
         if result.windows.len() != 1 {
             bail!("a frame of one hop should complete one window; the daemon answered {result:?}");
         }
         if round >= options.warmup {
-            round_trips.push(elapsed);
+            models.push(model);
+            pipelines_in_process.push(in_process);
+            round_trips.push(round_trip);
             totals.push(Duration::from_micros(result.timings.map_or(0, |timings| timings.total_us)));
         }
     }
+    drop(pipeline);
+    let in_process_total: Duration = pipelines_in_process.iter().sum();
+    let pipeline_direct_windows_per_s = timed as f64 / in_process_total.as_secs_f64().max(f64::EPSILON);
 
     // 4. Throughput: frames published as fast as results come back, at most IN_FLIGHT unanswered, on a fresh
     // source. A bound below the pipeline's queue (and `latest_per_key`) measures capacity rather than shedding.
@@ -194,8 +201,8 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         model: format!("{} {}", settings.manifest.name, settings.manifest.version),
         window: (window, channels),
         hop,
-        model_direct,
-        pipeline_direct,
+        model_direct: Summary::of(models),
+        pipeline_direct: Summary::of(pipelines_in_process),
         pipeline_direct_windows_per_s,
         round_trip: Summary::of(round_trips),
         daemon_total: Summary::of(totals),
