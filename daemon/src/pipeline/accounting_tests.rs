@@ -125,7 +125,6 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
     let (outcomes, mut worker_outcomes) = mpsc::unbounded_channel();
     let (sender, receiver) = queue::bounded(capacity, 200_000, overload);
     let context = WorkerContext {
-        index: 0,
         capacity,
         max_batch: 8,
         capacity_bytes: 200_000,

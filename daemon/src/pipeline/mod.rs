@@ -255,6 +255,11 @@ fn model_inputs(item: &Item) -> impl Iterator<Item = &[NamedTensor]> {
 }
 
 impl Pipeline {
+    /// Its position among the config's pipelines, which its outcomes carry.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// The execution providers and thread count in force for the (first rung's) model.
     pub fn model(&self) -> &Model {
         &self.rungs[0].model

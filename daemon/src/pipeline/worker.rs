@@ -39,8 +39,6 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// What the worker needs besides its pipeline.
 pub struct WorkerContext {
-    /// Index of the pipeline.
-    pub index: usize,
     /// Most messages waiting for the model, in the admission queue and this worker's together (the admission queue
     /// refuses with `queue_full` at this bound). Under memory pressure the worker keeps a quarter of it in its own
     /// queue and answers what it takes beyond that `queue_full`.
@@ -116,7 +114,7 @@ pub fn spawn(
             for envelope in queue.fail() {
                 worker.context.metrics.record_dequeued();
                 let (id, rung) = (worker.pipeline.sender_id(&envelope), worker.pipeline.active_rung());
-                let outcome = Outcome::undecoded(worker.context.index, envelope, id, failed_verdict(), rung);
+                let outcome = Outcome::undecoded(worker.pipeline.index(), envelope, id, failed_verdict(), rung);
                 worker.send(outcome);
             }
         }
@@ -382,7 +380,7 @@ impl Worker {
     fn answer_undecoded(&mut self, envelope: Envelope, reason: DropReason) {
         self.dequeued(envelope.message.payload.len());
         let (id, rung) = (self.pipeline.sender_id(&envelope), self.pipeline.active_rung());
-        let outcome = Outcome::undecoded(self.context.index, envelope, id, Verdict::Dropped(reason), rung);
+        let outcome = Outcome::undecoded(self.pipeline.index(), envelope, id, Verdict::Dropped(reason), rung);
         self.send(outcome);
     }
 
@@ -584,7 +582,7 @@ impl Worker {
             None => identities
                 .into_iter()
                 .map(|(id, key, arrived, deadline, reply)| Outcome {
-                    pipeline: self.context.index,
+                    pipeline: self.pipeline.index(),
                     id,
                     key,
                     verdict: panicked(),
@@ -599,7 +597,7 @@ impl Worker {
     }
 
     fn outcome(&self, prepared: Prepared, verdict: Verdict) -> Outcome {
-        Outcome::prepared(self.context.index, prepared, verdict)
+        Outcome::prepared(self.pipeline.index(), prepared, verdict)
     }
 
     /// Hands an outcome to the egress; false if the publisher is gone. A missed deadline (expired, or answered
@@ -612,7 +610,7 @@ impl Worker {
             }
         }
         if self.context.outcomes.send(outcome).is_err() {
-            tracing::error!(pipeline = self.context.index, "the publisher is gone; the worker stops");
+            tracing::error!(pipeline = self.pipeline.index(), "the publisher is gone; the worker stops");
             return false;
         }
         true

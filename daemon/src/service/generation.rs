@@ -115,7 +115,6 @@ impl Generation {
             let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, settings.queue_bytes, overload);
             let decoder = pipeline.decoder();
             let context = pipeline::worker::WorkerContext {
-                index,
                 capacity: settings.queue_capacity,
                 max_batch: settings.max_batch,
                 capacity_bytes: settings.queue_bytes,

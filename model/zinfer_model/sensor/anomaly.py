@@ -309,25 +309,19 @@ def recording_doc(sess, rec: sd.Recording, n_samples: int, labels: list[str], he
                   hop: int, rate: float, threshold: float) -> tuple[str, list[dict]]:
     """The daemon's end-to-end fixture: the first n_samples raw samples and the shipped model's score (and flag,
     score > threshold) for every window [start, start + window), normalised in float32, run at batch 1."""
-    from .steps import _f32_list, f32
+    from .steps import f32, recording_header, recording_text
 
     x = rec.x[:n_samples].astype(np.float32)
     wins = []
     for s in sd.window_starts(len(x), window, hop):
         score = np.float32(sess.run([SCORE_NAME], {INPUT_NAME: sd.normalise(x[s:s + window], mean, std)[None]})[0][0])
         wins.append({"start": s, "score": score, "flagged": bool(score > np.float32(threshold))})
-    lines = ["{", f'  "subject": {rec.subject},', f'  "label": {json.dumps(labels[rec.label])},',
-             f'  "anomaly": {json.dumps(rec.label == held)},',
-             f'  "recording": {rec.index},', f'  "side": {json.dumps("right" if rec.side else "left")},',
-             f'  "sample_rate_hz": {rate},', f'  "window": {window},', f'  "hop": {hop},',
-             f'  "threshold": {f32(threshold)},',
-             '  "samples": [']
-    lines += [f"    {_f32_list(row)}{',' if i + 1 < len(x) else ''}" for i, row in enumerate(x)]
-    lines += ["  ],", '  "windows": [']
-    lines += [f'    {{"start": {w["start"]}, "score": {f32(w["score"])}, "flagged": {json.dumps(w["flagged"])}}}'
-              f'{"," if i + 1 < len(wins) else ""}' for i, w in enumerate(wins)]
-    lines += ["  ]", "}"]
-    return "\n".join(lines) + "\n", wins
+    header = recording_header(rec, labels)
+    header.insert(2, ("anomaly", json.dumps(rec.label == held)))
+    header += [("sample_rate_hz", rate), ("window", window), ("hop", hop), ("threshold", f32(threshold))]
+    entries = [f'{{"start": {w["start"]}, "score": {f32(w["score"])}, "flagged": {json.dumps(w["flagged"])}}}'
+               for w in wins]
+    return recording_text(header, x, entries), wins
 
 
 def manifest_text(name: str, version: str, sha256: str, channels: list[str], rate: float, window: int, hop: int,

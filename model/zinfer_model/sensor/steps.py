@@ -377,16 +377,27 @@ def recording_json(sess, rec: sd.Recording, n_samples: int, labels: list[str], m
         lg = sess.run([sm.OUTPUT_NAME], {sm.INPUT_NAME: frames})[0][0]
         p = softmax_f32(lg)
         wins.append({"start": s, "label": labels[int(p.argmax())], "probs": p, "logits": lg})
-    lines = ["{", f'  "subject": {rec.subject},', f'  "label": {json.dumps(labels[rec.label])},',
-             f'  "recording": {rec.index},', f'  "side": {json.dumps("right" if rec.side else "left")},',
-             f'  "sample_rate_hz": {rate},', f'  "window": {window},', f'  "hop": {hop},',
-             '  "samples": [']
+    header = recording_header(rec, labels) + [("sample_rate_hz", rate), ("window", window), ("hop", hop)]
+    entries = [f'{{"start": {w["start"]}, "label": {json.dumps(w["label"])}, "probs": {_f32_list(w["probs"])}, '
+               f'"logits": {_f32_list(w["logits"])}}}' for w in wins]
+    return recording_text(header, x, entries), wins
+
+
+def recording_header(rec: sd.Recording, labels: list[str]) -> list[tuple[str, object]]:
+    """Where a recording fixture comes from: subject, exercise label, recording index and arm."""
+    return [("subject", rec.subject), ("label", json.dumps(labels[rec.label])), ("recording", rec.index),
+            ("side", json.dumps("right" if rec.side else "left"))]
+
+
+def recording_text(header: list[tuple[str, object]], x: np.ndarray, windows: list[str]) -> str:
+    """A recording fixture's JSON, laid out one sample and one window per line: the `header` keys (values already
+    in JSON), the raw `samples`, then the `windows` entries (each a JSON object)."""
+    lines = ["{"] + [f'  "{key}": {value},' for key, value in header] + ['  "samples": [']
     lines += [f"    {_f32_list(row)}{',' if i + 1 < len(x) else ''}" for i, row in enumerate(x)]
     lines += ["  ],", '  "windows": [']
-    lines += [f'    {{"start": {w["start"]}, "label": {json.dumps(w["label"])}, "probs": {_f32_list(w["probs"])}, '
-              f'"logits": {_f32_list(w["logits"])}}}{"," if i + 1 < len(wins) else ""}' for i, w in enumerate(wins)]
+    lines += [f'    {entry}{"," if i + 1 < len(windows) else ""}' for i, entry in enumerate(windows)]
     lines += ["  ]", "}"]
-    return "\n".join(lines) + "\n", wins
+    return "\n".join(lines) + "\n"
 
 
 def sensor_table(channels: list[str], rate: float, window: int, hop: int, mean, std) -> str:

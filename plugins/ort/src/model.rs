@@ -174,10 +174,24 @@ impl Model {
 
     /// Each input's per-item shape in a warm-up at `length` ([`Model::warm_up`]), by name.
     pub fn warm_up_shapes(&self, length: usize) -> Vec<(String, Vec<usize>)> {
-        self.dummy_items(1, length).into_iter().flatten().map(|input| (input.name, input.tensor.shape)).collect()
+        self.signature.inputs.iter().map(|spec| (spec.name.clone(), self.warm_up_shape(spec, length))).collect()
     }
 
-    /// `batch` items of neutral inputs, every dynamic dimension as declared by a stage, else `length`.
+    /// The per-item shape of input `spec` in a warm-up: every dynamic dimension as declared by a stage, else
+    /// `length`.
+    fn warm_up_shape(&self, spec: &TensorSpec, length: usize) -> Vec<usize> {
+        let declared = self.declared.iter().find(|declared| declared.name == spec.name);
+        spec.dims
+            .iter()
+            .enumerate()
+            .map(|(axis, dim)| {
+                dim.or_else(|| declared.and_then(|declared| declared.dims.get(axis).copied().flatten()))
+                    .unwrap_or(length)
+            })
+            .collect()
+    }
+
+    /// `batch` items of neutral inputs of the warm-up shapes ([`Model::warm_up_shapes`]).
     fn dummy_items(&self, batch: usize, length: usize) -> Vec<Vec<NamedTensor>> {
         (0..batch.max(1))
             .map(|_| {
@@ -185,16 +199,7 @@ impl Model {
                     .inputs
                     .iter()
                     .map(|spec| {
-                        let declared = self.declared.iter().find(|declared| declared.name == spec.name);
-                        let shape: Vec<usize> = spec
-                            .dims
-                            .iter()
-                            .enumerate()
-                            .map(|(axis, dim)| {
-                                dim.or_else(|| declared.and_then(|declared| declared.dims.get(axis).copied().flatten()))
-                                    .unwrap_or(length)
-                            })
-                            .collect();
+                        let shape = self.warm_up_shape(spec, length);
                         let count = shape.iter().product();
                         let floating = matches!(spec.element_type, ElementType::F16 | ElementType::F32);
                         let data = TensorData::filled(spec.element_type, count, if floating { 0 } else { 1 });
