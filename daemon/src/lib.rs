@@ -4,9 +4,10 @@
 //! Where a message goes:
 //!
 //! ```text
-//! zenoh ─▶ io::ingress ──bounded queue──▶ pipeline::worker: decode ─▶ preprocess ─▶ EDF queue ─▶ model (batched)
-//!             │ (queue full: dropped)            │ (expired, superseded, memory: shed)        ─▶ postprocess
-//!             └───────────────────────────▶ io::egress ◀───────────────────────────────────────────┘
+//! zenoh ─▶ io::ingress ─▶ pipeline::queue: arrived ─▶ (decode, preprocess) ─▶ ready, EDF ─▶ model (batched)
+//!             │ (full: dropped, or           └──── one bound over all three ────┘            ─▶ postprocess
+//!             │  superseded under latest)        pipeline::worker: prepares, sheds expired, runs      │
+//!             └───────────────────────────▶ io::egress ◀─────────────────────────────────────────────┘
 //!                                               │        ─▶ zenoh <output_prefix>/<input key>
 //!                                     telemetry::metrics ─▶ telemetry (<prefix>/telemetry, /status, /alive)
 //! ```

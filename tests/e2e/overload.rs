@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use zinfer_proto::outcome;
 
 use crate::support::{
-    Daemon, TextDaemon, WAIT, base_config, collect_outcomes, free_port, next_result, spin_pipeline, start_text,
+    Daemon, TextDaemon, WAIT, base_config, collect_outcomes, free_port, next_result, spin_pipeline, start_text, status,
     wait_for_stats,
 };
 
@@ -128,6 +128,62 @@ async fn queue_capacity_bounds_everything_that_waits() {
         first + second == CAPACITY + 2 || first + second == CAPACITY + 1,
         "{first} + {second} accepted: more than CAPACITY ({CAPACITY}) waited at once"
     );
+    client.close().await;
+}
+
+/// Under `latest` too, `queue_capacity` bounds what waits, wherever it waits, at every moment: while the model runs,
+/// a newcomer makes room by superseding the oldest waiting message, even one the worker already took and prepared.
+/// (It used to be let in over the bound, and the worker evicted at its next turn: up to twice the capacity waited
+/// during a run.) The newest message of a burst always gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_bounds_what_waits_during_a_run_and_keeps_the_newest() {
+    const CAPACITY: usize = 4;
+    const BURST: usize = 10;
+    let port = free_port();
+    let prefix = format!("zt/capacity-latest/{port}");
+    let keys = format!(
+        "queue_capacity = {CAPACITY}
+max_batch = 1
+overload = \"latest\"\nlatest_per_key = 1\n"
+    );
+    let config = base_config(port, &prefix) + &spin_pipeline("stall", "latestcap", &keys, 1000);
+    let daemon = Daemon::start(&config, port);
+    let client = daemon.client().await;
+    client.wait_for_subscriber("in/latestcap/x", WAIT).await.expect("zinferd subscribes");
+    let results = client.results("out", "in/latestcap/**").await.expect("subscribe to results");
+    // Every message on a key of its own: only the bound, not `latest_per_key`, supersedes them.
+    let send = |phase: &'static str, index: usize| {
+        let client = &client;
+        async move {
+            let (key, id) = (format!("in/latestcap/{phase}{index}"), format!("{phase}-{index}"));
+            let text = zenoh::bytes::Encoding::TEXT_PLAIN;
+            client.publish(&key, &id, b"a film".to_vec(), text).await.expect("publish");
+        }
+    };
+    for index in 0..BURST {
+        send("first", index).await;
+    }
+    let mut outcomes = BTreeMap::new();
+    collect_until(&results, &mut outcomes, |outcomes| outcomes.contains_key("first-0"), &daemon).await;
+    // The worker took what waited and runs the next (for a second): a burst now meets a worker that holds the rest.
+    for index in 0..BURST {
+        send("second", index).await;
+    }
+    // Looked at while the burst lands and the run goes on (the run takes a second).
+    let mut deepest = 0;
+    for _ in 0..5 {
+        deepest = deepest.max(status(&client, &prefix).await.pipelines[0].queue_depth);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(deepest <= CAPACITY as u64, "{deepest} messages waited during a run, over queue_capacity {CAPACITY}");
+    collect_until(&results, &mut outcomes, |outcomes| outcomes.len() == 2 * BURST, &daemon).await;
+    let last = &outcomes[&format!("second-{}", BURST - 1)];
+    assert_ne!(last.outcome, outcome::DROPPED, "the newest message gets in: {last:?}");
+    let refused: Vec<_> = outcomes.values().filter(|result| result.reason == "queue_full").collect();
+    assert!(refused.is_empty(), "latest supersedes, it does not refuse: {refused:?}");
+    let ran = outcomes.values().filter(|result| result.reason != "superseded").count();
+    // first-0 and the first burst's next run, then at most CAPACITY that waited through each of the two runs.
+    assert!(ran <= 2 + 2 * CAPACITY, "{ran} ran or timed out: more than CAPACITY waited at once");
     client.close().await;
 }
 

@@ -99,7 +99,8 @@ pub struct PipelineConfig {
     pub output_prefix: String,
     /// Serialisation of results.
     pub result_encoding: WireEncoding,
-    /// Messages that may wait for the worker; beyond this, new ones are dropped with `queue_full`.
+    /// Messages that may wait in the pipeline's queue (arrived, being prepared, prepared); beyond this, new ones are
+    /// dropped with `queue_full`, or under `latest` evict the oldest.
     pub queue_capacity: usize,
     /// Per-message deadline in milliseconds from arrival (a request may carry a tighter one).
     pub deadline_ms: Option<u64>,

@@ -28,7 +28,7 @@ use crate::io::egress::{Reply, encode};
 use crate::io::share::Share;
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{DropReason, Outcome, Verdict};
-use crate::pipeline::queue::{Refused, Sender};
+use crate::pipeline::queue::{Refused, Sender, Waiter};
 use crate::telemetry::metrics::PipelineMetrics;
 
 /// Generates request ids for messages that carry none: `<zenoh id>-<sequence>`, unique per daemon run.
@@ -449,9 +449,20 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
     // Count before queueing: the worker may dequeue before push returns.
     admission.metrics.record_enqueued();
     let (envelope, reason) = match admission.queue.push(envelope) {
-        Ok(None) => return,
-        // `latest`: the newest got in, the oldest of its key made room.
-        Ok(Some(evicted)) => (evicted, DropReason::Superseded),
+        // `latest`: the newest got in, the oldest made room.
+        Ok(evicted) => {
+            for waiter in evicted {
+                admission.metrics.record_dequeued();
+                let superseded = Verdict::Dropped(DropReason::Superseded);
+                match waiter {
+                    Waiter::Arrived(envelope) => answer(admission, *envelope, superseded),
+                    Waiter::Ready(prepared) => {
+                        send(admission, Outcome::prepared(admission.pipeline, *prepared, superseded));
+                    }
+                }
+            }
+            return;
+        }
         Err(Refused::Full(envelope)) => (*envelope, DropReason::QueueFull),
         Err(Refused::Closed(envelope)) => (*envelope, DropReason::Shutdown),
         Err(Refused::Failed(envelope)) => {
@@ -494,7 +505,11 @@ fn refuse_query(reply: Reply, refusal: Refusal<'_>, reason: DropReason, encoding
 /// Answers an accepted message that will not be decoded, with the id its sender gave it wherever it can be found.
 fn answer(admission: &Admission, envelope: Envelope, verdict: Verdict) {
     let id = envelope.sender_id(admission.decoder.as_ref());
-    let outcome = Outcome::undecoded(admission.pipeline, envelope, id, verdict, 0);
+    send(admission, Outcome::undecoded(admission.pipeline, envelope, id, verdict, 0));
+}
+
+/// Hands an accepted message's outcome to the egress.
+fn send(admission: &Admission, outcome: Outcome) {
     if admission.outcomes.send(outcome).is_err() {
         tracing::error!(pipeline = admission.pipeline, "the publisher is gone; an accepted message gets no outcome");
     }

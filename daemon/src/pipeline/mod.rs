@@ -5,8 +5,9 @@
 //! ```
 //!
 //! [`build`] turns the validated config into a [`Pipeline`] through the stage registry (the daemon knows no stage
-//! by name). [`worker`] runs one pipeline on a dedicated OS thread that owns the stages and a model session, fed by a
-//! bounded [`queue`], in earliest-deadline-first order; with `instances` > 1, [`runner`] threads own the further
+//! by name). [`worker`] runs one pipeline on a dedicated OS thread that owns the stages and a model session. Its one
+//! bounded [`queue`] holds arrivals and, ordered earliest-deadline-first, the messages the worker prepared, under
+//! one policy and one bound; with `instances` > 1, [`runner`] threads own the further
 //! sessions and run the batches the worker hands them ([`Job`]). [`deadline`] decides when a message can no longer make it.
 //! [`outcome`] is what every accepted message becomes: a result, an error, an expiry, or a drop notice.
 //! [`golden`] runs the model's golden inputs where it serves: at build time (start-up, reload) and, if asked,

@@ -1,23 +1,117 @@
-//! The admission queue: the bounded hand-over from a pipeline's ingress (zenoh's threads) to its worker thread.
+//! A pipeline's one queue: every message that waits for the model, from its arrival (zenoh's threads) until the
+//! worker runs it or answers it.
 //!
-//! A plain bounded channel can only refuse the newest message when it is full, which is right for `fifo` but the
-//! opposite of what `latest` promises: under a flood of sensor frames, the newest must get in and the oldest go.
-//! This queue does either, by the pipeline's [`Overload`] policy, and never blocks the ingress.
+//! What waits is in one of three places, all under one lock and one bound (`queue_capacity` messages,
+//! `queue_bytes` payload bytes):
+//! - `arrived`: as it came, oldest first, not yet decoded;
+//! - in the worker's hands: the arrivals it took at the start of its turn to prepare (decode, preprocess);
+//! - `ready`: prepared, ordered earliest-deadline-first, for the worker to run or batch.
 //!
-//! It bounds the count and the payload bytes of every message that waits for the model (`queue_capacity`,
-//! `queue_bytes`): those here, and those the worker took from here and has not yet started to run or answered (its
-//! own deadline-ordered queue), which the worker gives back with [`Account::release`]. One bound over both, so that
-//! the settings mean what they say rather than twice as much. Under `latest` the worker's oldest messages cannot be
-//! evicted from here: a newcomer is let in, and the worker answers its oldest `superseded` when it takes the
-//! newcomer (its next turn, after the model run in progress).
+//! The door ([`Sender::push`]) applies the pipeline's [`Overload`] policy against all three, so the bound holds
+//! while the model runs too. A plain bounded channel could only refuse the newest message, which is right for `fifo`
+//! but the opposite of what `latest` promises: under a flood of sensor frames the newest must get in and the oldest
+//! go, wherever the oldest waits. An evicted message comes back to the caller, who answers it `dropped: superseded`.
+//!
+//! Each turn, the worker takes every arrival at once, prepares them, then runs the most urgent: preparing one more
+//! before running would let a newer arrival supersede what was just prepared, and under a flood of one key that
+//! arrives faster than it can be prepared, nothing would ever run. For the same reason what the worker holds in its
+//! hands counts, but is never evicted. So when the newest message cannot fit beside them even with everything else
+//! evicted (only while the worker prepares, when the bound is as small as its hands' share: `queue_capacity` 1, or
+//! payloads together larger than `queue_bytes`), `latest` lets the newest in over the bound by that one message
+//! rather than refuse it; the next newcomer evicts it. `fifo` never exceeds the bound.
+//!
+//! The push never blocks the ingress: the worker holds the lock only to move a message between places.
 
-use std::collections::VecDeque;
+use std::cmp::Ordering as Order;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Envelope;
-use super::worker::Overload;
+use super::{Envelope, Prepared};
+
+/// What gives when a pipeline's queue is full (by count or bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// Refuse the newest message (`dropped: queue_full`): every accepted message is worth running.
+    Fifo,
+    /// Keep the newest `per_key` messages of each key, and the newest overall; older ones are answered
+    /// `dropped: superseded`. Right for sensor streams, where an old reading is worthless once a new one arrived.
+    Latest {
+        /// Messages kept per key.
+        per_key: usize,
+    },
+}
+
+/// How long a message without a deadline yields to messages with one. Ordering it last forever would let a steady
+/// stream of deadline traffic starve it; ordering it as if due this long after arrival bounds its wait behind
+/// urgent work, as a deadline I/O scheduler treats reads, while messages with a deadline inside that window go
+/// first. Among messages without a deadline, arrival order is kept.
+pub const NO_DEADLINE_DUE: Duration = Duration::from_secs(1);
+
+/// A prepared message waiting for the model.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The message.
+    pub prepared: Prepared,
+    /// Its place in arrival order.
+    sequence: u64,
+    /// Its payload's length, which counts against `queue_bytes`.
+    bytes: usize,
+    /// When it is due, for ordering only: its deadline, or for a message without one, [`NO_DEADLINE_DUE`] after its
+    /// arrival (it is never expired for it).
+    due: Instant,
+}
+
+impl Waiting {
+    fn new(prepared: Prepared, sequence: u64, bytes: usize) -> Self {
+        let due = prepared.deadline.map_or(prepared.arrived + NO_DEADLINE_DUE, |deadline| deadline.at);
+        Self { prepared, sequence, bytes, due }
+    }
+
+    /// Earliest due first; ties in arrival order.
+    fn urgency(&self) -> (Instant, u64) {
+        (self.due, self.sequence)
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.sequence == other.sequence
+    }
+}
+
+impl Eq for Waiting {}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Order {
+        // BinaryHeap pops the greatest: the most urgent must compare greatest.
+        other.urgency().cmp(&self.urgency())
+    }
+}
+
+/// A message taken out of the queue without running: evicted by a newer one, or left when the worker failed.
+#[derive(Debug)]
+pub enum Waiter {
+    /// Not yet decoded.
+    Arrived(Box<Envelope>),
+    /// Prepared, waiting for the model.
+    Ready(Box<Prepared>),
+}
+
+/// An arrival in the worker's hands, to be filed prepared or discarded (see [`Receiver::take_arrivals`]).
+#[derive(Debug)]
+#[must_use = "an arrival in hand counts against the bound until it is filed or discarded"]
+pub struct Ticket {
+    sequence: u64,
+    bytes: usize,
+}
 
 struct Shared {
     state: Mutex<State>,
@@ -28,11 +122,15 @@ struct Shared {
 }
 
 struct State {
-    waiting: VecDeque<Envelope>,
+    arrived: VecDeque<(u64, Envelope)>,
+    ready: BinaryHeap<Waiting>,
+    /// Messages waiting in all three places, and their payload bytes.
+    count: usize,
     bytes: usize,
-    /// Messages the worker took from `waiting` and holds, not yet running or answered, and their payload bytes.
-    held: usize,
-    held_bytes: usize,
+    /// The next arrival's sequence number.
+    sequence: u64,
+    /// The count allowed now: `capacity`, or a quarter of it under memory pressure (see [`Receiver::set_pressed`]).
+    limit: usize,
     /// True once the worker failed: nothing will take messages from here again.
     failed: bool,
     /// False once the sending side is gone: the worker drains what is left and stops.
@@ -41,15 +139,61 @@ struct State {
     woken: bool,
 }
 
+/// Where the oldest message of a selection waits.
+#[derive(Clone, Copy)]
+enum Place {
+    Ready(u64),
+    Arrived(usize),
+}
+
 impl State {
-    /// The oldest message, which the worker holds from now on: it still counts against the bound.
-    fn pop(&mut self) -> Option<Envelope> {
-        let envelope = self.waiting.pop_front()?;
-        let bytes = envelope.message.payload.len();
+    fn full(&self, bytes: usize, capacity_bytes: usize) -> bool {
+        self.count >= self.limit || self.bytes + bytes > capacity_bytes
+    }
+
+    /// Where the oldest evictable message on `key` (any key: `None`) is, if there is one: ready messages arrived
+    /// before every message in `arrived`.
+    fn oldest(&self, key: Option<&str>) -> Option<Place> {
+        let matches = |candidate: &str| key.is_none_or(|key| key == candidate);
+        let ready = self.ready.iter().filter(|waiting| matches(&waiting.prepared.item.key));
+        if let Some(oldest) = ready.map(|waiting| waiting.sequence).min() {
+            return Some(Place::Ready(oldest));
+        }
+        self.arrived.iter().position(|(_, envelope)| matches(&envelope.message.key)).map(Place::Arrived)
+    }
+
+    /// Evictable messages waiting on `key`.
+    fn on_key(&self, key: &str) -> usize {
+        let ready = self.ready.iter().filter(|waiting| waiting.prepared.item.key == key).count();
+        ready + self.arrived.iter().filter(|(_, envelope)| envelope.message.key == key).count()
+    }
+
+    /// Takes the message at `place` out of the queue.
+    fn evict(&mut self, place: Place) -> Option<Waiter> {
+        let (waiter, bytes) = match place {
+            Place::Ready(sequence) => {
+                let mut all = std::mem::take(&mut self.ready).into_vec();
+                let index = all.iter().position(|waiting| waiting.sequence == sequence)?;
+                let evicted = all.swap_remove(index);
+                self.ready = all.into();
+                (Waiter::Ready(Box::new(evicted.prepared)), evicted.bytes)
+            }
+            Place::Arrived(index) => {
+                let (_, envelope) = self.arrived.remove(index)?;
+                let bytes = envelope.message.payload.len();
+                (Waiter::Arrived(Box::new(envelope)), bytes)
+            }
+        };
+        self.count -= 1;
         self.bytes -= bytes;
-        self.held += 1;
-        self.held_bytes += bytes;
-        Some(envelope)
+        Some(waiter)
+    }
+
+    /// A message leaves for good (it runs, or is answered).
+    fn leave(&mut self, bytes: usize) {
+        debug_assert!(self.count > 0 && self.bytes >= bytes, "a message left that was not counted");
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
     }
 }
 
@@ -62,18 +206,21 @@ impl Shared {
 /// A new queue of `capacity` messages (at least one) and `capacity_bytes` payload bytes (a larger single payload is
 /// never queued: the ingress answers it before).
 pub fn bounded(capacity: usize, capacity_bytes: usize, overload: Overload) -> (Sender, Receiver) {
+    let capacity = capacity.max(1);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            waiting: VecDeque::new(),
+            arrived: VecDeque::new(),
+            ready: BinaryHeap::new(),
+            count: 0,
             bytes: 0,
-            held: 0,
-            held_bytes: 0,
+            sequence: 0,
+            limit: capacity,
             failed: false,
             open: true,
             woken: false,
         }),
         arrived: Condvar::new(),
-        capacity: capacity.max(1),
+        capacity,
         capacity_bytes,
         overload,
     });
@@ -95,13 +242,13 @@ pub enum Refused {
 pub struct Sender(Arc<Shared>);
 
 impl Sender {
-    /// Queues `envelope` if what waits (here and in the worker) leaves room for it. Under `latest`, a full queue (by
-    /// count or bytes) makes room by evicting its oldest message of the same key, else its oldest message if the
-    /// worker holds nothing or this queue alone is full; the evicted message is returned so that the caller answers
-    /// it `dropped: superseded`. Otherwise the worker holds the oldest: the newcomer is let in and the worker makes
-    /// room (see the module docs). When one eviction is not enough (a large newcomer), it is refused like under
-    /// `fifo`.
-    pub fn push(&self, envelope: Envelope) -> Result<Option<Envelope>, Refused> {
+    /// Queues `envelope` if what waits leaves room for it, by the pipeline's policy:
+    /// - `fifo` refuses it when the queue is full;
+    /// - `latest` never refuses it: it first evicts the oldest messages of its key beyond `per_key - 1`, then the
+    ///   oldest messages of any key until it fits (see the module docs for the one message being prepared).
+    ///
+    /// The evicted messages are returned, for the caller to answer `dropped: superseded`.
+    pub fn push(&self, envelope: Envelope) -> Result<Vec<Waiter>, Refused> {
         let mut state = self.0.lock();
         if state.failed {
             return Err(Refused::Failed(Box::new(envelope)));
@@ -110,42 +257,38 @@ impl Sender {
             return Err(Refused::Closed(Box::new(envelope)));
         }
         let bytes = envelope.message.payload.len();
-        let (capacity, capacity_bytes) = (self.0.capacity, self.0.capacity_bytes);
-        // Full counting what the worker holds too, or (`with_held` false) what waits here alone.
-        let full = |state: &State, with_held: bool| {
-            let (held, held_bytes) = if with_held { (state.held, state.held_bytes) } else { (0, 0) };
-            state.waiting.len() + held >= capacity || state.bytes + held_bytes + bytes > capacity_bytes
-        };
-        let mut evicted = None;
-        if full(&state, true) {
-            let mut with_held = true;
-            if let Overload::Latest { .. } = self.0.overload {
-                let key = &envelope.message.key;
-                let same_key = state.waiting.iter().position(|waiting| &waiting.message.key == key);
-                // Else the oldest here, if the worker holds nothing older or this queue alone is full.
-                let oldest = same_key.or_else(|| (state.held == 0 || full(&state, false)).then_some(0));
-                evicted = oldest.and_then(|oldest| state.waiting.remove(oldest));
-                state.bytes -= evicted.as_ref().map_or(0, |evicted| evicted.message.payload.len());
-                // The worker evicts among what it holds once it takes the newcomer: only this queue's own share of
-                // the bound can refuse it.
-                with_held = false;
-            }
-            if full(&state, with_held) {
-                // Nothing was gained by the eviction: put it back where it was, refuse the newcomer.
-                if let Some(evicted) = evicted {
-                    state.bytes += evicted.message.payload.len();
-                    let end = state.waiting.len();
-                    let position = state.waiting.iter().position(|waiting| waiting.arrived > evicted.arrived);
-                    state.waiting.insert(position.unwrap_or(end), evicted);
-                }
+        let mut evicted = Vec::new();
+        match self.0.overload {
+            Overload::Fifo if state.full(bytes, self.0.capacity_bytes) => {
                 return Err(Refused::Full(Box::new(envelope)));
             }
+            Overload::Fifo => {}
+            Overload::Latest { per_key } => {
+                let key = envelope.message.key.as_str();
+                while state.on_key(key) >= per_key.max(1) {
+                    let Some(place) = state.oldest(Some(key)) else { break };
+                    evicted.extend(state.evict(place));
+                }
+                while state.full(bytes, self.0.capacity_bytes) {
+                    let Some(place) = state.oldest(None) else { break };
+                    evicted.extend(state.evict(place));
+                }
+            }
         }
+        state.sequence += 1;
+        let sequence = state.sequence;
+        state.count += 1;
         state.bytes += bytes;
-        state.waiting.push_back(envelope);
+        state.arrived.push_back((sequence, envelope));
         drop(state);
         self.0.arrived.notify_one();
         Ok(evicted)
+    }
+
+    /// Messages and payload bytes waiting, wherever they wait.
+    pub fn load(&self) -> (usize, usize) {
+        let state = self.0.lock();
+        (state.count, state.bytes)
     }
 }
 
@@ -156,18 +299,28 @@ impl Drop for Sender {
     }
 }
 
+/// What the worker does with a waiting message when it forms a batch (see [`Receiver::fill_batch`]).
+pub enum Choice<V> {
+    /// It joins the batch.
+    Join,
+    /// It is answered now, without running, with this verdict.
+    Answer(V),
+    /// It keeps waiting.
+    Skip,
+}
+
 /// The worker's end.
 pub struct Receiver(Arc<Shared>);
 
 impl Receiver {
-    /// The oldest message, waiting up to `timeout`; `Timeout` also as soon as a [`Waker`] wakes it, and
-    /// `Disconnected` once the queue is closed and empty.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Envelope, RecvTimeoutError> {
+    /// Waits up to `timeout` for an arrival: `Timeout` also as soon as a [`Waker`] wakes it, and `Disconnected` once
+    /// the queue is closed and nothing has arrived.
+    pub fn wait_for_arrival(&self, timeout: Duration) -> Result<(), RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.lock();
         loop {
-            if let Some(envelope) = state.pop() {
-                return Ok(envelope);
+            if !state.arrived.is_empty() {
+                return Ok(());
             }
             if std::mem::take(&mut state.woken) {
                 return Err(RecvTimeoutError::Timeout);
@@ -183,53 +336,104 @@ impl Receiver {
         }
     }
 
-    /// The oldest message, if one is waiting.
-    pub fn try_recv(&self) -> Option<Envelope> {
-        self.0.lock().pop()
+    /// Every arrival, oldest first, for the worker to prepare. Each still counts against the bound until its
+    /// ticket is handed back with [`Receiver::file`] or [`Receiver::discard`], and is not evicted meanwhile.
+    pub fn take_arrivals(&self) -> Vec<(Ticket, Envelope)> {
+        let mut state = self.0.lock();
+        let arrived = std::mem::take(&mut state.arrived);
+        arrived
+            .into_iter()
+            .map(|(sequence, envelope)| (Ticket { sequence, bytes: envelope.message.payload.len() }, envelope))
+            .collect()
     }
 
-    /// Whether no message is waiting.
+    /// Queues a message taken with `ticket`, now prepared, for the model.
+    pub fn file(&self, ticket: Ticket, prepared: Prepared) {
+        self.0.lock().ready.push(Waiting::new(prepared, ticket.sequence, ticket.bytes));
+    }
+
+    /// A message taken with `ticket` leaves without being queued (answered as it was: undecodable, shed).
+    pub fn discard(&self, ticket: Ticket) {
+        self.0.lock().leave(ticket.bytes);
+    }
+
+    /// The most urgent prepared message, leaving the queue (to run, or to be answered).
+    pub fn take_next(&self) -> Option<Waiting> {
+        let mut state = self.0.lock();
+        let next = state.ready.pop()?;
+        state.leave(next.bytes);
+        Some(next)
+    }
+
+    /// Offers `batch` prepared messages, most urgent first, until it holds `max` or `scan` have been passed over:
+    /// `choose` says of each whether it joins (it leaves the queue), is answered now (returned with its verdict;
+    /// it leaves too), or keeps waiting.
+    pub fn fill_batch<V>(
+        &self,
+        batch: &mut Vec<Waiting>,
+        max: usize,
+        scan: usize,
+        mut choose: impl FnMut(&[Waiting], &Waiting) -> Choice<V>,
+    ) -> Vec<(Prepared, V)> {
+        let mut state = self.0.lock();
+        let (mut answered, mut aside) = (Vec::new(), Vec::new());
+        while batch.len() < max && aside.len() < scan {
+            let Some(candidate) = state.ready.pop() else { break };
+            match choose(batch, &candidate) {
+                Choice::Join => {
+                    state.leave(candidate.bytes);
+                    batch.push(candidate);
+                }
+                Choice::Answer(verdict) => {
+                    state.leave(candidate.bytes);
+                    answered.push((candidate.prepared, verdict));
+                }
+                Choice::Skip => aside.push(candidate),
+            }
+        }
+        state.ready.extend(aside);
+        answered
+    }
+
+    /// Messages and payload bytes waiting, wherever they wait.
+    pub fn load(&self) -> (usize, usize) {
+        let state = self.0.lock();
+        (state.count, state.bytes)
+    }
+
+    /// Whether no message waits to be prepared or run.
     pub fn is_empty(&self) -> bool {
-        self.0.lock().waiting.is_empty()
+        let state = self.0.lock();
+        state.arrived.is_empty() && state.ready.is_empty()
     }
 
-    /// A handle that interrupts [`Receiver::recv_timeout`] from another thread.
+    /// Whether no prepared message waits for the model.
+    pub fn nothing_ready(&self) -> bool {
+        self.0.lock().ready.is_empty()
+    }
+
+    /// Under memory pressure, the queue keeps a quarter of its capacity: fewer payloads held, and a shorter wait for
+    /// what is kept. What already waits stays; newcomers are refused (`fifo`) or evict (`latest`) at the lower bound.
+    pub fn set_pressed(&self, pressed: bool) {
+        let capacity = self.0.capacity;
+        self.0.lock().limit = if pressed { (capacity / 4).max(1) } else { capacity };
+    }
+
+    /// A handle that interrupts [`Receiver::wait_for_arrival`] from another thread.
     pub fn waker(&self) -> Waker {
         Waker(Arc::clone(&self.0))
     }
 
-    /// The handle through which the worker accounts for what it holds (see [`Account`]).
-    pub fn account(&self) -> Account {
-        Account(Arc::clone(&self.0))
-    }
-
     /// The worker failed: from now on every push is refused as [`Refused::Failed`]; returns what was waiting, so
-    /// that each gets its outcome.
-    pub fn fail(&self) -> Vec<Envelope> {
+    /// that each gets its outcome. (What was in the worker's hands is lost with the failed turn.)
+    pub fn fail(&self) -> Vec<Waiter> {
         let mut state = self.0.lock();
         state.failed = true;
+        state.count = 0;
         state.bytes = 0;
-        state.waiting.drain(..).collect()
-    }
-}
-
-/// The worker's account of what it holds, which shares the queue's bound (see [`Receiver::account`]).
-pub struct Account(Arc<Shared>);
-
-impl Account {
-    /// Messages and payload bytes waiting in all: in the queue, and held by the worker.
-    pub fn load(&self) -> (usize, usize) {
-        let state = self.0.lock();
-        (state.waiting.len() + state.held, state.bytes + state.held_bytes)
-    }
-
-    /// A message the worker took from the queue no longer waits: it started to run, or was answered. Its `bytes`
-    /// (payload length) and its place are free for the next arrival.
-    pub fn release(&self, bytes: usize) {
-        let mut state = self.0.lock();
-        debug_assert!(state.held > 0 && state.held_bytes >= bytes, "released a message the worker did not hold");
-        state.held = state.held.saturating_sub(1);
-        state.held_bytes = state.held_bytes.saturating_sub(bytes);
+        let ready = std::mem::take(&mut state.ready).into_sorted_vec().into_iter().rev();
+        let ready = ready.map(|waiting| Waiter::Ready(Box::new(waiting.prepared)));
+        ready.chain(state.arrived.drain(..).map(|(_, envelope)| Waiter::Arrived(Box::new(envelope)))).collect()
     }
 }
 
@@ -246,9 +450,11 @@ impl Waker {
 
 #[cfg(test)]
 mod tests {
-    use zinfer_stage_api::RawMessage;
+    use zinfer_stage_api::{Input, Item, RawMessage};
 
     use super::*;
+    use crate::pipeline::deadline::Deadline;
+    use crate::pipeline::outcome::Timings;
 
     fn envelope(key: &str, id: &str) -> Envelope {
         sized(key, id, 0)
@@ -260,103 +466,188 @@ mod tests {
         Envelope::new(message, id.into())
     }
 
-    fn ids(receiver: &Receiver) -> Vec<String> {
-        std::iter::from_fn(|| receiver.try_recv()).map(|envelope| envelope.fallback_id).collect()
+    /// What a worker would make of `envelope`, without a pipeline: its id and key, no deadline.
+    fn prepare(envelope: Envelope) -> Prepared {
+        let item = Item::new(envelope.fallback_id, envelope.message.key, Input::Text(String::new()));
+        Prepared { item, timings: Timings::default(), arrived: envelope.arrived, deadline: None, reply: None, rung: 0 }
+    }
+
+    /// Takes every arrival and files it prepared.
+    fn prepare_all(receiver: &Receiver) {
+        for (ticket, envelope) in receiver.take_arrivals() {
+            receiver.file(ticket, prepare(envelope));
+        }
+    }
+
+    /// Takes the one arrival there is.
+    fn take_one(receiver: &Receiver) -> (Ticket, Envelope) {
+        let mut taken = receiver.take_arrivals();
+        assert_eq!(taken.len(), 1);
+        taken.remove(0)
+    }
+
+    fn ids(waiters: &[Waiter]) -> Vec<String> {
+        let id = |waiter: &Waiter| match waiter {
+            Waiter::Arrived(envelope) => envelope.fallback_id.clone(),
+            Waiter::Ready(prepared) => prepared.item.id.clone(),
+        };
+        waiters.iter().map(id).collect()
+    }
+
+    /// Everything waiting, arrivals prepared on the way, in the order the worker runs them.
+    fn drain(receiver: &Receiver) -> Vec<String> {
+        prepare_all(receiver);
+        std::iter::from_fn(|| receiver.take_next()).map(|waiting| waiting.prepared.item.id).collect()
     }
 
     #[test]
     fn fifo_refuses_the_newest_when_full() {
         let (sender, receiver) = bounded(2, usize::MAX, Overload::Fifo);
-        assert!(sender.push(envelope("a", "1")).expect("room").is_none());
-        assert!(sender.push(envelope("a", "2")).expect("room").is_none());
+        assert!(sender.push(envelope("a", "1")).expect("room").is_empty());
+        assert!(sender.push(envelope("a", "2")).expect("room").is_empty());
         assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Full(refused)) if refused.fallback_id == "3"));
-        assert_eq!(ids(&receiver), ["1", "2"]);
+        assert_eq!(drain(&receiver), ["1", "2"]);
     }
 
     #[test]
-    fn latest_evicts_the_oldest_of_the_same_key_else_the_oldest() {
+    fn latest_keeps_per_key_and_evicts_the_oldest_when_full() {
         let (sender, receiver) = bounded(3, usize::MAX, Overload::Latest { per_key: 1 });
-        for (key, id) in [("a", "1"), ("b", "2"), ("a", "3")] {
-            assert!(sender.push(envelope(key, id)).expect("room").is_none());
+        for (key, id) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            assert!(sender.push(envelope(key, id)).expect("room").is_empty());
         }
-        let evicted = sender.push(envelope("b", "4")).expect("latest never refuses").expect("an eviction");
-        assert_eq!(evicted.fallback_id, "2", "the oldest of key b");
-        let evicted = sender.push(envelope("c", "5")).expect("latest never refuses").expect("an eviction");
-        assert_eq!(evicted.fallback_id, "1", "no other c: the oldest overall");
-        assert_eq!(ids(&receiver), ["3", "4", "5"]);
+        assert_eq!(ids(&sender.push(envelope("b", "4")).expect("latest never refuses")), ["2"], "the older b");
+        assert_eq!(ids(&sender.push(envelope("d", "5")).expect("latest never refuses")), ["1"], "the oldest");
+        assert_eq!(drain(&receiver), ["3", "4", "5"]);
+
+        // Per key even when there is room.
+        let (sender, receiver) = bounded(10, usize::MAX, Overload::Latest { per_key: 2 });
+        for id in ["1", "2"] {
+            assert!(sender.push(envelope("a", id)).expect("room").is_empty());
+        }
+        assert_eq!(ids(&sender.push(envelope("a", "3")).expect("latest never refuses")), ["1"]);
+        assert_eq!(drain(&receiver), ["2", "3"]);
     }
 
     #[test]
     fn bytes_are_bounded_too() {
         let (sender, receiver) = bounded(10, 100, Overload::Fifo);
-        assert!(sender.push(sized("a", "1", 60)).expect("room").is_none());
+        assert!(sender.push(sized("a", "1", 60)).expect("room").is_empty());
         assert!(matches!(sender.push(sized("a", "2", 50)), Err(Refused::Full(refused)) if refused.fallback_id == "2"));
-        assert!(sender.push(sized("a", "3", 40)).expect("room").is_none());
-        assert_eq!(ids(&receiver), ["1", "3"]);
-        let account = receiver.account();
-        account.release(60);
-        account.release(40);
-        assert!(sender.push(sized("a", "4", 100)).expect("room once both ran").is_none());
+        assert!(sender.push(sized("a", "3", 40)).expect("room").is_empty());
+        assert_eq!(drain(&receiver), ["1", "3"]);
+        assert_eq!(sender.load(), (0, 0));
+        assert!(sender.push(sized("a", "4", 100)).expect("room once both ran").is_empty());
 
-        let (sender, receiver) = bounded(10, 100, Overload::Latest { per_key: 1 });
+        // Under latest, as many of the oldest go as the newcomer needs.
+        let (sender, receiver) = bounded(10, 100, Overload::Latest { per_key: 10 });
         for (id, bytes) in [("1", 30), ("2", 30), ("3", 30)] {
-            assert!(sender.push(sized("k", id, bytes)).expect("room").is_none());
+            assert!(sender.push(sized("k", id, bytes)).expect("room").is_empty());
         }
-        let evicted = sender.push(sized("k", "4", 30)).expect("an eviction makes room").expect("evicted");
-        assert_eq!(evicted.fallback_id, "1");
-        // One eviction cannot make room for 95 bytes: the newcomer is refused and the queue is unchanged.
-        assert!(matches!(sender.push(sized("k", "5", 95)), Err(Refused::Full(refused)) if refused.fallback_id == "5"));
-        assert_eq!(ids(&receiver), ["2", "3", "4"]);
+        assert_eq!(ids(&sender.push(sized("k", "4", 30)).expect("latest never refuses")), ["1"]);
+        assert_eq!(ids(&sender.push(sized("k", "5", 95)).expect("latest never refuses")), ["2", "3", "4"]);
+        assert_eq!(sender.load(), (1, 95));
+        assert_eq!(drain(&receiver), ["5"]);
     }
 
     #[test]
-    fn what_the_worker_holds_counts_against_the_bound_until_released() {
+    fn what_the_worker_prepared_counts_until_it_runs() {
         let (sender, receiver) = bounded(2, 100, Overload::Fifo);
-        let account = receiver.account();
         sender.push(sized("a", "1", 10)).expect("room");
         sender.push(sized("a", "2", 10)).expect("room");
-        assert_eq!(ids(&receiver), ["1", "2"], "taken by the worker, not yet run");
-        assert_eq!(account.load(), (2, 20));
+        prepare_all(&receiver);
+        assert_eq!(sender.load(), (2, 20));
         assert!(matches!(sender.push(sized("a", "3", 10)), Err(Refused::Full(_))), "still waiting, at the worker");
-        account.release(10);
-        assert!(sender.push(sized("a", "4", 10)).expect("one started to run").is_none());
-        assert_eq!(account.load(), (2, 20));
+        assert_eq!(receiver.take_next().expect("one ready").prepared.item.id, "1");
+        assert!(sender.push(sized("a", "4", 10)).expect("one started to run").is_empty());
+        assert_eq!(sender.load(), (2, 20));
 
-        // Bytes too: 90 held leave room for 10 more, not 11.
+        // The message being prepared counts too, and leaves when discarded.
         let (sender, receiver) = bounded(10, 100, Overload::Fifo);
         sender.push(sized("a", "1", 90)).expect("room");
-        assert_eq!(ids(&receiver), ["1"]);
+        let (ticket, _) = take_one(&receiver);
         assert!(matches!(sender.push(sized("a", "2", 11)), Err(Refused::Full(_))));
-        assert!(sender.push(sized("a", "3", 10)).expect("room").is_none());
+        assert!(sender.push(sized("a", "3", 10)).expect("room").is_empty());
+        receiver.discard(ticket);
+        assert_eq!(sender.load(), (1, 10));
     }
 
     #[test]
-    fn latest_lets_the_newest_in_when_the_worker_holds_the_oldest() {
-        let (sender, receiver) = bounded(2, usize::MAX, Overload::Latest { per_key: 1 });
-        let account = receiver.account();
+    fn latest_evicts_the_oldest_wherever_it_waits_but_not_the_one_being_prepared() {
+        let (sender, receiver) = bounded(3, usize::MAX, Overload::Latest { per_key: 1 });
+        for (key, id) in [("a", "1"), ("b", "2")] {
+            sender.push(envelope(key, id)).expect("room");
+        }
+        prepare_all(&receiver);
+        sender.push(envelope("c", "3")).expect("room");
+        let (ticket, in_hand) = take_one(&receiver);
+        // Full: the oldest, prepared, goes; the newcomer never exceeds the bound.
+        assert_eq!(ids(&sender.push(envelope("d", "4")).expect("latest never refuses")), ["1"]);
+        assert_eq!(sender.load(), (3, 0));
+        assert_eq!(ids(&sender.push(envelope("e", "5")).expect("latest never refuses")), ["2"]);
+        // The message being prepared is next oldest, but it is passed over; so is its key's newer message.
+        assert_eq!(ids(&sender.push(envelope("f", "6")).expect("latest never refuses")), ["4"]);
+        assert!(sender.push(envelope("c", "7")).expect("latest never refuses").len() == 1);
+        assert_eq!(sender.load(), (3, 0));
+        receiver.file(ticket, prepare(in_hand));
+        assert_eq!(drain(&receiver), ["3", "6", "7"]);
+        assert_eq!(sender.load(), (0, 0));
+
+        // A bound of one: the newest gets in beside the one being prepared, over the bound by that one message.
+        let (sender, receiver) = bounded(1, usize::MAX, Overload::Latest { per_key: 1 });
         sender.push(envelope("a", "1")).expect("room");
-        sender.push(envelope("b", "2")).expect("room");
-        assert_eq!(ids(&receiver), ["1", "2"]);
-        // The oldest are the worker's to evict: the newcomer gets in, over the bound until the worker takes it.
-        assert!(sender.push(envelope("c", "3")).expect("latest lets it in").is_none());
-        assert_eq!(account.load(), (3, 0));
-        // A newer message of a key still waiting here replaces it.
-        let evicted = sender.push(envelope("c", "4")).expect("latest never refuses").expect("an eviction");
-        assert_eq!(evicted.fallback_id, "3");
-        // Once what waits here alone is full, the oldest here makes room: the newest always gets in.
-        sender.push(envelope("d", "5")).expect("room here");
-        let evicted = sender.push(envelope("e", "6")).expect("latest never refuses").expect("an eviction");
-        assert_eq!(evicted.fallback_id, "4");
-        assert_eq!(ids(&receiver), ["5", "6"]);
+        let (ticket, in_hand) = take_one(&receiver);
+        assert!(sender.push(envelope("a", "2")).expect("latest never refuses").is_empty());
+        assert_eq!(ids(&sender.push(envelope("a", "3")).expect("latest never refuses")), ["2"]);
+        assert_eq!(sender.load(), (2, 0));
+        receiver.file(ticket, prepare(in_hand));
+        assert_eq!(drain(&receiver), ["1", "3"]);
+    }
+
+    #[test]
+    fn under_pressure_a_quarter_of_the_capacity_is_kept() {
+        let (sender, receiver) = bounded(8, usize::MAX, Overload::Fifo);
+        receiver.set_pressed(true);
+        for id in ["1", "2"] {
+            sender.push(envelope("a", id)).expect("room for two");
+        }
+        assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Full(_))));
+        receiver.set_pressed(false);
+        assert!(sender.push(envelope("a", "4")).expect("room again").is_empty());
+        assert_eq!(drain(&receiver), ["1", "2", "4"]);
+    }
+
+    #[test]
+    fn a_batch_takes_the_chosen_leaves_the_skipped_and_answers_the_rest() {
+        let (sender, receiver) = bounded(8, usize::MAX, Overload::Fifo);
+        for id in ["1", "2", "3", "4", "5"] {
+            sender.push(envelope("a", id)).expect("room");
+        }
+        prepare_all(&receiver);
+        let mut batch = vec![receiver.take_next().expect("the head")];
+        let answered =
+            receiver.fill_batch(&mut batch, 3, 8, |_, candidate| match candidate.prepared.item.id.as_str() {
+                "2" => Choice::Skip,
+                "3" => Choice::Answer("expired"),
+                _ => Choice::Join,
+            });
+        let batch: Vec<_> = batch.iter().map(|waiting| waiting.prepared.item.id.as_str()).collect();
+        assert_eq!(batch, ["1", "4", "5"]);
+        assert_eq!(
+            answered.iter().map(|(prepared, why)| (prepared.item.id.as_str(), *why)).collect::<Vec<_>>(),
+            [("3", "expired")]
+        );
+        assert_eq!(sender.load(), (1, 0), "the skipped one waits");
+        assert_eq!(drain(&receiver), ["2"]);
     }
 
     #[test]
     fn a_failed_worker_hands_back_what_waits_and_refuses_the_rest() {
         let (sender, receiver) = bounded(4, usize::MAX, Overload::Fifo);
         sender.push(envelope("a", "1")).expect("room");
+        let (ticket, envelope_1) = take_one(&receiver);
+        receiver.file(ticket, prepare(envelope_1));
         sender.push(envelope("a", "2")).expect("room");
-        let left: Vec<String> = receiver.fail().into_iter().map(|envelope| envelope.fallback_id).collect();
-        assert_eq!(left, ["1", "2"]);
+        assert_eq!(ids(&receiver.fail()), ["1", "2"]);
         assert!(matches!(sender.push(envelope("a", "3")), Err(Refused::Failed(refused)) if refused.fallback_id == "3"));
     }
 
@@ -364,12 +655,16 @@ mod tests {
     fn closing_lets_the_worker_drain_then_disconnects() {
         let (sender, receiver) = bounded(4, usize::MAX, Overload::Fifo);
         sender.push(envelope("a", "1")).expect("room");
-        assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Ok(envelope) if envelope.fallback_id == "1"));
-        assert!(matches!(receiver.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));
+        assert!(receiver.wait_for_arrival(Duration::from_millis(1)).is_ok());
+        let (ticket, _) = take_one(&receiver);
+        receiver.discard(ticket);
+        assert!(matches!(receiver.wait_for_arrival(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));
         sender.push(envelope("a", "2")).expect("room");
         drop(sender);
-        assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Ok(envelope) if envelope.fallback_id == "2"));
-        assert!(matches!(receiver.recv_timeout(Duration::from_secs(1)), Err(RecvTimeoutError::Disconnected)));
+        assert!(receiver.wait_for_arrival(Duration::from_secs(1)).is_ok(), "what arrived before closing is taken");
+        let (ticket, _) = take_one(&receiver);
+        receiver.discard(ticket);
+        assert!(matches!(receiver.wait_for_arrival(Duration::from_secs(1)), Err(RecvTimeoutError::Disconnected)));
     }
 
     #[test]
@@ -381,10 +676,34 @@ mod tests {
             waker.wake();
         });
         let started = Instant::now();
-        assert!(matches!(receiver.recv_timeout(Duration::from_secs(30)), Err(RecvTimeoutError::Timeout)));
+        assert!(matches!(receiver.wait_for_arrival(Duration::from_secs(30)), Err(RecvTimeoutError::Timeout)));
         assert!(started.elapsed() < Duration::from_secs(30), "woken, not timed out");
         waking.join().expect("waker thread");
         // Consumed: the next wait runs its course.
-        assert!(matches!(receiver.recv_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
+        assert!(matches!(receiver.wait_for_arrival(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
+    }
+
+    #[test]
+    fn a_message_without_a_deadline_waits_behind_urgent_ones_but_not_forever() {
+        let start = Instant::now();
+        let waiting = |sequence: u64, arrived: Instant, deadline: Option<Instant>| {
+            let item = Item::new(format!("m{sequence}"), "k".into(), Input::Text("t".into()));
+            let deadline = deadline.map(|at| Deadline { at });
+            let prepared = Prepared { item, timings: Timings::default(), arrived, deadline, reply: None, rung: 0 };
+            Waiting::new(prepared, sequence, 0)
+        };
+        let mut heap = BinaryHeap::new();
+        // Arrived first, no deadline: due one NO_DEADLINE_DUE after arrival.
+        heap.push(waiting(1, start, None));
+        // Deadline traffic that keeps arriving: earlier deadlines than that go first, later ones after it.
+        heap.push(waiting(2, start + Duration::from_millis(10), Some(start + Duration::from_millis(100))));
+        heap.push(waiting(
+            3,
+            start + Duration::from_millis(900),
+            Some(start + NO_DEADLINE_DUE + Duration::from_millis(50)),
+        ));
+        heap.push(waiting(4, start + Duration::from_millis(20), None));
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|waiting| waiting.sequence)).collect();
+        assert_eq!(order, [2, 1, 4, 3], "EDF, with messages without a deadline due a second after arrival");
     }
 }

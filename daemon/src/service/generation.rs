@@ -103,9 +103,9 @@ impl Generation {
                 metrics.record_drift_check(run, spec);
             }
             let overload = match settings.overload {
-                config::OverloadPolicy::Fifo => pipeline::worker::Overload::Fifo,
+                config::OverloadPolicy::Fifo => pipeline::queue::Overload::Fifo,
                 config::OverloadPolicy::Latest => {
-                    pipeline::worker::Overload::Latest { per_key: settings.latest_per_key }
+                    pipeline::queue::Overload::Latest { per_key: settings.latest_per_key }
                 }
             };
             // Unbounded on purpose, yet bounded: every entry is an outcome owed for an accepted message, and admission
@@ -115,10 +115,7 @@ impl Generation {
             let (queue, queue_rx) = pipeline::queue::bounded(settings.queue_capacity, settings.queue_bytes, overload);
             let decoder = pipeline.decoder();
             let context = pipeline::worker::WorkerContext {
-                capacity: settings.queue_capacity,
                 max_batch: settings.max_batch,
-                capacity_bytes: settings.queue_bytes,
-                overload,
                 outcomes: outcomes.clone(),
                 abandon: Arc::clone(&abandon),
                 metrics: Arc::clone(&metrics),
