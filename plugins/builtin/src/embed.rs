@@ -82,12 +82,16 @@ impl Stage for Embed {
         let bad = |why: String| StageError::new(Reason::BadModelOutput, format!("output `{}` {why}", tensor.name));
         let values = tensor.tensor.as_f32().ok_or_else(|| bad("is not float32".into()))?;
         let shape = &tensor.tensor.shape;
+        // A stage of one's own may hand on a tensor whose data disagrees with its shape; pooling would read past it
+        // or average fewer tokens than it claims.
+        let expected = shape.iter().product::<usize>();
+        if values.len() != expected {
+            return Err(bad(format!("holds {} values, its shape {shape:?} says {expected}", values.len())));
+        }
         let mut vector = match (self.options.pooling, shape.as_slice()) {
             (Pooling::None, [_]) => values.to_vec(),
-            (Pooling::First, [tokens, width]) if *tokens > 0 => {
-                values.get(..*width).ok_or_else(|| bad("holds fewer values than its shape".into()))?.to_vec()
-            }
-            (Pooling::Mean, [tokens, width]) => {
+            (Pooling::First, [tokens, width]) if *tokens > 0 => values[..*width].to_vec(),
+            (Pooling::Mean, [_, width]) => {
                 let mask = match item.feature(&self.options.mask).map(|mask| &mask.tensor.data) {
                     None => None,
                     Some(TensorData::I64(mask)) => Some(mask.iter().map(|&keep| keep != 0).collect()),
@@ -104,7 +108,7 @@ impl Stage for Embed {
                 let kept = |row: usize| mask.as_ref().is_none_or(|mask: &Vec<bool>| mask.get(row) == Some(&true));
                 let mut sum = vec![0.0f32; *width];
                 let mut count = 0usize;
-                for (row, token) in values.chunks_exact((*width).max(1)).take(*tokens).enumerate() {
+                for (row, token) in values.chunks_exact((*width).max(1)).enumerate() {
                     if kept(row) {
                         sum.iter_mut().zip(token).for_each(|(total, value)| *total += value);
                         count += 1;
@@ -189,6 +193,19 @@ mod tests {
         floats.features[0].tensor.data = TensorData::F32(vec![1.0, 1.0, 0.0]);
         let error = head(Pooling::Mean, true).process(&mut floats).expect_err("a float mask");
         assert!(error.detail.contains("not int64"), "{error:?}");
+    }
+
+    #[test]
+    fn a_tensor_shorter_than_its_shape_is_an_error_for_every_pooling() {
+        for pooling in [Pooling::None, Pooling::First, Pooling::Mean] {
+            let mut short = item();
+            if pooling == Pooling::None {
+                short.outputs[0].tensor.shape = vec![6];
+            }
+            short.outputs[0].tensor.data = TensorData::F32(vec![1.0, 2.0, 3.0]);
+            let error = head(pooling, false).process(&mut short).expect_err("3 values for a shape of 6");
+            assert_eq!(error.reason, Reason::BadModelOutput, "{pooling:?}: {error:?}");
+        }
     }
 
     #[test]
