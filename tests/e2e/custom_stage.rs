@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use zinfer_proto::outcome;
-use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Prediction, Stage, StageError, parse_options};
+use zinfer_stage_api::{BuildContext, BuildError, Input, Item, Part, Prediction, Stage, StageError, parse_options};
 use zinferd::client::{Client, RequestFormat};
 
 use crate::support::{WAIT, base_config, free_port, ort_library, text_pipeline};
@@ -56,6 +56,26 @@ impl Stage for Explode {
     }
 }
 
+/// A stage that splits a message into parts, as the sensor `window` stage does but for no stream: one part per
+/// `|`-separated clause of the text (none for an empty one), each the model input the tokenizer made of the whole
+/// text. Not a useful stage: a plain proof that any stage can make 0..N model inputs of a message.
+struct Clauses;
+
+impl Stage for Clauses {
+    fn name(&self) -> &str {
+        "clauses"
+    }
+
+    fn process(&mut self, item: &mut Item) -> Result<(), StageError> {
+        let Input::Text(text) = &item.input else { return Ok(()) };
+        let count = text.split('|').filter(|clause| !clause.trim().is_empty()).count();
+        let features = std::mem::take(&mut item.features);
+        let parts = (0..count as u64).map(|index| Part::new(index, features.clone()));
+        item.split().extend(parts);
+        Ok(())
+    }
+}
+
 fn build(options: &toml::Table, _context: &BuildContext<'_>) -> Result<Box<dyn Stage>, BuildError> {
     let options: RenameOptions = parse_options(options)?;
     Ok(Box::new(RenameLabels { renames: options.renames }))
@@ -67,7 +87,9 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     let prefix = format!("zt/custom/{port}");
     let pipeline = text_pipeline("custom", "in/custom/**", "", "", "")
         + "[[pipeline.postprocess]]\ntype = \"rename_labels\"\nrenames = { positive = \"thumbs_up\", negative = \"thumbs_down\" }\n"
-        + "[[pipeline.preprocess]]\ntype = \"explode\"\n";
+        + "[[pipeline.preprocess]]\ntype = \"explode\"\n"
+        + &text_pipeline("parts", "in/parts/**", "", "", "")
+        + "[[pipeline.preprocess]]\ntype = \"clauses\"\n";
     let mut config = base_config(port, &prefix) + &pipeline;
     config += &format!("[onnxruntime]\nlibrary = \"{}\"\n", ort_library().display());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -78,6 +100,7 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     let mut registry = zinferd::default_registry();
     registry.register_stage("rename_labels", Box::new(build));
     registry.register_stage("explode", Box::new(|_: &toml::Table, _: &BuildContext<'_>| Ok(Box::new(Explode) as _)));
+    registry.register_stage("clauses", Box::new(|_: &toml::Table, _: &BuildContext<'_>| Ok(Box::new(Clauses) as _)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(async move {
         zinferd::run(config, std::sync::Arc::new(registry), async {
@@ -107,6 +130,27 @@ async fn a_user_stage_runs_in_an_in_process_daemon() {
     );
     let pending = client.request("in/custom/x", "out", "c3", "a dull film", RequestFormat::Text).await.expect("send");
     assert_eq!(pending.result(WAIT).await.expect("result").outcome, outcome::OK, "the pipeline carries on");
+
+    // A message split into parts: the model and the head run once per part, and the result has one prediction per
+    // part, in order, without the stream fields a sensor window has.
+    client.wait_for_subscriber("in/parts/x", WAIT).await.expect("the parts pipeline subscribes");
+    let text = "a warm | and funny | film";
+    let whole = client.request("in/custom/x", "out", "w", text, RequestFormat::Text).await.expect("send");
+    let whole = whole.result(WAIT).await.expect("result");
+    let split = client.request("in/parts/x", "out", "p", text, RequestFormat::Text).await.expect("send");
+    let split = split.result(WAIT).await.expect("result");
+    assert_eq!(split.outcome, outcome::OK, "{split:?}");
+    assert_eq!(split.windows.iter().map(|part| part.index).collect::<Vec<_>>(), [0, 1, 2]);
+    for part in &split.windows {
+        assert_eq!((part.source.as_str(), part.start_sample, part.start_us, part.end_us), ("", 0, 0, 0));
+        // Each part holds the whole text's model input: each prediction is the whole text's.
+        let (scores, reference) = (part.scores.iter().map(|s| s.score), whole.scores.iter().map(|s| s.score));
+        assert!(scores.zip(reference).all(|(a, b)| (a - b).abs() < 1e-6), "{part:?} vs {whole:?}");
+    }
+    assert_eq!(split.timings.as_ref().map(|timings| timings.batch_size), Some(3), "three model inputs");
+    let none = client.request("in/parts/x", "out", "n", " | ", RequestFormat::Text).await.expect("send");
+    let none = none.result(WAIT).await.expect("result");
+    assert_eq!((none.outcome.as_str(), none.windows.len()), (outcome::OK, 0), "split into none: {none:?}");
     client.close().await;
 
     stop.send(()).expect("daemon still running");

@@ -234,8 +234,8 @@ impl Stream {
 
 fn check(verdict: Verdict, windows: usize) -> anyhow::Result<()> {
     match verdict {
-        Verdict::Windowed(done) if done.len() == windows => Ok(()),
-        Verdict::Windowed(done) => bail!("expected {windows} window(s) from the frame, got {}", done.len()),
+        Verdict::Parts(done) if done.len() == windows => Ok(()),
+        Verdict::Parts(done) => bail!("expected {windows} window(s) from the frame, got {}", done.len()),
         Verdict::Failed(error) => bail!("the pipeline failed on the benchmark stream: {error}"),
         other => bail!("the pipeline answered {other:?}; is it a sensor pipeline?"),
     }

@@ -12,10 +12,11 @@
 //! Every check builds the preprocessing stages afresh: a stage with per-stream state (the sensor `window` stage)
 //! must see each golden input as a stream of its own, and the serving stages must not see them at all.
 //!
-//! What is compared: for a classifier (a manifest with labels), the top-1 class of each case; and each score's
-//! difference from the reference, where the score is the softmax of the model's output (a model that outputs logits,
-//! the default for a classifier) or the output itself (`compare = "raw"` in `[golden]`: a model that outputs
-//! probabilities, or one without classes).
+//! What is compared, whatever the model's task: each score's difference from the reference, where the score is the
+//! softmax of the model's output (a model that outputs logits, the manifest's default when it has labels) or the
+//! output itself (`compare = "raw"` in `[golden]`: probabilities, an anomaly score, an embedding); and whether the
+//! largest score is the reference's (top-1 agreement), which `min_agreement` enforces when the manifest sets it (a
+//! classifier's toolkit does).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -55,7 +56,6 @@ type StageMaker = Box<dyn Fn() -> Result<Vec<Box<dyn Stage>>, String> + Send>;
 pub struct DriftGuard {
     cases: Vec<GoldenCase>,
     spec: GoldenSpec,
-    classifier: bool,
     output: Option<String>,
     stages: StageMaker,
     every: Option<Duration>,
@@ -70,7 +70,8 @@ pub type GoldenRun = Result<GoldenReport, String>;
 pub struct GoldenReport {
     /// Cases run.
     pub cases: usize,
-    /// Cases whose top-1 class matched the reference (every case for a model that is not a classifier).
+    /// Cases whose largest score is the reference's (a classifier's top-1 class; trivially every case of a model
+    /// with one output value).
     pub agreeing: usize,
     /// The largest difference of any score from its reference.
     pub max_deviation: f64,
@@ -165,7 +166,6 @@ impl DriftGuard {
         Ok(Some(Self {
             cases,
             spec,
-            classifier: !manifest.labels.is_empty(),
             output: manifest.output.clone(),
             stages,
             every: pipeline.drift_check_every,
@@ -227,7 +227,7 @@ impl DriftGuard {
             // A NaN score is as far from its reference as a score can be.
             let deviation =
                 if deviation.is_nan() || scores.iter().any(|score| score.is_nan()) { f64::INFINITY } else { deviation };
-            if !self.classifier || top1(&scores) == top1(&case.scores) {
+            if top1(&scores) == top1(&case.scores) {
                 report.agreeing += 1;
             }
             if deviation > report.max_deviation {
@@ -411,7 +411,6 @@ mod tests {
         let mut guard = DriftGuard {
             cases: vec![GoldenCase { input: Input::Text("fine".into()), scores: vec![0.5, 0.5] }],
             spec: spec(),
-            classifier: true,
             output: None,
             stages: Box::new(|| Ok(vec![Box::new(Panics) as Box<dyn Stage>])),
             every: None,

@@ -182,8 +182,8 @@ pub struct Job {
 }
 
 impl Job {
-    /// A batch of messages whose model inputs have equal shapes (once padded, which this does); a windowed
-    /// message contributes one model input per window, and runs take at most `rows` inputs each.
+    /// A batch of messages whose model inputs have equal shapes (once padded, which this does); a message split
+    /// into parts contributes one model input per part, and runs take at most `rows` inputs each.
     pub fn new(mut batch: Vec<Prepared>, rows: usize) -> Self {
         pad_to_common_length(&mut batch);
         let now = Instant::now();
@@ -248,11 +248,10 @@ impl Job {
     }
 }
 
-/// What the model runs on for an item: its features once, or each of its windows.
+/// What the model runs on for an item: its features once, or each of its parts.
 fn model_inputs(item: &Item) -> impl Iterator<Item = &[NamedTensor]> {
-    let windows = item.windowed.then_some(&item.windows).into_iter().flatten();
-    let features = (!item.windowed).then_some(item.features.as_slice());
-    windows.map(|window| window.features.as_slice()).chain(features)
+    let parts = item.parts.iter().flatten().map(|part| part.features.as_slice());
+    parts.chain(item.parts.is_none().then_some(item.features.as_slice()))
 }
 
 impl Pipeline {
@@ -441,7 +440,7 @@ impl Pipeline {
                 timings.inference =
                     if size == 0 { Default::default() } else { inferred.saturating_duration_since(started) };
                 timings.batch_size = size.min(rows) as u32;
-                let wanted = if item.windowed { item.windows.len() } else { 1 };
+                let wanted = item.parts.as_ref().map_or(1, Vec::len);
                 // Taken whole before looking for an error, so the next item starts at its own outputs.
                 let mine: Vec<_> = outputs.by_ref().take(wanted).collect();
                 let verdict = match mine.into_iter().collect::<Result<Vec<_>, _>>() {
@@ -455,8 +454,8 @@ impl Pipeline {
                         let times = &mut timings.stages[first..];
                         let verdict = if mine.len() != wanted {
                             Verdict::Failed(StageError::new(Reason::BadModelOutput, "no output for the item"))
-                        } else if item.windowed {
-                            postprocess_windows(&mut stages.postprocess, &mut item, mine, times)
+                        } else if item.parts.is_some() {
+                            postprocess_parts(&mut stages.postprocess, &mut item, mine, times)
                         } else {
                             item.outputs = mine.into_iter().next().unwrap_or_default();
                             postprocess(&mut stages.postprocess, &mut item, times)
@@ -490,12 +489,12 @@ impl Pipeline {
     }
 
     /// The rung that prepared a message, then the shape of each model input: messages with equal signatures can
-    /// share a model run (a windowed message's windows all have one shape; one that completed no window matches
-    /// only others without). A message that may be padded counts with its padding group as its first dimension, so
+    /// share a model run (a split message's parts all have one shape; one split into none matches only others
+    /// without). A message that may be padded counts with its padding group as its first dimension, so
     /// that messages of one group match.
     pub fn signature(prepared: &Prepared) -> Vec<Vec<usize>> {
         let item = &prepared.item;
-        let padding = item.padding.as_ref().filter(|_| !item.windowed);
+        let padding = item.padding.as_ref().filter(|_| item.parts.is_none());
         let features = model_inputs(item).next().unwrap_or_default();
         let shapes = features.iter().map(|feature| {
             let mut shape = feature.tensor.shape.clone();
@@ -521,22 +520,22 @@ fn postprocess(stages: &mut [Box<dyn Stage>], item: &mut Item, times: &mut [std:
     }
 }
 
-/// Postprocesses each window of a windowed item as if it were an item of its own.
-fn postprocess_windows(
+/// Postprocesses each part of a split item as if it were an item of its own.
+fn postprocess_parts(
     stages: &mut [Box<dyn Stage>],
     item: &mut Item,
     outputs: Vec<Vec<NamedTensor>>,
     times: &mut [std::time::Duration],
 ) -> Verdict {
-    let mut windows = std::mem::take(&mut item.windows);
-    for (window, window_outputs) in windows.iter_mut().zip(outputs) {
-        item.outputs = window_outputs;
+    let mut parts = item.parts.take().unwrap_or_default();
+    for (part, part_outputs) in parts.iter_mut().zip(outputs) {
+        item.outputs = part_outputs;
         match postprocess(stages, item, times) {
-            Verdict::Predicted(prediction) => window.prediction = Some(prediction),
+            Verdict::Predicted(prediction) => part.prediction = Some(prediction),
             failed => return failed,
         }
     }
-    Verdict::Windowed(windows)
+    Verdict::Parts(parts)
 }
 
 /// Pads the features of a batch's paddable messages to the longest of them, so that they stack into one run. A
@@ -545,7 +544,7 @@ fn pad_to_common_length(batch: &mut [Prepared]) {
     if batch.len() < 2 {
         return;
     }
-    let paddable = |prepared: &&mut Prepared| prepared.item.padding.is_some() && !prepared.item.windowed;
+    let paddable = |prepared: &&mut Prepared| prepared.item.padding.is_some() && prepared.item.parts.is_none();
     let mut longest = std::collections::HashMap::<String, usize>::new();
     for prepared in batch.iter_mut().filter(paddable) {
         for feature in &prepared.item.features {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use zinfer_proto as proto;
-use zinfer_stage_api::{Prediction, StageError, Window};
+use zinfer_stage_api::{Part, Prediction, StageError};
 
 use super::ModelIdentity;
 use super::deadline::Deadline;
@@ -35,8 +35,9 @@ pub struct Timings {
 pub enum Verdict {
     /// What the head made of the model's outputs.
     Predicted(Prediction),
-    /// A sensor frame taken into its stream; the windows it completed (possibly none), each with its prediction.
-    Windowed(Vec<Window>),
+    /// A message a stage split into parts (a sensor frame: the windows it completed, possibly none), each with its
+    /// prediction.
+    Parts(Vec<Part>),
     /// Bad input or a failed stage.
     Failed(StageError),
     /// Accepted but not processed.
@@ -121,7 +122,7 @@ impl Verdict {
     /// The outcome string published for this verdict.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Predicted(_) | Self::Windowed(_) => proto::outcome::OK,
+            Self::Predicted(_) | Self::Parts(_) => proto::outcome::OK,
             Self::Failed(_) => proto::outcome::ERROR,
             Self::Dropped(_) => proto::outcome::DROPPED,
             Self::Expired(_) => proto::outcome::EXPIRED,
@@ -131,7 +132,7 @@ impl Verdict {
     /// The reason label (empty for success).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Predicted(_) | Self::Windowed(_) => "",
+            Self::Predicted(_) | Self::Parts(_) => "",
             Self::Failed(error) => error.reason.as_str(),
             Self::Dropped(reason) => reason.as_str(),
             Self::Expired(reason) => reason.as_str(),
@@ -220,15 +221,16 @@ impl Outcome {
         }
         match &self.verdict {
             Verdict::Predicted(prediction) => WireFields::of(prediction).fill(&mut result),
-            Verdict::Windowed(windows) => {
-                for window in windows {
-                    let Some(prediction) = &window.prediction else { continue };
+            Verdict::Parts(parts) => {
+                for part in parts {
+                    let Some(prediction) = &part.prediction else { continue };
                     let fields = WireFields::of(prediction);
-                    let (start_us, end_us) = window.span_us.unwrap_or_default();
+                    let stream = part.stream.as_ref();
+                    let (start_us, end_us) = stream.and_then(|stream| stream.span_us).unwrap_or_default();
                     result.windows.push(proto::WindowResult {
-                        source: window.source.clone(),
-                        index: window.index,
-                        start_sample: window.start_sample,
+                        source: stream.map(|stream| stream.source.clone()).unwrap_or_default(),
+                        index: part.index,
+                        start_sample: stream.map_or(0, |stream| stream.start_sample),
                         start_us,
                         end_us,
                         label: fields.label.clone(),

@@ -273,7 +273,7 @@ impl PipelineMetrics {
 
     /// An outcome is about to leave the daemon as `result`.
     pub fn record_outcome(&self, outcome: &Outcome, result: &proto::Result) {
-        let ok = matches!(outcome.verdict, Verdict::Predicted(_) | Verdict::Windowed(_));
+        let ok = matches!(outcome.verdict, Verdict::Predicted(_) | Verdict::Parts(_));
         if result.deadline_met == Some(false) && ok {
             self.deadline_missed.fetch_add(1, Ordering::Relaxed);
         }
@@ -284,7 +284,7 @@ impl PipelineMetrics {
             *detail.by_batch_size.entry(batch_size).or_default() += 1;
         }
         match &outcome.verdict {
-            Verdict::Predicted(_) | Verdict::Windowed(_) => {
+            Verdict::Predicted(_) | Verdict::Parts(_) => {
                 if let Some(counter) = self.ladder.completed.get(outcome.rung) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }

@@ -59,23 +59,40 @@ impl Samples {
     }
 }
 
-/// A window cut from a sensor stream: one model input of its own, and what the model made of it.
+/// One of the model inputs a stage split a message into (see [`Item::parts`]): a sensor stream's window, an image's
+/// tile, a long text's chunk. The model runs on each, postprocessing runs on each as if it were a message of its
+/// own, and the result carries one prediction per part.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Window {
-    /// The stream it was cut from.
-    pub source: String,
-    /// Its position among the stream's windows (0, 1, 2…).
+pub struct Part {
+    /// Its position: among the message's parts, or for a stream, among the stream's (the `window` stage numbers a
+    /// stream's windows 0, 1, 2… across messages).
     pub index: u64,
-    /// The position of its first sample in the stream.
-    pub start_sample: u64,
-    /// The timestamps of its first and last samples (microseconds), when the stream has them.
-    pub span_us: Option<(i64, i64)>,
+    /// Where it lies in the stream it was cut from, for a part cut from a stream.
+    pub stream: Option<StreamPosition>,
     /// Model inputs, without the batch axis.
     pub features: Vec<NamedTensor>,
     /// Model outputs, filled by the inference engine.
     pub outputs: Vec<NamedTensor>,
     /// The head's prediction, filled by postprocessing.
     pub prediction: Option<Prediction>,
+}
+
+impl Part {
+    /// Part `index` with these model inputs.
+    pub fn new(index: u64, features: Vec<NamedTensor>) -> Self {
+        Self { index, stream: None, features, outputs: Vec::new(), prediction: None }
+    }
+}
+
+/// Where a part cut from a stream lies in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPosition {
+    /// The stream's name.
+    pub source: String,
+    /// The position of the part's first sample in the stream.
+    pub start_sample: u64,
+    /// The timestamps of its first and last samples (microseconds), when the stream has them.
+    pub span_us: Option<(i64, i64)>,
 }
 
 /// What a decoder extracted from a message.
@@ -177,11 +194,9 @@ pub struct Item {
     pub outputs: Vec<NamedTensor>,
     /// The final prediction, written by a postprocessing stage.
     pub prediction: Option<Prediction>,
-    /// Set by a stage that cuts the input into windows: the model then runs once per entry of
-    /// [`Item::windows`] (possibly none) instead of once on [`Item::features`], and postprocessing runs per window.
-    pub windowed: bool,
-    /// The windows completed by this message (see [`Item::windowed`]).
-    pub windows: Vec<Window>,
+    /// Set by a stage that splits the message into several model inputs (see [`Item::split`]): the model then runs
+    /// once per part (possibly none) instead of once on [`Item::features`], and postprocessing runs per part.
+    pub parts: Option<Vec<Part>>,
     /// Events a stage counted while processing this item (e.g. `samples_out_of_order`), summed per pipeline in
     /// telemetry.
     pub counters: Vec<(&'static str, u64)>,
@@ -221,8 +236,7 @@ impl Item {
             features: Vec::new(),
             outputs: Vec::new(),
             prediction: None,
-            windowed: false,
-            windows: Vec::new(),
+            parts: None,
             counters: Vec::new(),
             padding: None,
         }
@@ -247,6 +261,11 @@ impl Item {
         if count > 0 {
             self.counters.push((name, count));
         }
+    }
+
+    /// Marks the item as split into parts (even if it yields none), and returns them to add to.
+    pub fn split(&mut self) -> &mut Vec<Part> {
+        self.parts.get_or_insert_with(Vec::new)
     }
 
     /// The feature with this name, if a stage produced one.

@@ -1,7 +1,7 @@
 //! The contract between zinfer's pipeline runtime and its stages.
 //!
-//! A pipeline turns one zenoh sample into one outcome in four phases (a sensor pipeline's window stage may cut a
-//! message into several model inputs, [`Window`]s, or none; the outcome then carries one prediction per window):
+//! A pipeline turns one zenoh sample into one outcome in four phases (a stage may split a message into several model
+//! inputs, [`Part`]s, or none, as the sensor `window` stage does; the outcome then carries one prediction per part):
 //!
 //! ```text
 //! RawMessage ──Decoder──▶ Request ──▶ Item ──preprocess Stages──▶ features ──model──▶ outputs ──postprocess Stages──▶ Prediction
@@ -88,7 +88,8 @@ mod tensor;
 
 pub use error::{BuildError, Reason, StageError};
 pub use item::{
-    Anomaly, ClassScore, Classification, Input, Item, Padding, Prediction, RawMessage, Request, Samples, Scores, Window,
+    Anomaly, ClassScore, Classification, Input, Item, Padding, Part, Prediction, RawMessage, Request, Samples, Scores,
+    StreamPosition,
 };
 pub use manifest::{GoldenSpec, ManifestError, ModelManifest, SensorSpec};
 pub use registry::{BuildContext, DecoderFactory, Registry, StageFactory, parse_options};

@@ -51,7 +51,8 @@ pub struct ModelManifest {
 pub struct GoldenSpec {
     /// The golden file (JSON: `cases`, each an input and its reference `scores`).
     pub file: PathBuf,
-    /// Least fraction of cases whose top-1 class must match the reference (classifiers only).
+    /// Least fraction of cases whose largest score must be the reference's (a classifier's top-1 class); default 0,
+    /// not checked (a model whose outputs are not a ranking: scores, an embedding).
     pub min_agreement: f64,
     /// Largest difference allowed between any score and its reference (probabilities for a classifier).
     pub max_deviation: f64,

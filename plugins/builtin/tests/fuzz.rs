@@ -655,16 +655,17 @@ fn window_frames() {
             }
             let evicts = expected.touch(&source, max_sources);
             stage.process(&mut item).expect("a validated frame always windows");
-            assert!(item.windowed, "the window stage marks its items");
-            assert_eq!(counter(&item, "windows"), item.windows.len() as u64);
+            let windows = item.parts.as_deref().expect("the window stage splits its items");
+            assert_eq!(counter(&item, "windows"), windows.len() as u64);
             assert_eq!(counter(&item, "sources_evicted"), u64::from(evicts), "least recently seen stream evicted");
             let (next_index, last_start) = expected.windows.entry(source.clone()).or_default();
-            for window in &item.windows {
-                assert_eq!(window.source, source, "windows stay in their stream");
+            for window in windows {
+                let position = window.stream.as_ref().expect("a window has a stream position");
+                assert_eq!(position.source, source, "windows stay in their stream");
                 assert_eq!(window.index, *next_index, "window indices count up per stream");
-                assert!(last_start.is_none_or(|last| window.start_sample > last), "window starts move forward");
-                (*next_index, *last_start) = (window.index + 1, Some(window.start_sample));
-                if let Some((first, last)) = window.span_us {
+                assert!(last_start.is_none_or(|last| position.start_sample > last), "window starts move forward");
+                (*next_index, *last_start) = (window.index + 1, Some(position.start_sample));
+                if let Some((first, last)) = position.span_us {
                     assert!(first < last, "a window spans forward in time: {first}..{last}");
                 }
                 assert_eq!(window.features.len(), 1, "one model input per window");

@@ -26,8 +26,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Deserialize;
 use zinfer_stage_api::{
-    BuildContext, BuildError, ElementType, Input, Item, NamedTensor, Reason, SensorSpec, Stage, StageError, Tensor,
-    TensorData, TensorSpec, Window, parse_options,
+    BuildContext, BuildError, ElementType, Input, Item, NamedTensor, Part, Reason, SensorSpec, Stage, StageError,
+    StreamPosition, Tensor, TensorData, TensorSpec, parse_options,
 };
 
 /// The registry name.
@@ -201,7 +201,7 @@ fn push(
     source: &str,
     sample: &[f32],
     time: Option<i64>,
-) -> Option<Window> {
+) -> Option<Part> {
     let (window, channels) = (spec.window, spec.channels.len());
     stream.recent.extend(sample);
     stream.recent_times.push_back(time);
@@ -252,11 +252,13 @@ fn push(
         }
         _ => None,
     };
-    Some(Window {
-        source: source.to_owned(),
+    Some(Part {
         index,
-        start_sample: stream.position - window as u64,
-        span_us,
+        stream: Some(StreamPosition {
+            source: source.to_owned(),
+            start_sample: stream.position - window as u64,
+            span_us,
+        }),
         features: vec![NamedTensor {
             name: spec.input.clone(),
             tensor: Tensor { shape: vec![window, channels], data: TensorData::F32(values) },
@@ -320,13 +322,12 @@ impl Stage for WindowStage {
             }
             windows.extend(push(stream, spec, hop, &source, sample, time));
         }
-        item.windowed = true;
         item.count("windows", windows.len() as u64);
         item.count("samples_out_of_order", events.out_of_order);
         item.count("gaps_reset", events.gaps_reset);
         item.count("samples_padded", events.padded);
         item.count("sources_evicted", u64::from(evicted));
-        item.windows.extend(windows);
+        item.split().extend(windows);
         Ok(())
     }
 
@@ -377,8 +378,18 @@ mod tests {
         item
     }
 
+    /// The windows an item was split into.
+    fn windows(item: &Item) -> &[Part] {
+        item.parts.as_deref().expect("the window stage splits every item it takes")
+    }
+
+    /// Where a window lies in its stream.
+    fn position(window: &Part) -> &StreamPosition {
+        window.stream.as_ref().expect("a window has a stream position")
+    }
+
     fn starts(item: &Item) -> Vec<u64> {
-        item.windows.iter().map(|window| window.start_sample).collect()
+        windows(item).iter().map(|window| position(window).start_sample).collect()
     }
 
     #[test]
@@ -387,15 +398,14 @@ mod tests {
         let mut seen = Vec::new();
         for n in 0..10 {
             let item = run(&mut stage, frame("imu/a", None, n..n + 1, false));
-            assert!(item.windowed);
             seen.extend(starts(&item));
         }
         assert_eq!(seen, [0, 2, 4, 6], "windows [0,4), [2,6), [4,8), [6,10)");
         // One message with many samples completes several windows at once, the same ones.
-        let mut fresh = stage_with_one_message();
+        let fresh = stage_with_one_message();
         assert_eq!(starts(&fresh), [0, 2, 4, 6]);
-        let window = fresh.windows.remove(1);
-        assert_eq!((window.index, window.source.as_str()), (1, "imu/a"));
+        let window = &windows(&fresh)[1];
+        assert_eq!((window.index, position(window).source.as_str()), (1, "imu/a"));
         let TensorData::F32(values) = &window.features[0].tensor.data else { panic!("f32") };
         // samples 2..6: a → (n - 1) / 2, b → -n
         assert_eq!(values, &[0.5, -2.0, 1.0, -3.0, 1.5, -4.0, 2.0, -5.0]);
@@ -413,18 +423,14 @@ mod tests {
         let mut left = Vec::new();
         for n in 0..6 {
             left.extend(starts(&run(&mut stage, frame("imu/left/x", None, n..n + 1, true))));
-            assert!(
-                run(&mut stage, frame("imu/right/x", None, n..n + 1, true))
-                    .windows
-                    .iter()
-                    .all(|w| w.source == "imu/right/x")
-            );
+            let right = run(&mut stage, frame("imu/right/x", None, n..n + 1, true));
+            assert!(windows(&right).iter().all(|w| position(w).source == "imu/right/x"));
         }
         assert_eq!(left, [0, 2]);
         // A source named in the payload wins over the key.
         let named = run(&mut stage, frame("imu/any", Some("wrist"), 0..4, true));
-        assert_eq!(named.windows[0].source, "wrist");
-        assert_eq!(named.windows[0].span_us, Some((0, 30_000)));
+        assert_eq!(position(&windows(&named)[0]).source, "wrist");
+        assert_eq!(position(&windows(&named)[0]).span_us, Some((0, 30_000)));
     }
 
     #[test]
@@ -432,7 +438,7 @@ mod tests {
         let mut stage = stage(GapPolicy::Reset, 8);
         run(&mut stage, frame("k", None, 0..3, true));
         let late = run(&mut stage, frame("k", None, 1..3, true));
-        assert!(late.windows.is_empty());
+        assert!(windows(&late).is_empty(), "split into no window, not unsplit");
         assert!(late.counters.contains(&("samples_out_of_order", 2)), "{:?}", late.counters);
         let next = run(&mut stage, frame("k", None, 3..4, true));
         assert_eq!(starts(&next), [0], "the dropped samples did not count");
@@ -459,8 +465,8 @@ mod tests {
         run(&mut padding, frame("k", None, 0..3, true));
         let padded = run(&mut padding, frame("k", None, 4..5, true));
         assert!(padded.counters.contains(&("samples_padded", 1)), "{:?}", padded.counters);
-        let window = &padded.windows[0];
-        assert_eq!(window.span_us, Some((0, 30_000)), "the padded sample sits at 30 ms");
+        let window = &windows(&padded)[0];
+        assert_eq!(position(window).span_us, Some((0, 30_000)), "the padded sample sits at 30 ms");
         let TensorData::F32(values) = &window.features[0].tensor.data else { panic!("f32") };
         // raw `a` of samples 0, 1, 2 and 2 again (held), normalised: (n - 1) / 2
         assert_eq!(values.iter().step_by(2).copied().collect::<Vec<_>>(), [-0.5, 0.0, 0.5, 0.5]);
@@ -471,10 +477,10 @@ mod tests {
         // Found by the window fuzz target: an untimed frame after timed ones reported the earlier samples' span.
         let mut stage = stage(GapPolicy::Reset, 8);
         let timed = run(&mut stage, frame("k", None, 0..4, true));
-        assert_eq!(timed.windows[0].span_us, Some((0, 30_000)));
+        assert_eq!(position(&windows(&timed)[0]).span_us, Some((0, 30_000)));
         let mixed = run(&mut stage, frame("k", None, 4..6, false));
         assert_eq!(starts(&mixed), [2]);
-        assert_eq!(mixed.windows[0].span_us, None, "samples 4 and 5 have no timestamp");
+        assert_eq!(position(&windows(&mixed)[0]).span_us, None, "samples 4 and 5 have no timestamp");
     }
 
     #[test]
