@@ -434,11 +434,19 @@ pub async fn wait_for_stats(
 /// used (VNNI, per the stack notes) matched the references to 1e-4. Without VNNI, x86's u8×s8 kernels sum pairs in
 /// 16 bits and saturate (ONNX Runtime's documented reason for `reduce_range`): on an AVX2-only AMD EPYC, Python's
 /// ONNX Runtime itself gave the fixture's probabilities 3.8e-3 away, identical to zinferd's, and zinferd gave one
-/// sensor window 0.13 away (0.526 for 0.657, same label). Only the tolerance moves; labels must match everywhere.
+/// sensor window 0.13 away (0.526 for 0.657, same label). With AMX (an Intel Xeon with `amx_int8` and AVX-512 VNNI),
+/// Python's ONNX Runtime 1.31.1 gave the sensor fixture's probabilities up to 2.3e-4 away (window 10 of
+/// `test_recording.json`), identical to zinferd's to the last digit printed: 1e-3 there. Only the tolerance moves;
+/// labels must match everywhere.
 pub fn int8_tolerance() -> f64 {
-    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let vnni = flags.split_whitespace().any(|flag| matches!(flag, "avx512_vnni" | "avx_vnni"));
-    if vnni || std::env::consts::ARCH != "x86_64" { 1e-4 } else { 0.2 }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |wanted: &[&str]| cpuinfo.split_whitespace().any(|flag| wanted.contains(&flag));
+    match std::env::consts::ARCH {
+        "x86_64" if has(&["amx_int8"]) => 1e-3,
+        "x86_64" if has(&["avx512_vnni", "avx_vnni"]) => 1e-4,
+        "x86_64" => 0.2,
+        _ => 1e-4,
+    }
 }
 
 /// The golden cases the toolkit computed with Python tokenizers + onnxruntime on the fixture model.
