@@ -26,7 +26,8 @@
 //!
 //! A query on `<prefix>/infer/<pipeline>` enters the same ingress and queue as a published message and leaves the
 //! egress as its reply. With a pipeline's `share` set, `io::share` decides at the ingress which of the daemons
-//! serving that pipeline takes each message (docs/fleet.md).
+//! serving that pipeline takes each message, and follows what the others took until they answer it, so that a
+//! survivor answers what a member that died still owed (docs/fleet.md).
 //!
 //! - [`config`] reads layered TOML and `ZINFER_*` overrides and validates them.
 //! - [`pipeline`] builds stages through the registry and runs them on a worker thread that owns the model:

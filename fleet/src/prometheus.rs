@@ -143,7 +143,7 @@ pub fn render(snapshots: &[proto::Telemetry]) -> String {
 fn add_pipeline(out: &mut Exposition, daemon: &Labels, pipeline: &proto::PipelineStats) {
     use Kind::{Counter, Gauge};
     let labels = daemon.with("pipeline", &pipeline.name).with("generation", pipeline.generation);
-    let counters: [(&'static str, &'static str, u64); 7] = [
+    let counters: [(&'static str, &'static str, u64); 9] = [
         ("zinfer_pipeline_messages_received_total", "Messages accepted (published or queried).", pipeline.received),
         ("zinfer_pipeline_messages_completed_total", "Messages answered ok.", pipeline.completed),
         ("zinfer_pipeline_queries_total", "Of the messages accepted, those that came as queries.", pipeline.queries),
@@ -163,6 +163,16 @@ fn add_pipeline(out: &mut Exposition, daemon: &Labels, pipeline: &proto::Pipelin
             pipeline.queries_refused,
         ),
         ("zinfer_pipeline_messages_refused_total", "Messages refused at the door, with no outcome.", pipeline.refused),
+        (
+            "zinfer_pipeline_messages_shared_elsewhere_total",
+            "With share: messages left to another daemon sharing the pipeline.",
+            pipeline.shared_elsewhere,
+        ),
+        (
+            "zinfer_pipeline_messages_unwatched_total",
+            "With share: messages left to another daemon and not followed until it answers (lost silently if it dies).",
+            pipeline.share_unwatched,
+        ),
     ];
     for (name, help, value) in counters {
         out.add(name, Counter, help, labels.clone(), value as f64);

@@ -41,6 +41,9 @@ pub mod drop_reason {
     pub const SUPERSEDED: &str = "superseded";
     /// The process was above its memory budget when the message arrived.
     pub const MEMORY: &str = "memory";
+    /// Another daemon sharing the pipeline took the message and ended (died, hung, lost its network) before
+    /// answering it: a surviving member answers for it.
+    pub const MEMBER_LOST: &str = "member_lost";
 }
 
 /// Reasons in `PipelineStats::refused_by_reason`: messages refused at the door, with no outcome.
@@ -69,6 +72,12 @@ pub mod keys {
     /// The liveliness token held while the daemon serves (withdrawn when a shutdown begins, before the drain).
     pub fn alive(prefix: &str) -> String {
         format!("{}/alive", prefix.trim_end_matches('/'))
+    }
+
+    /// The liveliness token a daemon holds from start-up until its zenoh session closes, after its drain: once it
+    /// is gone, the daemon `zid` publishes nothing more (it stopped, died, or the router gave up on it).
+    pub fn session(prefix: &str, zid: &str) -> String {
+        format!("{}/session/{zid}", prefix.trim_end_matches('/'))
     }
 
     /// Where pipeline `pipeline` answers queries: `<prefix>/infer/<pipeline>`, and any key below it (a sensor

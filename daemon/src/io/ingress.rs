@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -25,7 +25,8 @@ use zinfer_stage_api::{Decoder, PEEK_BYTES, RawMessage, Reason, StageError};
 
 use crate::config::{ShareMode, WireEncoding};
 use crate::io::egress::{Reply, encode};
-use crate::io::share::Share;
+use crate::io::share::watch::Record;
+use crate::io::share::{AnswerLost, Decision, Share, Sharing};
 use crate::pipeline::Envelope;
 use crate::pipeline::outcome::{DropReason, Outcome, Verdict};
 use crate::pipeline::queue::{Refused, Sender, Waiter};
@@ -84,6 +85,21 @@ pub struct Ingress {
     queryable: zenoh::query::Queryable<()>,
     ids: Arc<IdGenerator>,
     share: ShareMode,
+    /// The key expression of the pipeline's results, where a sharing daemon follows the other members' outcomes.
+    results: String,
+}
+
+/// How a pipeline is named on the network, for its subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    /// The telemetry prefix: queries reach the pipeline under it, and sharing members announce themselves there.
+    pub prefix: &'a str,
+    /// The pipeline's name.
+    pub name: &'a str,
+    /// Whether daemons split its input.
+    pub share: ShareMode,
+    /// Where its results go: `<output_prefix>/<input key>`.
+    pub output_prefix: &'a str,
 }
 
 /// The wire declarations of the non-wild prefixes of every input this process has subscribed to, kept until the
@@ -198,25 +214,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ingress {
-    /// Declares the subscriber on `input` and the queryable of pipeline `name` under `prefix` (see
-    /// [`keys::infer`]), and with `share` joins the daemons that split the input; messages without an id get one
-    /// from `ids`.
-    #[allow(clippy::too_many_arguments)]
+    /// Declares the subscriber on `input` and the queryable of the pipeline (see [`keys::infer`]), and with `share`
+    /// joins the daemons that split the input; messages without an id get one from `ids`.
     pub async fn open(
         session: &zenoh::Session,
         input: &str,
-        (prefix, name, share): (&str, &str, ShareMode),
+        names: Names<'_>,
         admission: Admission,
         overlap: Option<Arc<Overlap>>,
         ids: Arc<IdGenerator>,
         prefixes: &mut Prefixes,
     ) -> Result<Self, crate::Error> {
+        let Names { prefix, name, share, output_prefix } = names;
         prefixes.pin(session, input).await?;
-        let joined = match share {
-            ShareMode::None => None,
-            mode => Some(Share::join(session, prefix, name, mode).await?),
-        };
-        let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), share: joined, overlap }));
+        let results = keys::result(output_prefix, input);
+        let gate = Arc::new(Mutex::new(Gate { admission: Some(admission), share: None, overlap }));
+        if share != ShareMode::None {
+            let sharing = Sharing { prefix, pipeline: name, mode: share, results: results.clone() };
+            let joined = Share::join(session, &sharing, answer_lost(Arc::downgrade(&gate))).await?;
+            lock(&gate).share = Some(joined);
+        }
         let queryable = declare_queryable(session, &gate, &ids, prefix, name).await?;
         let (callback_gate, callback_ids) = (Arc::clone(&gate), Arc::clone(&ids));
         let subscriber = session
@@ -224,7 +241,7 @@ impl Ingress {
             .callback(move |sample| admit_sample(&callback_gate, &callback_ids, sample))
             .await
             .map_err(|error| crate::Error::Zenoh(format!("cannot subscribe to `{input}`: {error}")))?;
-        Ok(Self { gate, subscriber, queryable, ids, share })
+        Ok(Self { gate, subscriber, queryable, ids, share, results })
     }
 
     /// Answers queries for the pipeline under its new name `name` (a reload renamed it): the new queryable is
@@ -232,7 +249,8 @@ impl Ingress {
     pub async fn rename(&mut self, session: &zenoh::Session, prefix: &str, name: &str) -> Result<(), crate::Error> {
         let queryable = declare_queryable(session, &self.gate, &self.ids, prefix, name).await?;
         if self.share != ShareMode::None {
-            let joined = Share::join(session, prefix, name, self.share).await?;
+            let sharing = Sharing { prefix, pipeline: name, mode: self.share, results: self.results.clone() };
+            let joined = Share::join(session, &sharing, answer_lost(Arc::downgrade(&self.gate))).await?;
             lock(&self.gate).share = Some(joined);
         }
         let old = std::mem::replace(&mut self.queryable, queryable);
@@ -251,6 +269,11 @@ impl Ingress {
     /// How the input is shared ([`ShareMode::None`]: not at all).
     pub fn share(&self) -> ShareMode {
         self.share
+    }
+
+    /// Where a sharing daemon follows the other members' outcomes: the results of the pipeline as it was opened.
+    pub fn results(&self) -> &str {
+        &self.results
     }
 
     /// Joins (`Some`) or leaves (`None`) the overlap of a reload that replaces a subscription.
@@ -327,11 +350,14 @@ fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
     if gate.overlap.as_ref().is_some_and(|overlap| overlap.taken_elsewhere(&sample)) {
         return;
     }
-    // Another daemon sharing the pipeline takes it.
+    // Another daemon sharing the pipeline takes it; this one follows it until that one answers.
     if let Some(share) = &gate.share {
         admission.metrics.set_share_members(share.members());
-        if !share.owns(sample.key_expr().as_str(), sample.payload(), sample.attachment()) {
+        if let Decision::Elsewhere { owner, item } =
+            share.decide(sample.key_expr().as_str(), sample.payload(), sample.attachment())
+        {
             admission.metrics.record_shared_elsewhere();
+            follow(admission, share, &sample, (owner, item), arrived);
             return;
         }
     }
@@ -346,6 +372,45 @@ fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
         arrived_wall,
     };
     admit(admission, ids, arrival);
+}
+
+/// Follows a message that member `owner` took (`item`: its hash), by the id the owner's outcome will carry, found
+/// as the owner finds it: the payload's (the decoder's bounded peek), else the attachment's. A message with neither
+/// gets an id of the owner's making, which no other member can know: it is not followed.
+fn follow(admission: &Admission, share: &Share, sample: &Sample, (owner, item): (u64, u64), arrived: Instant) {
+    let payload = sample.payload();
+    let mut head = Vec::with_capacity(payload.len().min(PEEK_BYTES));
+    // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
+    let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
+    let message = RawMessage {
+        key: sample.key_expr().as_str().to_owned(),
+        payload: head,
+        encoding: sample.encoding().to_string(),
+        attachment_id: attachment_id(sample.attachment()),
+    };
+    let Some(id) = admission.decoder.peek_id(&message).or(message.attachment_id) else {
+        admission.metrics.record_unwatched(1);
+        return;
+    };
+    let record = Record { id, key: message.key, owner, item, since: arrived };
+    admission.metrics.record_unwatched(share.follow(record, admission.metrics.max_in_flight()));
+}
+
+/// Answers, through the current admission of `gate`, the messages a member that died owed and this daemon owns now:
+/// `dropped` (`member_lost`), with their senders' ids. Each is counted received here, as taken over.
+fn answer_lost(gate: Weak<Mutex<Gate>>) -> AnswerLost {
+    Arc::new(move |lost: Vec<Record>| {
+        let Some(gate) = gate.upgrade() else { return };
+        let gate = lock(&gate);
+        let Some(admission) = gate.admission.as_ref() else {
+            tracing::warn!(messages = lost.len(), "a sharing member died owing outcomes while this daemon stops");
+            return;
+        };
+        for Record { id, key, since, .. } in lost {
+            admission.metrics.record_taken_over();
+            send(admission, Outcome::member_lost(admission.pipeline, id, key, since));
+        }
+    })
 }
 
 /// A query on `<prefix>/infer/<pipeline>[/…]` (`base`: the pipeline's query key, named `pipeline`).

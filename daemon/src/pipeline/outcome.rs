@@ -60,6 +60,9 @@ pub enum DropReason {
     /// A query that the pipeline refused at the door: it already owed `max_in_flight` outcomes (a published
     /// message refused there gets no outcome at all; a querier is told).
     InFlightLimit,
+    /// Another daemon sharing the pipeline took it and ended (died, hung, or lost its network) before answering;
+    /// a survivor answers for it (see `io::share::watch`).
+    MemberLost,
 }
 
 impl DropReason {
@@ -71,6 +74,7 @@ impl DropReason {
             Self::Superseded => proto::drop_reason::SUPERSEDED,
             Self::Memory => proto::drop_reason::MEMORY,
             Self::InFlightLimit => proto::refuse_reason::IN_FLIGHT_LIMIT,
+            Self::MemberLost => proto::drop_reason::MEMBER_LOST,
         }
     }
 
@@ -86,6 +90,10 @@ impl DropReason {
             Self::InFlightLimit => {
                 "the pipeline already owes max_in_flight outcomes (its results leave slower than messages arrive); \
                  retry later"
+            }
+            Self::MemberLost => {
+                "the daemon sharing the pipeline that took the message ended before answering it; send it again \
+                 (the daemons left take it now)"
             }
         }
     }
@@ -178,6 +186,22 @@ impl Outcome {
             deadline: None,
             reply: envelope.reply,
             rung,
+        }
+    }
+
+    /// The outcome of a message this daemon never held: another member sharing the pipeline took it (it arrived
+    /// here at `arrived`) and ended before answering it.
+    pub fn member_lost(pipeline: usize, id: String, key: String, arrived: Instant) -> Self {
+        Self {
+            pipeline,
+            id,
+            key,
+            verdict: Verdict::Dropped(DropReason::MemberLost),
+            timings: Timings::default(),
+            arrived,
+            deadline: None,
+            reply: None,
+            rung: 0,
         }
     }
 
@@ -326,6 +350,7 @@ mod tests {
             (DropReason::Superseded, "superseded"),
             (DropReason::Memory, "memory"),
             (DropReason::InFlightLimit, "in_flight_limit"),
+            (DropReason::MemberLost, "member_lost"),
         ];
         for (reason, wire) in dropped {
             assert_eq!(Verdict::Dropped(reason).reason(), wire);

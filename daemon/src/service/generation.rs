@@ -42,6 +42,8 @@ pub struct Entry {
     pub input: String,
     /// Whether daemons split its input.
     pub share: config::ShareMode,
+    /// Where its results go.
+    pub output_prefix: String,
     /// Where its messages go.
     pub admission: Admission,
 }
@@ -158,6 +160,7 @@ impl Generation {
                     name: settings.name.clone(),
                     input: settings.input.clone(),
                     share: settings.share,
+                    output_prefix: settings.output_prefix.clone(),
                     admission,
                 })
             })

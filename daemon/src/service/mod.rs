@@ -30,11 +30,11 @@ use tokio::sync::mpsc;
 use zinfer_stage_api::Registry;
 
 use crate::config::{Config, ConfigError};
-use crate::io::ingress::{IdGenerator, Ingress, Overlap, Prefixes, inputs_intersect};
+use crate::io::ingress::{IdGenerator, Ingress, Names, Overlap, Prefixes, inputs_intersect};
 use crate::memory::Governor;
 use crate::telemetry::{Reporter, Telemetry};
 use crate::{Error, build_pipelines, check_memory, io, memory};
-use generation::{Generation, Retiring};
+use generation::{Entry, Generation, Retiring};
 use systemd::Notifier;
 
 /// What the daemon is asked to do while it runs.
@@ -71,6 +71,14 @@ pub async fn serve(
     let session = io::session::open(&config.zenoh).await?;
     let zid = session.zid().to_string();
     let ids = Arc::new(IdGenerator::new(zid.clone()));
+    // Held until the session closes, after the drain: the members sharing a pipeline with this daemon learn from
+    // its end that it will answer nothing more (see `io::share::watch`).
+    let session_key = zinfer_proto::keys::session(&config.telemetry.prefix, &zid);
+    let session_token = session
+        .liveliness()
+        .declare_token(&session_key)
+        .await
+        .map_err(|error| Error::Zenoh(format!("cannot declare the liveliness token `{session_key}`: {error}")))?;
 
     let mut current = Generation::start(1, config, pipelines, &session, &governor)?;
     let telemetry = Arc::new(Telemetry::new(zid.clone(), Arc::clone(&governor)));
@@ -80,11 +88,7 @@ pub async fn serve(
     let mut prefixes = Prefixes::default();
     let prefix = current.config.telemetry.prefix.clone();
     for entry in current.take_entries() {
-        let named = (prefix.as_str(), entry.name.as_str(), entry.share);
-        let ingress =
-            Ingress::open(&session, &entry.input, named, entry.admission, None, Arc::clone(&ids), &mut prefixes)
-                .await?;
-        subscriptions.push(Subscription { name: entry.name, input: entry.input, ingress });
+        subscriptions.push(subscribe(&session, entry, &prefix, None, Arc::clone(&ids), &mut prefixes).await?);
     }
     reporter.announce(&session, &current.config.telemetry).await?;
     let sampler = memory::spawn_sampler(Arc::clone(&governor), current.config.memory.sample_interval);
@@ -101,6 +105,7 @@ pub async fn serve(
         retiring: Vec::new(),
         progress: Progress::default(),
         abandoned_load: None,
+        _session_token: session_token,
     };
     tracing::info!(zid = %zid, pipelines = current.config.pipelines.len(), "zinferd ready");
     let status = service.status_line(&current, &[]);
@@ -175,6 +180,21 @@ struct Progress {
 }
 
 /// What lives across generations.
+/// Opens the subscription that admits into `entry`'s pipeline, under the telemetry `prefix`.
+async fn subscribe(
+    session: &zenoh::Session,
+    entry: Entry,
+    prefix: &str,
+    overlap: Option<Arc<Overlap>>,
+    ids: Arc<IdGenerator>,
+    prefixes: &mut Prefixes,
+) -> Result<Subscription, Error> {
+    let Entry { name, input, share, output_prefix, admission } = entry;
+    let names = Names { prefix, name: &name, share, output_prefix: &output_prefix };
+    let ingress = Ingress::open(session, &input, names, admission, overlap, ids, prefixes).await?;
+    Ok(Subscription { name, input, ingress })
+}
+
 struct Service {
     health: Health,
     session: zenoh::Session,
@@ -189,6 +209,8 @@ struct Service {
     /// A model load that a shutdown abandoned: waited for before the process exits, because ONNX Runtime's own
     /// teardown at exit crashes under a thread that is still inside it (seen: SIGSEGV).
     abandoned_load: Option<std::thread::JoinHandle<()>>,
+    /// [`zinfer_proto::keys::session`], gone with the session.
+    _session_token: zenoh::liveliness::LivelinessToken,
 }
 
 impl Service {
@@ -289,11 +311,9 @@ impl Service {
             }
             let ids = Arc::clone(&self.ids);
             // The telemetry prefix, hence the query keys' prefix, changes only at a restart.
-            let named = (current.config.telemetry.prefix.as_str(), entry.name.as_str(), entry.share);
-            let opening =
-                Ingress::open(&self.session, &entry.input, named, entry.admission, overlap, ids, &mut self.prefixes);
-            match opening.await {
-                Ok(ingress) => opened.push(Subscription { name: entry.name, input: entry.input, ingress }),
+            let prefix = &current.config.telemetry.prefix;
+            match subscribe(&self.session, entry, prefix, overlap, ids, &mut self.prefixes).await {
+                Ok(subscription) => opened.push(subscription),
                 Err(error) => {
                     for subscription in opened {
                         subscription.ingress.close().await;
@@ -313,6 +333,13 @@ impl Service {
             let subscription = &mut self.subscriptions[index];
             if subscription.ingress.share() != entry.share {
                 tracing::warn!(pipeline = %entry.name, "`share` changed but takes effect only at a restart");
+            } else if entry.share != crate::config::ShareMode::None
+                && subscription.ingress.results() != zinfer_proto::keys::result(&entry.output_prefix, &entry.input)
+            {
+                tracing::warn!(
+                    pipeline = %entry.name,
+                    "`output_prefix` changed: the other members' results are followed on the old one until a restart"
+                );
             }
             drop(subscription.ingress.retarget(entry.admission));
             if subscription.name != entry.name {

@@ -66,6 +66,7 @@ pub struct PipelineMetrics {
     queries_refused: AtomicU64,
     shared_elsewhere: AtomicU64,
     share_members: AtomicU64,
+    share_unwatched: AtomicU64,
     queue_depth: AtomicU64,
     /// Milliseconds from `created` to the worker's latest sign of progress.
     heartbeat_ms: AtomicU64,
@@ -126,6 +127,7 @@ impl PipelineMetrics {
             queries_refused: AtomicU64::new(0),
             shared_elsewhere: AtomicU64::new(0),
             share_members: AtomicU64::new(0),
+            share_unwatched: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             created: Instant::now(),
@@ -264,6 +266,24 @@ impl PipelineMetrics {
     /// The daemons sharing the pipeline, as this one sees them.
     pub fn set_share_members(&self, members: usize) {
         self.share_members.store(members as u64, Ordering::Relaxed);
+    }
+
+    /// `count` messages left to another member that this daemon no longer follows (see `io::share::watch`).
+    pub fn record_unwatched(&self, count: u64) {
+        if count > 0 {
+            self.share_unwatched.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    /// A message another member took and died owing, taken over here to be answered: received now, beyond
+    /// `max_in_flight` if need be (its outcome is handed to the egress at once).
+    pub fn record_taken_over(&self) {
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The most outcomes the pipeline may owe at once.
+    pub fn max_in_flight(&self) -> usize {
+        usize::try_from(self.max_in_flight).unwrap_or(usize::MAX)
     }
 
     /// Zenoh refused to publish a result (or send a reply) that `record_outcome` already counted.
@@ -409,6 +429,7 @@ impl PipelineMetrics {
             queries_refused: self.queries_refused.load(Ordering::Relaxed),
             shared_elsewhere: self.shared_elsewhere.load(Ordering::Relaxed),
             share_members: self.share_members.load(Ordering::Relaxed),
+            share_unwatched: self.share_unwatched.load(Ordering::Relaxed),
             drift: self
                 .drift
                 .lock()
