@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use zinfer_stage_api::Registry;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ShareMode};
 use crate::io::ingress::{IdGenerator, Ingress, Names, Overlap, Prefixes, inputs_intersect};
 use crate::memory::Governor;
 use crate::telemetry::{Reporter, Telemetry};
@@ -72,13 +72,15 @@ pub async fn serve(
     let zid = session.zid().to_string();
     let ids = Arc::new(IdGenerator::new(zid.clone()));
     // Held until the session closes, after the drain: the members sharing a pipeline with this daemon learn from
-    // its end that it will answer nothing more (see `io::share::watch`).
-    let session_key = zinfer_proto::keys::session(&config.telemetry.prefix, &zid);
-    let session_token = session
-        .liveliness()
-        .declare_token(&session_key)
-        .await
-        .map_err(|error| Error::Zenoh(format!("cannot declare the liveliness token `{session_key}`: {error}")))?;
+    // its end that it will answer nothing more (see `io::share::watch`). `share` changes only at a restart, so a
+    // daemon that shares nothing now never needs it.
+    let session_token = if config.pipelines.iter().any(|pipeline| pipeline.share != ShareMode::None) {
+        let key = zinfer_proto::keys::session(&config.telemetry.prefix, &zid);
+        let declared = session.liveliness().declare_token(&key).await;
+        Some(declared.map_err(|error| Error::Zenoh(format!("cannot declare the liveliness token `{key}`: {error}")))?)
+    } else {
+        None
+    };
 
     let mut current = Generation::start(1, config, pipelines, &session, &governor)?;
     let telemetry = Arc::new(Telemetry::new(zid.clone(), Arc::clone(&governor)));
@@ -210,7 +212,7 @@ struct Service {
     /// teardown at exit crashes under a thread that is still inside it (seen: SIGSEGV).
     abandoned_load: Option<std::thread::JoinHandle<()>>,
     /// [`zinfer_proto::keys::session`], gone with the session.
-    _session_token: zenoh::liveliness::LivelinessToken,
+    _session_token: Option<zenoh::liveliness::LivelinessToken>,
 }
 
 impl Service {
@@ -333,7 +335,7 @@ impl Service {
             let subscription = &mut self.subscriptions[index];
             if subscription.ingress.share() != entry.share {
                 tracing::warn!(pipeline = %entry.name, "`share` changed but takes effect only at a restart");
-            } else if entry.share != crate::config::ShareMode::None
+            } else if entry.share != ShareMode::None
                 && subscription.ingress.results() != zinfer_proto::keys::result(&entry.output_prefix, &entry.input)
             {
                 tracing::warn!(
