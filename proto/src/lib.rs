@@ -74,8 +74,9 @@ pub mod keys {
         format!("{}/alive", prefix.trim_end_matches('/'))
     }
 
-    /// The liveliness token a daemon holds from start-up until its zenoh session closes, after its drain: once it
-    /// is gone, the daemon `zid` publishes nothing more (it stopped, died, or the router gave up on it).
+    /// The liveliness token a daemon that shares a pipeline holds from start-up until its zenoh session closes,
+    /// after its drain: once it is gone, the daemon `zid` publishes nothing more (it stopped, died, or the router
+    /// gave up on it).
     pub fn session(prefix: &str, zid: &str) -> String {
         format!("{}/session/{zid}", prefix.trim_end_matches('/'))
     }
