@@ -198,14 +198,11 @@ async fn follow_results(
         .declare_subscriber(sharing.results.clone())
         .allowed_origin(Locality::Remote)
         .callback(move |sample| {
-            if sample.kind() != SampleKind::Put {
-                return;
-            }
-            if let Some(id) = sample
-                .attachment()
-                .and_then(|attachment| std::str::from_utf8(&attachment.to_bytes()).ok().map(str::to_owned))
-            {
-                watch.answered(&id);
+            let Some(attachment) = sample.attachment().filter(|_| sample.kind() == SampleKind::Put) else { return };
+            // One slice in practice: borrowed, not copied.
+            let id = attachment.to_bytes();
+            if let Ok(id) = std::str::from_utf8(&id) {
+                watch.answered(id);
             }
         })
         .await
