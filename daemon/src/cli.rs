@@ -132,6 +132,10 @@ struct BenchArgs {
     /// latency, sensor: untimed warm-up iterations before each measurement.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
+    /// latency: milliseconds of idle before the round's first model run and before its round trip, as between
+    /// messages that come one at a time (0: none, the rounds run back to back).
+    #[arg(long, default_value_t = 0)]
+    idle_ms: u64,
     /// The key to publish on (default: the pipeline's input with its trailing wildcard replaced by `bench`).
     #[arg(long)]
     key: Option<String>,
@@ -323,6 +327,7 @@ fn execute(cli: Cli, registry: Arc<Registry>) -> anyhow::Result<()> {
                         iterations: args.iterations,
                         warmup: args.warmup,
                         key: args.key.clone(),
+                        idle: Duration::from_millis(args.idle_ms),
                     };
                     let report = runtime()?.block_on(crate::bench::latency::run(&options))?;
                     (crate::bench::latency::markdown(&report), serde_json::to_string_pretty(&report)?)

@@ -29,6 +29,21 @@ fn bench_latency_reports_the_floor_and_the_daemons_stages() {
     );
 }
 
+/// `--idle-ms`: every round waits before its first model run and before its round trip, and the report says so.
+#[test]
+fn bench_latency_with_an_idle_wait_times_the_lone_message_after_it() {
+    let config = base_config(free_port(), "zt/benchidle") + &text_pipeline("idle", "in/idle/**", "", "", "");
+    let started = std::time::Instant::now();
+    let (stdout, report) =
+        run_bench(Some(&config), &["latency", "--iterations", "5", "--warmup", "1", "--idle-ms", "100"]);
+    assert_eq!(report["idle_ms"], 100, "{report}");
+    assert_eq!(report["floor_after_idle"]["count"], 5, "{report}");
+    assert!(stdout.contains("first run after 100 ms idle"), "{stdout}");
+    assert!(stdout.contains("each round waited 100 ms"), "{stdout}");
+    // Six rounds of two waits each: at least 1.2 s, whatever else the benchmark does.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1200), "{:?}", started.elapsed());
+}
+
 #[test]
 fn bench_sensor_reports_the_daemons_ratio_to_the_model_run() {
     let manifest = repo_root().join("models/zinfer-watch-small/manifest.toml");

@@ -15,6 +15,12 @@
 //!    would add nothing the daemon's own round trip does not already show);
 //! 5. the idle RSS of a `zinferd` child without any pipeline, and of the one with the model loaded (before the rounds).
 //!
+//! With `--idle-ms`, each round waits that long before its first model run and again before its round trip: a
+//! message that comes alone meets a model whose caches the idle time has cooled, and on this project's machines
+//! that costs more than the daemon adds (measured with Python's ONNX Runtime on an Intel Xeon: 0.7 ms back to back,
+//! 0.9 ms after 10 ms idle, 1.7–1.9 ms after 50 ms, 2.5 ms after 200 ms). The first run after the idle wait is then
+//! the floor a lone message should be compared with.
+//!
 //! Requests are sequential (one in flight), so latencies are service times, not queueing. This is a benchmark,
 //! not a test: it asserts nothing about speed, it reports.
 
@@ -45,6 +51,8 @@ pub struct BenchOptions {
     pub key: Option<String>,
     /// The stages pipelines are built from (zinferd's own, plus an embedder's).
     pub registry: std::sync::Arc<zinfer_stage_api::Registry>,
+    /// Idle time before each round's first model run and before its round trip.
+    pub idle: Duration,
 }
 
 /// Everything one run measured.
@@ -62,8 +70,11 @@ pub struct BenchReport {
     pub inference_direct: Summary,
     /// `Model::run` alone at the text's own length on one intra-op thread: the floor.
     pub floor: Summary,
-    /// The same, on the first run after the previous round's round trips (an idle wait, as before a lone message).
+    /// The same, on the first run after the previous round's round trips (an idle wait, as before a lone message),
+    /// and after `idle_ms` more.
     pub floor_after_idle: Summary,
+    /// The idle wait before each round's first model run and before its round trip, in milliseconds.
+    pub idle_ms: u64,
     /// `Model::run` alone padded to the text's bucket, one thread (what a lone message cost before it ran at its
     /// own length); `None` without buckets.
     pub padded_one_thread: Option<Summary>,
@@ -158,6 +169,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut stages: [Vec<Duration>; 6] = Default::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
     for round in 0..options.warmup + iterations {
+        idle(options.idle).await;
         let (first, floor) = model_runs(&mut one_thread, &features)?;
         let direct = model_run(&mut pipeline, &features)?;
         let padded = match &padded_features {
@@ -179,6 +191,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
 
         let id = format!("bench-{round}");
+        idle(options.idle).await;
         let started = Instant::now();
         let result = client.round_trip(&results, &key, &id, request(&id), Duration::from_secs(10)).await?;
         let round_trip = started.elapsed();
@@ -226,6 +239,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         inference_direct: Summary::of(inference_direct),
         floor: Summary::of(floor),
         floor_after_idle: Summary::of(floor_after_idle),
+        idle_ms: u64::try_from(options.idle.as_millis()).unwrap_or(u64::MAX),
         padded_one_thread: padded_summary(padded_one_thread),
         padded: padded_summary(padded),
         cpu: super::cpu_line(),
@@ -300,6 +314,13 @@ impl Echo {
     }
 }
 
+/// Waits `idle`, if any.
+async fn idle(idle: Duration) {
+    if !idle.is_zero() {
+        tokio::time::sleep(idle).await;
+    }
+}
+
 /// The report as a markdown table.
 pub fn markdown(report: &BenchReport) -> String {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -315,7 +336,11 @@ pub fn markdown(report: &BenchReport) -> String {
         report.pipeline, report.model, report.tokens, report.intra_threads
     );
     text += &row("model alone, own length, 1 thread (the floor)", &report.floor);
-    text += &row("… the same, first run after an idle wait (as a lone message meets it)", &report.floor_after_idle);
+    let after_idle = match report.idle_ms {
+        0 => "… the same, first run after an idle wait (as a lone message meets it)".to_owned(),
+        idle => format!("… the same, first run after {idle} ms idle (as a lone message meets it)"),
+    };
+    text += &row(&after_idle, &report.floor_after_idle);
     text += &row(&format!("model alone, own length, {} thread(s)", report.intra_threads), &report.inference_direct);
     if let Some(summary) = &report.padded_one_thread {
         text += &row("model alone, padded to its bucket, 1 thread", summary);
@@ -331,6 +356,12 @@ pub fn markdown(report: &BenchReport) -> String {
         text += &row(&format!("… of which {stage}"), summary);
     }
     let floor = report.floor.p50_us.max(1.0);
+    if report.idle_ms > 0 {
+        text += &format!(
+            "\neach round waited {} ms before its first model run and before its round trip\n",
+            report.idle_ms
+        );
+    }
     text += &format!(
         "\ndaemon's total / floor (median): {:.2}×; daemon's total / first run after idle (median): {:.2}×; \
          round trip − floor (median): {:.0} µs; \
