@@ -26,6 +26,8 @@ struct Site {
     /// The daemons' zenoh lease (how long the router waits before it declares a silent daemon gone), if not zenoh's
     /// default, 10 s.
     lease_ms: Option<u64>,
+    /// The pipeline's `max_in_flight`, if not the default.
+    max_in_flight: Option<u64>,
     scratch: tempfile::TempDir,
 }
 
@@ -37,15 +39,19 @@ impl Site {
         let client = open_client(&endpoint).await;
         let prefix = format!("zt/{tag}/{port}");
         let scratch = tempfile::tempdir().expect("temp dir");
-        let (tag, daemons, lease_ms) = (tag.to_owned(), Vec::new(), None);
-        Self { _router: router, endpoint, prefix, tag, share, client, daemons, lease_ms, scratch }
+        let (tag, daemons, lease_ms, max_in_flight) = (tag.to_owned(), Vec::new(), None, None);
+        Self { _router: router, endpoint, prefix, tag, share, client, daemons, lease_ms, max_in_flight, scratch }
     }
 
     /// Starts one more daemon and waits until every daemon's membership token is known to the router.
     async fn add_daemon(&mut self) {
         let input = format!("in/{}/**", self.tag);
-        let mut config = base_config_behind(&self.endpoint, &self.prefix)
-            + &text_pipeline("shared", &input, &format!("share = \"{}\"\nqueue_capacity = 2000", self.share), "", "");
+        let mut keys = format!("share = \"{}\"\nqueue_capacity = 2000", self.share);
+        if let Some(max_in_flight) = self.max_in_flight {
+            keys += &format!("\nmax_in_flight = {max_in_flight}");
+        }
+        let mut config =
+            base_config_behind(&self.endpoint, &self.prefix) + &text_pipeline("shared", &input, &keys, "", "");
         if let Some(lease) = self.lease_ms {
             let file = self.scratch.path().join("zenoh.json5");
             std::fs::write(&file, format!("{{ transport: {{ link: {{ tx: {{ lease: {lease} }} }} }} }}"))
@@ -210,7 +216,12 @@ fn lost_notices(answered: &BTreeMap<String, Vec<Answer>>) -> Vec<(&String, &Answ
 
 /// How many `dropped/member_lost` outcomes the daemon with telemetry `snapshot` published.
 fn member_lost_counted(snapshot: &proto::Telemetry) -> u64 {
-    snapshot.pipelines[0].dropped_by_reason.get(MEMBER_LOST).copied().unwrap_or(0)
+    member_lost_counted_in(&snapshot.pipelines[0])
+}
+
+/// The same, from a pipeline's counters.
+fn member_lost_counted_in(stats: &proto::PipelineStats) -> u64 {
+    stats.dropped_by_reason.get(MEMBER_LOST).copied().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,4 +452,56 @@ async fn a_frozen_daemons_share_is_answered_member_lost_once_its_zenoh_lease_exp
     // and a margin.
     assert!(first_notice.is_some_and(|first| first > Duration::from_millis(LEASE_MS / 2)), "{first_notice:?}");
     assert!(last_sent.is_some_and(|last| last < Duration::from_millis(LEASE_MS + 2000)), "{last_sent:?}");
+}
+
+/// What a member follows for another is bounded: at most `max_in_flight` per other member (a member never owes
+/// more). A member frozen while hundreds of messages are left to it, then killed, is answered for the newest
+/// `max_in_flight` of them only, and every one let go is counted in `share_unwatched`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_member_follows_for_another_is_bounded_by_max_in_flight_and_the_rest_is_counted() {
+    let _alone = crate::ALONE.lock().await;
+    const MAX_IN_FLIGHT: u64 = 40;
+    const MESSAGES: usize = 600;
+    let mut site = Site::open("bounded", "message").await;
+    site.max_in_flight = Some(MAX_IN_FLIGHT);
+    site.add_daemon().await;
+    site.add_daemon().await;
+    let mut results = Results::subscribe(&site.client, "out/in/bounded/**").await;
+    let mut victim = site.daemons.pop().expect("two daemons");
+    let stats = |snapshots: Vec<proto::Telemetry>| snapshots[0].pipelines[0].clone();
+    let before = stats(site.snapshots().await);
+
+    // Frozen (its session stays up, so the survivor keeps leaving it its share), then a burst.
+    victim.signal("STOP");
+    let sent = ids("b", MESSAGES);
+    site.publish(&sent, Some("in/bounded/x"), Duration::ZERO, |_| {}).await;
+    let deadline = Instant::now() + WAIT;
+    let during = loop {
+        let now = stats(site.snapshots().await);
+        let seen = (now.received + now.refused + now.shared_elsewhere)
+            - (before.received + before.refused + before.shared_elsewhere);
+        if seen == MESSAGES as u64 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the survivor saw {seen} of {MESSAGES}: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let left = during.shared_elsewhere - before.shared_elsewhere;
+    let unwatched = during.share_unwatched - before.share_unwatched;
+    assert!(left > MAX_IN_FLIGHT, "the burst left the frozen member more than the bound: {left}");
+    assert_eq!(unwatched, left - MAX_IN_FLIGHT, "all but the newest {MAX_IN_FLIGHT} of {left} let go, and counted");
+
+    victim.kill();
+    let mut notices = 0;
+    while let Ok(Some((_, sample))) = tokio::time::timeout(Duration::from_secs(3), results.arrived.recv()).await {
+        let result = decode_result(&sample).expect("a result");
+        notices += u64::from(result.reason == MEMBER_LOST);
+    }
+    let after = stats(site.snapshots().await);
+    eprintln!(
+        "a member frozen under a {MESSAGES}-message burst, then killed: {left} left to it, {unwatched} let go \
+         (max_in_flight {MAX_IN_FLIGHT}), {notices} answered member_lost"
+    );
+    assert_eq!(notices, MAX_IN_FLIGHT, "the survivor answers what it still followed, no more");
+    assert_eq!(member_lost_counted_in(&after), MAX_IN_FLIGHT);
 }
