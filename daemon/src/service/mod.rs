@@ -181,7 +181,6 @@ struct Progress {
     generation: u64,
 }
 
-/// What lives across generations.
 /// Opens the subscription that admits into `entry`'s pipeline, under the telemetry `prefix`.
 async fn subscribe(
     session: &zenoh::Session,
@@ -197,6 +196,7 @@ async fn subscribe(
     Ok(Subscription { name, input, ingress })
 }
 
+/// What lives across generations.
 struct Service {
     health: Health,
     session: zenoh::Session,
