@@ -378,13 +378,9 @@ fn admit_sample(gate: &Mutex<Gate>, ids: &IdGenerator, sample: Sample) {
 /// as the owner finds it: the payload's (the decoder's bounded peek), else the attachment's. A message with neither
 /// gets an id of the owner's making, which no other member can know: it is not followed.
 fn follow(admission: &Admission, share: &Share, sample: &Sample, (owner, item): (u64, u64), arrived: Instant) {
-    let payload = sample.payload();
-    let mut head = Vec::with_capacity(payload.len().min(PEEK_BYTES));
-    // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
-    let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
     let message = RawMessage {
         key: sample.key_expr().as_str().to_owned(),
-        payload: head,
+        payload: head(sample.payload()),
         encoding: sample.encoding().to_string(),
         attachment_id: attachment_id(sample.attachment()),
     };
@@ -454,6 +450,14 @@ const SHARE_HANDOVER: std::time::Duration = std::time::Duration::from_millis(500
 /// zenoh's default query timeout (`queries_default_timeout`), the deadline of a query that states none.
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 10_000;
 
+/// The first [`PEEK_BYTES`] of `payload`, where a decoder looks for the sender's id, copied out of zenoh's buffers.
+fn head(payload: &ZBytes) -> Vec<u8> {
+    let mut head = Vec::with_capacity(payload.len().min(PEEK_BYTES));
+    // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
+    let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
+    head
+}
+
 fn attachment_id(attachment: Option<&ZBytes>) -> Option<String> {
     attachment
         .and_then(|attachment| String::from_utf8(attachment.to_bytes().into_owned()).ok())
@@ -471,12 +475,7 @@ fn admit(admission: &Admission, ids: &IdGenerator, arrival: Arrival<'_>) {
         return;
     }
     let payload = match arrival.payload {
-        // Reading from zenoh's own buffers cannot fail; a short read only shortens the id peek.
-        Some(payload) if too_large || !accepted => {
-            let mut head = Vec::with_capacity(PEEK_BYTES);
-            let _ = payload.reader().take(PEEK_BYTES as u64).read_to_end(&mut head);
-            head
-        }
+        Some(payload) if too_large || !accepted => head(payload),
         Some(payload) => payload.to_bytes().into_owned(),
         None => Vec::new(),
     };
