@@ -92,14 +92,8 @@ impl Watch {
     pub fn owed_by(&self, owner: u64) -> Vec<Record> {
         let mut records = lock(&self.records);
         let records = &mut *records;
-        let mut owed = Vec::new();
-        records.in_order.retain(|_, record| {
-            if record.owner != owner {
-                return true;
-            }
-            owed.push(record.clone());
-            false
-        });
+        let owed: Vec<Record> =
+            records.in_order.extract_if(.., |_, record| record.owner == owner).map(|(_, record)| record).collect();
         for record in &owed {
             records.by_id.remove(&record.id);
         }
