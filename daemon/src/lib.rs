@@ -171,7 +171,7 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
                 settings.name,
                 mib(memory.load_bytes),
                 mib(memory.working_bytes),
-                settings.max_batch,
+                pipeline::build::warm_up_rows(settings, pipeline.model(), &settings.manifest),
             )
         })
         .collect();
@@ -181,7 +181,7 @@ pub fn check_memory(config: &Config, pipelines: &[Pipeline]) -> Result<Governor,
         return Err(Error::Memory(format!(
             "the memory budget of {:.1} MiB ({source}) cannot hold zinferd: {measured} {:.1} MiB ({what}) with its \
              models loaded and warmed up ({}) and needs {:.1} MiB more at run time (daemon.memory_reserve_mb). Raise \
-             the budget, or lower max_batch or the models' max_length",
+             the budget, or lower max_batch, max_batch_tokens or the models' max_length",
             mib(budget),
             mib(rss),
             if models.is_empty() { "no models".to_owned() } else { models.join("; ") },

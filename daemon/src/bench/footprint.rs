@@ -2,8 +2,8 @@
 //! side by side in one run.
 //!
 //! For each variant of the measured pipeline (as configured; each combination of ONNX Runtime's memory arena and
-//! memory pattern; `max_batch = 1`), and for a daemon with no pipeline at all, a child zinferd is started with
-//! `NOTIFY_SOCKET` pointing at this process: ready time is from the spawn to its `READY=1`, what systemd waits for.
+//! memory pattern; no `max_batch_tokens` cap; `max_batch = 1`), and for a daemon with no pipeline at all, a child
+//! zinferd is started with `NOTIFY_SOCKET` pointing at this process: ready time is from the spawn to its `READY=1`, what systemd waits for.
 //! Its VmHWM then is the start-up peak (the model's load and warm-up at the largest shape). A burst of text
 //! requests of mixed lengths follows, all published at once so that batches of every size form, and the VmHWM once
 //! every one is answered is the peak in service. Last, lone requests one at a time give the daemon's own `total_us`
@@ -81,8 +81,8 @@ pub struct FootprintReport {
 /// A setting the benchmark compares: a name, `max_batch` (`None`: as configured) and pipeline keys.
 type Setting = (&'static str, Option<usize>, Vec<(&'static str, toml::Value)>);
 
-/// The settings the benchmark compares: as configured, then each combination of the memory arena and pattern, and
-/// `max_batch = 1` with and without both.
+/// The settings the benchmark compares: as configured, then each combination of the memory arena and pattern, no
+/// token cap, and `max_batch = 1` with and without both.
 fn variants() -> Vec<Setting> {
     let memory = |arena: bool, pattern: bool| {
         vec![
@@ -96,6 +96,7 @@ fn variants() -> Vec<Setting> {
         ("arena on, pattern off", None, memory(true, false)),
         ("arena off, pattern on", None, memory(false, true)),
         ("arena off, pattern off", None, memory(false, false)),
+        ("no token cap (max_batch × max_length)", None, vec![("max_batch_tokens", toml::Value::Integer(1 << 20))]),
         ("max_batch = 1", Some(1), vec![]),
         ("arena off, pattern off, max_batch = 1", Some(1), memory(false, false)),
     ]

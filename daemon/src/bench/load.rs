@@ -268,6 +268,7 @@ pub(crate) fn child_config(
     pipeline.insert("model".into(), manifest.display().to_string().into());
     pipeline.insert("queue_capacity".into(), (settings.queue_capacity as i64).into());
     pipeline.insert("max_batch".into(), (max_batch as i64).into());
+    pipeline.insert("max_batch_tokens".into(), (settings.max_batch_tokens as i64).into());
     pipeline.insert("deadline_ms".into(), (deadline_ms as i64).into());
     pipeline.insert("decode".into(), stage(&settings.decode));
     pipeline.insert("preprocess".into(), toml::Value::Array(settings.preprocess.iter().map(stage).collect()));

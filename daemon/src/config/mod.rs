@@ -106,6 +106,10 @@ pub struct PipelineConfig {
     pub deadline_ms: Option<u64>,
     /// Most messages per model run.
     pub max_batch: usize,
+    /// Most tokens per model run where the model's input length varies per message (text): rows × the padded
+    /// length. A run always takes at least one message. Fixed-shape inputs (sensor windows) are bounded by
+    /// `max_batch` alone.
+    pub max_batch_tokens: usize,
     /// Most payload bytes waiting.
     pub queue_bytes: usize,
     /// What gives when the queue is full.
@@ -482,6 +486,11 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
 /// burst of drop notices at zenoh's delivery rate (a few milliseconds of it), a few MiB at most.
 pub const DEFAULT_PUBLISH_BACKLOG: usize = 8192;
 
+/// Default `max_batch_tokens`: the activations of one run, and so the arena ONNX Runtime keeps and the peak RSS,
+/// grow with rows × length. With the shipped sentiment model (`zinferd bench footprint`, README) a cap of 256
+/// tokens keeps batches of 8 short texts (the common case) and runs long ones two at a time.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+
 fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<PipelineConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError::at(origins, &format!("{key}.{field}"), reason);
     let name_ok = !raw.name.is_empty() && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -502,6 +511,9 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
     }
     if !(1..=1024).contains(&raw.max_batch) {
         return Err(err("max_batch", format!("{} is not between 1 and 1024", raw.max_batch)));
+    }
+    if raw.max_batch_tokens == Some(0) {
+        return Err(err("max_batch_tokens", "must be at least 1 (leave it out for the default)".into()));
     }
     if raw.max_in_flight == Some(0) {
         return Err(err("max_in_flight", "must be at least 1 (leave it out for the default)".into()));
@@ -536,6 +548,7 @@ fn validate_pipeline(raw: RawPipeline, key: &str, origins: &Origins) -> Result<P
         queue_capacity: raw.queue_capacity,
         deadline_ms: raw.deadline_ms,
         max_batch: raw.max_batch,
+        max_batch_tokens: raw.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
         queue_bytes: raw.queue_bytes,
         overload: raw.overload,
         share: raw.share,

@@ -164,6 +164,7 @@ pub struct RawPipeline {
     pub deadline_ms: Option<u64>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    pub max_batch_tokens: Option<usize>,
     #[serde(default = "default_queue_bytes")]
     pub queue_bytes: usize,
     #[serde(default)]

@@ -127,6 +127,7 @@ fn run_scenario(seed: u64, moves: usize, overload: Overload) {
     let (sender, receiver) = queue::bounded(capacity, 200_000, overload);
     let context = WorkerContext {
         max_batch: 8,
+        max_batch_tokens: crate::config::DEFAULT_MAX_BATCH_TOKENS,
         outcomes,
         abandon: Arc::clone(&abandon),
         metrics: Arc::clone(&metrics),

@@ -20,6 +20,16 @@ pub fn open_length(manifest: &ModelManifest) -> usize {
     manifest.max_length.unwrap_or(DEFAULT_LONGEST_INPUT)
 }
 
+/// The rows of the largest run the pipeline makes of `model`, which its warm-up runs: `max_batch`, or fewer where
+/// the input's length varies per message and `max_batch_tokens` caps a run of the longest inputs.
+pub fn warm_up_rows(pipeline: &PipelineConfig, model: &Model, manifest: &ModelManifest) -> usize {
+    if model.varies_in_length() {
+        (pipeline.max_batch_tokens / open_length(manifest)).clamp(1, pipeline.max_batch)
+    } else {
+        pipeline.max_batch
+    }
+}
+
 /// The per-item shape of each input of `model` at its warm-up, e.g. `input_ids [128], attention_mask [128]` or
 /// `frames [100, 6]`.
 pub fn warm_up_shape(model: &Model, manifest: &ModelManifest) -> String {
@@ -135,15 +145,13 @@ fn build_rung(
             Ok::<_, zinfer_ort::OrtError>(model)
         };
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {
-            let failed = model.warm_up(pipeline.max_batch, longest).err();
-            warm_up_error = failed.map(|error| (error, warm_up_shape(model, manifest)));
+            let rows = warm_up_rows(pipeline, model, manifest);
+            let failed = model.warm_up(rows, longest).err();
+            warm_up_error = failed.map(|error| (error, rows, warm_up_shape(model, manifest)));
         })
         .map_err(|error| config.error_at(model_key, error.to_string()))?;
-        if let Some((error, shape)) = warm_up_error {
-            return Err(config.error_at(
-                model_key,
-                format!("the warm-up run at {} × ({shape}) failed: {error}", pipeline.max_batch),
-            ));
+        if let Some((error, rows, shape)) = warm_up_error {
+            return Err(config.error_at(model_key, format!("the warm-up run at {rows} × ({shape}) failed: {error}")));
         }
         if count > 1 {
             tracing::info!(
@@ -157,9 +165,9 @@ fn build_rung(
     }
     let instances = models.split_off(1);
     let Some(mut model) = models.pop() else { unreachable!("at least one instance is loaded") };
-    // What a run costs here, alone and at max_batch, timed now so that deadlines and batching are judged by
-    // measurements from the first message (the cost model's docs say why). A new shape allocates on its first run:
-    // batch 1 runs once untimed; max_batch has just warmed up.
+    // What a run costs here, alone and at the warm-up's rows, timed now so that deadlines and batching are judged
+    // by measurements from the first message (the cost model's docs say why). A new shape allocates on its first
+    // run: batch 1 runs once untimed; the warm-up's shape has just run.
     // Timed on the first instance only: the others are the same model on the same machine.
     let mut calibration = Vec::new();
     let timed = |model: &mut Model, batch: usize| {
@@ -168,9 +176,10 @@ fn build_rung(
             config.error_at(model_key, format!("the timing run at {batch} × ({shape}) failed: {error}"))
         })
     };
-    let (elements, took) = timed(&mut model, pipeline.max_batch)?;
-    calibration.push((elements, pipeline.max_batch, took));
-    if pipeline.max_batch > 1 {
+    let rows = warm_up_rows(pipeline, &model, manifest);
+    let (elements, took) = timed(&mut model, rows)?;
+    calibration.push((elements, rows, took));
+    if rows > 1 {
         timed(&mut model, 1)?;
         let (elements, took) = timed(&mut model, 1)?;
         calibration.push((elements, 1, took));

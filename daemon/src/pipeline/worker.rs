@@ -38,6 +38,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 pub struct WorkerContext {
     /// Most messages per model run.
     pub max_batch: usize,
+    /// Most tokens (rows × padded length) per run of messages whose length varies.
+    pub max_batch_tokens: usize,
     /// Where outcomes go.
     pub outcomes: UnboundedSender<Outcome>,
     /// Set when the drain timeout passed: answer what is left `dropped: shutdown`.
@@ -278,6 +280,16 @@ impl Worker {
         }
     }
 
+    /// Whether `candidate` may join `batch` under `max_batch_tokens`: the run's activations, and so the memory it
+    /// takes, grow with rows × padded length. Messages of a fixed shape (no padding) are bounded by `max_batch` alone.
+    fn within_tokens(&self, batch: &[Waiting], candidate: &Waiting) -> bool {
+        if candidate.prepared.item.padding.is_none() {
+            return true;
+        }
+        let longest = batch.iter().chain([candidate]).map(|member| member.prepared.length()).max().unwrap_or(0);
+        (batch.len() + 1) * longest <= self.context.max_batch_tokens
+    }
+
     /// Why a prepared message should not run now in a batch of `batch`, if it should not.
     fn shed(&self, prepared: &Prepared, batch: usize, now: Instant) -> Option<Verdict> {
         if self.context.abandon.load(Ordering::Relaxed) {
@@ -318,6 +330,7 @@ impl Worker {
             }
             let grown = batch.len() + 1;
             let fits = Pipeline::signature(&candidate.prepared) == signature
+                && self.within_tokens(batch, candidate)
                 && batch.iter().chain([candidate]).all(|member| self.shed(&member.prepared, grown, now).is_none());
             if fits { Choice::Join } else { Choice::Skip }
         });

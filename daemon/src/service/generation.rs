@@ -84,7 +84,11 @@ impl Generation {
                     memory: zinfer_proto::ModelMemory {
                         load_bytes: memory.load_bytes,
                         working_bytes: memory.working_bytes,
-                        warm_up_batch: settings.max_batch as u32,
+                        warm_up_batch: crate::pipeline::build::warm_up_rows(
+                            settings,
+                            pipeline.model(),
+                            &settings.manifest,
+                        ) as u32,
                         warm_up_length: crate::pipeline::build::warm_up_length(pipeline.model(), &settings.manifest)
                             as u32,
                     },
@@ -118,6 +122,7 @@ impl Generation {
             let decoder = pipeline.decoder();
             let context = pipeline::worker::WorkerContext {
                 max_batch: settings.max_batch,
+                max_batch_tokens: settings.max_batch_tokens,
                 outcomes: outcomes.clone(),
                 abandon: Arc::clone(&abandon),
                 metrics: Arc::clone(&metrics),

@@ -177,6 +177,12 @@ impl Model {
         self.signature.inputs.iter().map(|spec| (spec.name.clone(), self.warm_up_shape(spec, length))).collect()
     }
 
+    /// Whether some input has an axis that neither the model nor a stage fixes: its length varies per message (the
+    /// tokens of a text), and a warm-up at `length` is the longest it gets.
+    pub fn varies_in_length(&self) -> bool {
+        self.warm_up_shapes(0).iter().any(|(_, shape)| shape.contains(&0))
+    }
+
     /// The per-item shape of input `spec` in a warm-up: every dynamic dimension as declared by a stage, else
     /// `length`.
     fn warm_up_shape(&self, spec: &TensorSpec, length: usize) -> Vec<usize> {
