@@ -71,6 +71,7 @@ fn bench_footprint_reports_ready_time_and_peaks_per_setting() {
     assert_eq!(names.first(), Some(&"as configured"), "{report}");
     assert_eq!(names.last(), Some(&"no pipeline"), "{report}");
     assert!(names.contains(&"arena off, pattern on") && names.contains(&"max_batch = 1"), "{report}");
+    assert!(names.contains(&"code kept after load"), "{report}");
     for variant in variants {
         let sample = &variant["samples"][0];
         assert!(sample["ready_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{variant}");
@@ -79,6 +80,8 @@ fn bench_footprint_reports_ready_time_and_peaks_per_setting() {
             assert_eq!(sample["answered"], 40, "every request of the burst answered: {variant}");
             assert!(sample["peak_bytes"].as_u64() >= sample["startup_peak_bytes"].as_u64(), "{variant}");
             assert!(sample["lone_total_p50_us"].as_f64().is_some_and(|us| us > 0.0), "{variant}");
+            let resident = sample["rss_after_bytes"].as_u64().expect("rss_after_bytes");
+            assert!(resident > 1 << 20 && Some(resident) <= sample["peak_bytes"].as_u64(), "{variant}");
         }
     }
 }

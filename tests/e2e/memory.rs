@@ -56,10 +56,11 @@ fn a_budget_too_small_for_the_model_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_budget_new_messages_are_shed_with_an_outcome() {
     // Measure what start-up needs here, then give exactly that plus 2 MiB and no runtime reserve: start-up passes,
-    // but the running daemon (zenoh session, runtime threads) is over the budget and must shed, not crash.
+    // but the running daemon (zenoh session, runtime threads) is over the budget and must shed, not crash. The code
+    // that loading touched stays resident (page_out_after_load would hand back more than the zenoh session costs).
     let port = free_port();
     let prefix = format!("zt/mem-hard/{port}");
-    let (ok, stderr) = check(&config_with_daemon_keys(port, &prefix, "memory_mb = 4000"));
+    let (ok, stderr) = check(&config_with_daemon_keys(port, &prefix, "memory_mb = 4000\npage_out_after_load = false"));
     assert!(ok, "{stderr}");
     let measured: f64 = stderr
         .split("usage_mib=")
@@ -68,7 +69,8 @@ async fn over_the_budget_new_messages_are_shed_with_an_outcome() {
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no `memory probed` line:\n{stderr}"));
     let budget = measured.ceil() as u64 + 2;
-    let keys = format!("memory_mb = {budget}\nmemory_reserve_mb = 0\nmemory_sample_ms = 10");
+    let keys =
+        format!("memory_mb = {budget}\nmemory_reserve_mb = 0\nmemory_sample_ms = 10\npage_out_after_load = false");
     let daemon = Daemon::start(&config_with_daemon_keys(port, &prefix, &keys), port);
     let client = daemon.client().await;
     client.wait_for_subscriber("in/mem/x", WAIT).await.expect("zinferd subscribes");

@@ -511,11 +511,26 @@ pub async fn put(client: &Client, key: &str, payload: Vec<u8>, encoding: zenoh::
         .expect("put");
 }
 
-/// The resident set size of process `pid`, from /proc, as the daemon measures its own.
+/// The resident set size of process `pid`, from /proc, as the daemon measures its own (e2e_alone's reload tests).
+#[allow(dead_code)]
 pub fn rss_bytes(pid: u32) -> u64 {
     let (rss, _) = zinferd::memory::process_memory(&pid.to_string()).expect("the daemon's /proc status");
     assert!(rss > 0, "a VmRSS line in /proc/{pid}/status");
     rss
+}
+
+/// The anonymous part of process `pid`'s resident memory (its heap and other private memory), in bytes: what grows
+/// when the daemon holds more, unlike code pages, which come and go with what runs (see `page_out_after_load`).
+pub fn anon_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "RssAnon")
+}
+
+/// A size line of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`…), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
+    let line = status.lines().find(|line| line.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')));
+    let kib = line.and_then(|line| line.split_whitespace().nth(1)).and_then(|kib| kib.parse::<u64>().ok());
+    kib.unwrap_or_else(|| panic!("no {field} line in /proc/{pid}/status")) * 1024
 }
 
 /// The service manager's end of the notify protocol: every datagram the daemon sends, in order, with the time it

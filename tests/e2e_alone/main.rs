@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use zenoh::bytes::Encoding;
 
 use crate::support::{
-    Daemon, TextDaemon, WAIT, base_config, fixture_manifest, free_port, put, repo_root, rss_bytes, start_text, status,
-    text_pipeline, wait_for_stats,
+    Daemon, TextDaemon, WAIT, base_config, fixture_manifest, free_port, proc_status_bytes, put, repo_root, rss_bytes,
+    start_text, status, text_pipeline, wait_for_stats,
 };
 
 /// Held by each test for its whole run: the tests of this binary run one at a time, not beside each other either.
@@ -229,4 +229,46 @@ fn bench_router_reports_its_levels() {
     let levels = report["levels"].as_array().expect("levels");
     assert!(!levels.is_empty() && levels[0]["offered_per_s"] == 10_000.0, "{report}");
     assert!(levels[0]["delivered_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_that_only_loading_touched_goes_back_to_the_kernel() {
+    let _alone = ALONE.lock().await;
+    // Loading a model walks most of ONNX Runtime's library; serving uses little of it. With page_out_after_load the
+    // daemon hands those pages back once loaded, and serving 50 messages faults back only what it uses. The two
+    // daemons run one after the other: the kernel keeps pages that another process maps.
+    let shipped = repo_root().join("models/zinfer-sentiment-small/manifest.toml");
+    let mut file_rss = Vec::new();
+    for page_out in [false, true] {
+        let port = free_port();
+        let prefix = format!("zt/pageout/{port}");
+        let pipeline = text_pipeline("pageout", "in/pageout/**", "", "buckets = [16, 32, 64, 128]", "");
+        let config = base_config(port, &prefix)
+            .replace("[daemon]\n", &format!("[daemon]\npage_out_after_load = {page_out}\n"))
+            + &pipeline.replace(&fixture_manifest().display().to_string(), &shipped.display().to_string());
+        let daemon = Daemon::start(&config, port);
+        let client = daemon.client().await;
+        client.wait_for_subscriber("in/pageout/x", WAIT).await.expect("zinferd subscribes");
+        let results = client.session().declare_subscriber("out/in/pageout/**").await.expect("subscribe");
+        for index in 0..50 {
+            request(&client, "in/pageout/x", &format!("m-{index}")).await;
+            let sample = tokio::time::timeout(WAIT, results.recv_async()).await.expect("a result").expect("results");
+            assert!(!sample.payload().is_empty());
+        }
+        file_rss.push(proc_status_bytes(daemon.pid(), "RssFile"));
+        client.close().await;
+        drop(daemon);
+    }
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "file-backed RSS after 50 messages: {:.1} MiB kept, {:.1} MiB paged out",
+        mib(file_rss[0]),
+        mib(file_rss[1])
+    );
+    assert!(
+        file_rss[1] + 4 * 1024 * 1024 < file_rss[0],
+        "paging out after load must leave at least 4 MiB less code resident: {:.1} vs {:.1} MiB",
+        mib(file_rss[1]),
+        mib(file_rss[0])
+    );
 }

@@ -2,12 +2,13 @@
 //! side by side in one run.
 //!
 //! For each variant of the measured pipeline (as configured; each combination of ONNX Runtime's memory arena and
-//! memory pattern; no `max_batch_tokens` cap; `max_batch = 1`), and for a daemon with no pipeline at all, a child
-//! zinferd is started with `NOTIFY_SOCKET` pointing at this process: ready time is from the spawn to its `READY=1`, what systemd waits for.
-//! Its VmHWM then is the start-up peak (the model's load and warm-up at the largest shape). A burst of text
-//! requests of mixed lengths follows, all published at once so that batches of every size form, and the VmHWM once
-//! every one is answered is the peak in service. Last, lone requests one at a time give the daemon's own `total_us`
-//! median, to show what a setting costs in latency. Variants are interleaved over the rounds, so that drift of a
+//! memory pattern; no `max_batch_tokens` cap; the code that loading touched kept resident; `max_batch = 1`), and for
+//! a daemon with no pipeline at all, a child zinferd is started with `NOTIFY_SOCKET` pointing at this process: ready
+//! time is from the spawn to its `READY=1`, what systemd waits for. Its VmHWM then is the start-up peak (the model's
+//! load and warm-up at the largest shape). A burst of text requests of mixed lengths follows, all published at once
+//! so that batches of every size form, and the VmHWM once every one is answered is the peak in service. Last, lone
+//! requests one at a time give the daemon's own `total_us` median, to show what a setting costs in latency, and
+//! VmRSS after them what stays resident in service. Variants are interleaved over the rounds, so that drift of a
 //! shared machine spreads over all of them.
 
 use std::os::unix::net::UnixDatagram;
@@ -52,6 +53,8 @@ pub struct Sample {
     pub answered: usize,
     /// Median of the daemon's `total_us` over the lone requests.
     pub lone_total_p50_us: f64,
+    /// VmRSS once the lone requests were answered, bytes: what stays resident in service (0 without a pipeline).
+    pub rss_after_bytes: u64,
 }
 
 /// A variant and its samples.
@@ -82,7 +85,7 @@ pub struct FootprintReport {
 type Setting = (&'static str, Option<usize>, Vec<(&'static str, toml::Value)>);
 
 /// The settings the benchmark compares: as configured, then each combination of the memory arena and pattern, no
-/// token cap, and `max_batch = 1` with and without both.
+/// token cap, the loaded code kept resident, and `max_batch = 1` with and without both.
 fn variants() -> Vec<Setting> {
     let memory = |arena: bool, pattern: bool| {
         vec![
@@ -97,6 +100,7 @@ fn variants() -> Vec<Setting> {
         ("arena off, pattern on", None, memory(false, true)),
         ("arena off, pattern off", None, memory(false, false)),
         ("no token cap (max_batch × max_length)", None, vec![("max_batch_tokens", toml::Value::Integer(1 << 20))]),
+        ("code kept after load", None, vec![("daemon.page_out_after_load", toml::Value::Boolean(false))]),
         ("max_batch = 1", Some(1), vec![]),
         ("arena off, pattern off, max_batch = 1", Some(1), memory(false, false)),
     ]
@@ -127,13 +131,23 @@ pub async fn run(options: &FootprintOptions) -> anyhow::Result<FootprintReport> 
             let result = drive(&client, &daemon, &key, &settings.output_prefix, options).await;
             client.close().await;
             daemon.stop();
-            let (peak_bytes, answered, lone_total_p50_us) = result.with_context(|| format!("variant `{name}`"))?;
-            all[index].samples.push(Sample { ready_ms, startup_peak_bytes, peak_bytes, answered, lone_total_p50_us });
+            let (peak_bytes, answered, lone_total_p50_us, rss_after_bytes) =
+                result.with_context(|| format!("variant `{name}`"))?;
+            let sample =
+                Sample { ready_ms, startup_peak_bytes, peak_bytes, answered, lone_total_p50_us, rss_after_bytes };
+            all[index].samples.push(sample);
         }
         let tag = format!("footprint-none-{round}");
         let (daemon, _notify, ready_ms, startup_peak_bytes) = start(scratch.path(), &config, None, &tag).await?;
         daemon.stop();
-        let sample = Sample { ready_ms, startup_peak_bytes, peak_bytes: 0, answered: 0, lone_total_p50_us: 0.0 };
+        let sample = Sample {
+            ready_ms,
+            startup_peak_bytes,
+            peak_bytes: 0,
+            answered: 0,
+            lone_total_p50_us: 0.0,
+            rss_after_bytes: 0,
+        };
         if let Some(last) = all.last_mut() {
             last.samples.push(sample);
         }
@@ -177,14 +191,15 @@ async fn start(
     Ok((daemon, socket, ready_ms, startup_peak))
 }
 
-/// The burst, then the lone requests: (VmHWM after the burst, outcomes of the burst, median lone `total_us`).
+/// The burst, then the lone requests: (VmHWM after the burst, outcomes of the burst, median lone `total_us`, VmRSS
+/// after the lone requests).
 async fn drive(
     client: &Client,
     daemon: &ChildDaemon,
     key: &str,
     output_prefix: &str,
     options: &FootprintOptions,
-) -> anyhow::Result<(u64, usize, f64)> {
+) -> anyhow::Result<(u64, usize, f64, u64)> {
     client.wait_for_subscriber(key, Duration::from_secs(10)).await?;
     let results = client
         .session()
@@ -217,7 +232,8 @@ async fn drive(
     }
     totals.sort_unstable();
     let median = totals.get(totals.len() / 2).copied().unwrap_or(0) as f64;
-    Ok((peak, answered, median))
+    let (resident, _) = daemon.rss()?;
+    Ok((peak, answered, median, resident))
 }
 
 /// Publishes a JSON text request with its id in the payload.
@@ -249,9 +265,10 @@ pub fn markdown(report: &FootprintReport) -> String {
         "## Footprint of pipeline `{}` (model {}, max_batch {} as configured)\n\nEach figure is the range over the \
          rounds. Ready: spawn to READY=1. Start-up peak: VmHWM at READY=1. Peak in service: VmHWM once a burst of \
          {} texts of mixed lengths, published at once, was answered. Lone total: median of the daemon's own \
-         `total_us` over lone requests after the burst.\n\n\
-         | variant | ready ms | start-up peak MiB | peak in service MiB | answered | lone total p50 µs |\n\
-         |---|---|---|---|---|---|\n",
+         `total_us` over lone requests after the burst. RSS in service: VmRSS after them.\n\n\
+         | variant | ready ms | start-up peak MiB | peak in service MiB | RSS in service MiB | answered | lone total p50 \
+         µs |\n\
+         |---|---|---|---|---|---|---|\n",
         report.pipeline, report.model, report.max_batch, report.burst
     );
     for variant in &report.variants {
@@ -259,11 +276,12 @@ pub fn markdown(report: &FootprintReport) -> String {
         let pick = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
         let served = variant.name != "no pipeline";
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             variant.name,
             range(pick(&|s| s.ready_ms), 0),
             range(pick(&|s| mib(s.startup_peak_bytes)), 1),
             if served { range(pick(&|s| mib(s.peak_bytes)), 1) } else { "–".into() },
+            if served { range(pick(&|s| mib(s.rss_after_bytes)), 1) } else { "–".into() },
             if served { range(pick(&|s| s.answered as f64), 0) } else { "–".into() },
             if served { range(pick(&|s| s.lone_total_p50_us), 0) } else { "–".into() },
         ));

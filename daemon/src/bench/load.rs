@@ -248,7 +248,7 @@ async fn start(dir: &Path, config: &Config, pipeline: &str, name: &str) -> anyho
 
 /// A configuration with just this pipeline, rebuilt from its validated settings, with `max_batch`, the benchmark's
 /// deadline and budget, and `extra` keys in the pipeline table (a dotted key goes into a sub-table:
-/// `session.intra_threads`).
+/// `session.intra_threads`; `daemon.<key>` into the `[daemon]` table).
 pub(crate) fn child_config(
     settings: &PipelineConfig,
     (deadline_ms, memory_mb): (u64, u64),
@@ -277,8 +277,13 @@ pub(crate) fn child_config(
     if let Some(instances) = settings.instances {
         pipeline.insert("instances".into(), (instances as i64).into());
     }
+    let mut daemon = toml::Table::new();
+    daemon.insert("memory_mb".into(), (memory_mb as i64).into());
     for (key, value) in extra {
         match key.split_once('.') {
+            Some(("daemon", key)) => {
+                daemon.insert(key.to_owned(), value.clone());
+            }
             Some((table, key)) => {
                 if let Some(toml::Value::Table(table)) = pipeline.get_mut(table) {
                     table.insert(key.to_owned(), value.clone());
@@ -289,8 +294,6 @@ pub(crate) fn child_config(
             }
         }
     }
-    let mut daemon = toml::Table::new();
-    daemon.insert("memory_mb".into(), (memory_mb as i64).into());
     let mut document = toml::Table::new();
     document.insert("daemon".into(), toml::Value::Table(daemon));
     document.insert("pipeline".into(), toml::Value::Array(vec![toml::Value::Table(pipeline)]));

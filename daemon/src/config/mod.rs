@@ -75,6 +75,9 @@ pub struct MemoryConfig {
     pub reserve_mb: u64,
     /// How often RSS is sampled.
     pub sample_interval: Duration,
+    /// Once models are loaded (at start-up and after each reload), hand the pages of code and read-only data that
+    /// only loading touched back to the kernel.
+    pub page_out_after_load: bool,
 }
 
 /// `[telemetry]`, validated.
@@ -476,6 +479,7 @@ fn validate(raw: RawConfig, files: &[PathBuf], origins: Origins) -> Result<Confi
             soft_percent: raw.daemon.memory_soft_percent,
             reserve_mb: raw.daemon.memory_reserve_mb,
             sample_interval: Duration::from_millis(raw.daemon.memory_sample_ms),
+            page_out_after_load: raw.daemon.page_out_after_load,
         },
         pipelines,
         origins,

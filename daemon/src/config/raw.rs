@@ -105,6 +105,8 @@ pub struct RawDaemon {
     pub memory_reserve_mb: u64,
     #[serde(default = "default_memory_sample_ms")]
     pub memory_sample_ms: u64,
+    #[serde(default = "default_true")]
+    pub page_out_after_load: bool,
 }
 
 impl Default for RawDaemon {
@@ -116,8 +118,13 @@ impl Default for RawDaemon {
             memory_soft_percent: default_memory_soft_percent(),
             memory_reserve_mb: default_memory_reserve_mb(),
             memory_sample_ms: default_memory_sample_ms(),
+            page_out_after_load: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_memory_soft_percent() -> u8 {

@@ -6,7 +6,8 @@
 //!   inactive page cache the kernel reclaims first), which is what the kernel's OOM killer acts on: the cgroup
 //!   charges page cache and kernel memory that RSS does not show.
 //! - [`probe`] measures at start-up what each model costs: RSS before loading it, after loading it, and after a
-//!   warm-up run at the largest shape it will ever see (`max_batch` × its longest input). If the budget cannot hold
+//!   warm-up run at the largest shape it will ever see (for text, the rows of its longest input that `max_batch`
+//!   and `max_batch_tokens` allow; `max_batch` windows of a sensor model). If the budget cannot hold
 //!   the process as measured plus `memory_reserve_mb` for the runtime, zinferd refuses to start and says why.
 //! - [`Governor`] turns cheap periodic RSS samples into a [`Pressure`]: above the soft threshold workers shrink
 //!   their batches and queues; above the hard limit they shed new messages (`dropped: memory`) until it is back
@@ -14,8 +15,11 @@
 //!   hovers at a threshold does not flip the pressure (and log) on every sample.
 //! - [`allocator`] keeps reloads from ratcheting RSS up: glibc's malloc tuned so that a retired generation's
 //!   models go back to the kernel.
+//! - [`pages`] hands back the code that only loading models touched (ONNX Runtime's session creation walks most of
+//!   its library), once they are loaded.
 
 pub mod allocator;
+pub mod pages;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -30,6 +34,44 @@ pub enum Pressure {
     /// Above the budget: new messages are shed.
     Hard,
 }
+
+/// Once models were loaded (at start-up, and when a reload's old generation has retired): returns malloc's free
+/// pages to the kernel and, with `page_out`, the pages of code and read-only data that loading touched
+/// ([`pages`]). Takes a few milliseconds; not for the message path.
+pub fn settle_after_load(page_out: bool) {
+    allocator::release_free_memory();
+    if !page_out {
+        return;
+    }
+    let before = rss_bytes();
+    match pages::page_out_loaded_code() {
+        Ok(done) => tracing::info!(
+            mappings = done.mappings,
+            mapped_mib = format!("{:.1}", done.bytes as f64 / MIB),
+            rss_before_mib = format!("{:.1}", before as f64 / MIB),
+            rss_after_mib = format!("{:.1}", rss_bytes() as f64 / MIB),
+            "paged out the code that loading touched; serving faults back what it uses"
+        ),
+        Err(error) => tracing::debug!(
+            %error,
+            "the kernel refused MADV_PAGEOUT (it needs Linux 5.4): the code that loading touched stays resident"
+        ),
+    }
+}
+
+/// With `page_out`, [`settle_after_load`]'s page-out alone and without its log line: right after a model's session
+/// was created, so that the code its creation touched (graph optimisers, the kernel registry) is gone before the
+/// warm-up grows the arena. The start-up peak is then one session's creation, not that plus the working memory.
+pub fn page_out_after_session(page_out: bool) {
+    if !page_out {
+        return;
+    }
+    if let Err(error) = pages::page_out_loaded_code() {
+        tracing::debug!(%error, "the kernel refused MADV_PAGEOUT (it needs Linux 5.4)");
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// The process's resident set size in bytes, from `/proc/self/status` (tens of microseconds).
 pub fn rss_bytes() -> u64 {

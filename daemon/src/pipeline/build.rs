@@ -142,6 +142,7 @@ fn build_rung(
         let load = || {
             let mut model = Model::load(ort, &manifest.model, &pipeline.session, defaults.intra_threads)?;
             model.declare_inputs(&produced);
+            crate::memory::page_out_after_session(config.memory.page_out_after_load);
             Ok::<_, zinfer_ort::OrtError>(model)
         };
         let (model, cost) = crate::memory::probe(load, |model: &mut Model| {

@@ -93,6 +93,7 @@ pub async fn serve(
         subscriptions.push(subscribe(&session, entry, &prefix, None, Arc::clone(&ids), &mut prefixes).await?);
     }
     reporter.announce(&session, &current.config.telemetry).await?;
+    memory::settle_after_load(current.config.memory.page_out_after_load);
     let sampler = memory::spawn_sampler(Arc::clone(&governor), current.config.memory.sample_interval);
     let health = Health::for_watchdog(notifier.watchdog());
     let mut service = Service {
@@ -381,7 +382,7 @@ impl Service {
         self.retiring.retain(|generation| !generation.is_finished());
         if self.retiring.len() != finishing {
             self.report_retiring();
-            memory::allocator::release_free_memory();
+            memory::settle_after_load(current.config.memory.page_out_after_load);
         }
         let stalled = self.health.stalled(current, &self.retiring);
         let status = self.status_line(current, &stalled);
