@@ -5,10 +5,11 @@
 //!   else the cgroup's limit (systemd's `MemoryMax=`) against the cgroup's working set (its charged memory less the
 //!   inactive page cache the kernel reclaims first), which is what the kernel's OOM killer acts on: the cgroup
 //!   charges page cache and kernel memory that RSS does not show.
-//! - [`probe`] measures at start-up what each model costs: RSS before loading it, after loading it, and after a
-//!   warm-up run at the largest shape it will ever see (for text, the rows of its longest input that `max_batch`
-//!   and `max_batch_tokens` allow; `max_batch` windows of a sensor model). If the budget cannot hold
-//!   the process as measured plus `memory_reserve_mb` for the runtime, zinferd refuses to start and says why.
+//! - [`probe`] measures at start-up what each model costs: anonymous memory before loading it, after loading it,
+//!   and after a warm-up run at the largest shape it will ever see (for text, the rows of its longest input that
+//!   `max_batch` and `max_batch_tokens` allow; `max_batch` windows of a sensor model). If the budget cannot hold the
+//!   process as measured (its whole RSS) plus `memory_reserve_mb` for the runtime, zinferd refuses to start and says
+//!   why.
 //! - [`Governor`] turns cheap periodic RSS samples into a [`Pressure`]: above the soft threshold workers shrink
 //!   their batches and queues; above the hard limit they shed new messages (`dropped: memory`) until it is back
 //!   under. A level is left only [`HYSTERESIS_PERCENT`] of the budget below where it was entered, so usage that
@@ -78,18 +79,26 @@ pub fn rss_bytes() -> u64 {
     process_memory("self").map_or(0, |(rss, _)| rss)
 }
 
+/// The anonymous part of this process's resident memory (RssAnon: heap, arenas, stacks), in bytes.
+fn anon_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_field(&status, "RssAnon:")
+}
+
+/// A size line of a `/proc/<pid>/status` text, in bytes (0 if absent).
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// (VmRSS, VmHWM) in bytes of process `pid` (a number, or `self`), from `/proc/<pid>/status`.
 pub fn process_memory(pid: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
-    };
-    Some((field("VmRSS:"), field("VmHWM:")))
+    Some((status_field(&status, "VmRSS:"), status_field(&status, "VmHWM:")))
 }
 
 /// A pressure level is left only this far (in percent of the budget) below the threshold that entered it.
@@ -206,9 +215,11 @@ pub fn cgroup_limit(proc_cgroup: &Path, root: &Path) -> Option<(u64, CgroupFiles
 /// What the start-up probe measured for one pipeline's model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelMemory {
-    /// RSS growth from loading the model (weights, session).
+    /// Growth of anonymous memory from loading the model (weights, session). Not all RSS: the code pages that
+    /// loading touches come and go (`page_out_after_load` hands them back right after the load), and they are the
+    /// shared library's, not the model's.
     pub load_bytes: u64,
-    /// Further RSS growth from a warm-up run at the largest shape (activations, arena).
+    /// Further growth of anonymous memory from a warm-up run at the largest shape (activations, arena).
     pub working_bytes: u64,
 }
 
@@ -221,11 +232,11 @@ impl ModelMemory {
 
 /// Measures RSS around `load`, then around `warm_up`.
 pub fn probe<T, E>(load: impl FnOnce() -> Result<T, E>, warm_up: impl FnOnce(&mut T)) -> Result<(T, ModelMemory), E> {
-    let before = rss_bytes();
+    let before = anon_bytes();
     let mut loaded = load()?;
-    let after_load = rss_bytes();
+    let after_load = anon_bytes();
     warm_up(&mut loaded);
-    let after_warm_up = rss_bytes();
+    let after_warm_up = anon_bytes();
     let memory = ModelMemory {
         load_bytes: after_load.saturating_sub(before),
         working_bytes: after_warm_up.saturating_sub(after_load),
@@ -405,5 +416,9 @@ mod tests {
     #[test]
     fn rss_is_read_from_proc() {
         assert!(rss_bytes() > 1 << 20);
+        let anon = anon_bytes();
+        assert!(anon > 0 && anon <= rss_bytes(), "{anon}");
+        assert_eq!(status_field("Name:\tzinferd\nRssAnon:\t  1234 kB\n", "RssAnon:"), 1234 * 1024);
+        assert_eq!(status_field("VmRSS:\t1 kB\n", "RssAnon:"), 0);
     }
 }
