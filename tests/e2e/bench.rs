@@ -80,8 +80,8 @@ fn bench_footprint_reports_ready_time_and_peaks_per_setting() {
             assert_eq!(sample["answered"], 40, "every request of the burst answered: {variant}");
             assert!(sample["peak_bytes"].as_u64() >= sample["startup_peak_bytes"].as_u64(), "{variant}");
             assert!(sample["lone_total_p50_us"].as_f64().is_some_and(|us| us > 0.0), "{variant}");
-            let resident = sample["rss_after_bytes"].as_u64().expect("rss_after_bytes");
-            assert!(resident > 1 << 20 && Some(resident) <= sample["peak_bytes"].as_u64(), "{variant}");
+            // After the lone requests, so it may exceed the peak read after the burst.
+            assert!(sample["rss_after_bytes"].as_u64().is_some_and(|bytes| bytes > 1 << 20), "{variant}");
         }
     }
 }

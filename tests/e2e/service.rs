@@ -165,7 +165,8 @@ async fn reload_into_a_slow_model(
     client.wait_for_subscriber("in/serving/x", WAIT).await.expect("subscribed");
 
     // A 1 s run timeout, which the warm-up is exempt from (a TensorRT engine build happens there).
-    let slower = good + &spin_pipeline("slow", "loaded", "max_batch = 40", 1000);
+    // Its warm-up is slow in proportion to its rows: 40 of them, so no token cap.
+    let slower = good + &spin_pipeline("slow", "loaded", "max_batch = 40\nmax_batch_tokens = 1048576", 1000);
     std::fs::write(daemon.config_path(), slower).expect("write");
     daemon.signal("HUP");
     let (reloading, _) = notify.wait_for_stamped("RELOADING=1", WAIT, |_, message| message.contains("RELOADING=1"));
@@ -228,7 +229,10 @@ async fn a_reload_that_loads_slower_than_the_watchdog_period_keeps_the_pings_com
         "{ready_message}\n{}",
         daemon.log()
     );
-    assert!(took > PERIOD, "the reload took {took:?}: too fast to test anything; raise max_batch");
+    assert!(
+        took > PERIOD,
+        "the reload took {took:?}: too fast to test anything; raise max_batch (and max_batch_tokens)"
+    );
     assert!(answered < ready, "answered {:?} after the reload ended", answered - ready);
     let mut beats: Vec<Instant> = vec![reloading];
     beats.extend(pings.iter().map(|(at, _)| *at));
