@@ -525,12 +525,11 @@ pub fn anon_rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "RssAnon")
 }
 
-/// A size line of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`…), in bytes.
+/// A size line of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`…), in bytes, as the daemon reads its own.
 pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
-    let line = status.lines().find(|line| line.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')));
-    let kib = line.and_then(|line| line.split_whitespace().nth(1)).and_then(|kib| kib.parse::<u64>().ok());
-    kib.unwrap_or_else(|| panic!("no {field} line in /proc/{pid}/status")) * 1024
+    let bytes = zinferd::memory::status_bytes(&pid.to_string(), field).expect("the daemon's /proc status");
+    assert!(bytes > 0, "a {field} line in /proc/{pid}/status");
+    bytes
 }
 
 /// The service manager's end of the notify protocol: every datagram the daemon sends, in order, with the time it

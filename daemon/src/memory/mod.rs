@@ -41,35 +41,34 @@ pub enum Pressure {
 /// ([`pages`]). Takes a few milliseconds; not for the message path.
 pub fn settle_after_load(page_out: bool) {
     allocator::release_free_memory();
-    if !page_out {
-        return;
-    }
     let before = rss_bytes();
-    match pages::page_out_loaded_code() {
-        Ok(done) => tracing::info!(
+    if let Some(done) = page_out_after_session(page_out) {
+        tracing::info!(
             mappings = done.mappings,
             mapped_mib = format!("{:.1}", done.bytes as f64 / MIB),
             rss_before_mib = format!("{:.1}", before as f64 / MIB),
             rss_after_mib = format!("{:.1}", rss_bytes() as f64 / MIB),
             "paged out the code that loading touched; serving faults back what it uses"
-        ),
-        Err(error) => tracing::debug!(
-            %error,
-            "the kernel refused MADV_PAGEOUT (it needs Linux 5.4): the code that loading touched stays resident"
-        ),
+        );
     }
 }
 
-/// With `page_out`, [`settle_after_load`]'s page-out alone and without its log line: right after a model's session
-/// was created, so that the code its creation touched (graph optimisers, the kernel registry) is gone before the
-/// warm-up grows the arena. The start-up peak is then one session's creation, not that plus the working memory.
-pub fn page_out_after_session(page_out: bool) {
+/// With `page_out`, hands back the pages of code and read-only data that loading touched ([`pages`]) and says what
+/// it advised; `None` if off or refused (logged at debug). Called on its own right after a model's session was
+/// created, so that the code its creation touched (graph optimisers, the kernel registry) is gone before the
+/// warm-up grows the arena: the start-up peak is then one session's creation, not that plus the working memory.
+pub fn page_out_after_session(page_out: bool) -> Option<pages::PagedOut> {
     if !page_out {
-        return;
+        return None;
     }
-    if let Err(error) = pages::page_out_loaded_code() {
-        tracing::debug!(%error, "the kernel refused MADV_PAGEOUT (it needs Linux 5.4)");
-    }
+    pages::page_out_loaded_code()
+        .map_err(|error| {
+            tracing::debug!(
+                %error,
+                "the kernel refused MADV_PAGEOUT (it needs Linux 5.4): the code that loading touched stays resident"
+            );
+        })
+        .ok()
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -81,15 +80,21 @@ pub fn rss_bytes() -> u64 {
 
 /// The anonymous part of this process's resident memory (RssAnon: heap, arenas, stacks), in bytes.
 fn anon_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status_field(&status, "RssAnon:")
+    status_bytes("self", "RssAnon").unwrap_or(0)
 }
 
-/// A size line of a `/proc/<pid>/status` text, in bytes (0 if absent).
+/// A size line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`…) of process `pid` (a number, or
+/// `self`), in bytes; `None` if the file cannot be read (0 if it lacks the line).
+pub fn status_bytes(pid: &str, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(status_field(&status, name))
+}
+
+/// A size line of a `/proc/<pid>/status` text, by its name without the colon, in bytes (0 if absent).
 fn status_field(status: &str, name: &str) -> u64 {
     status
         .lines()
-        .find_map(|line| line.strip_prefix(name))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
@@ -98,7 +103,7 @@ fn status_field(status: &str, name: &str) -> u64 {
 /// (VmRSS, VmHWM) in bytes of process `pid` (a number, or `self`), from `/proc/<pid>/status`.
 pub fn process_memory(pid: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some((status_field(&status, "VmRSS:"), status_field(&status, "VmHWM:")))
+    Some((status_field(&status, "VmRSS"), status_field(&status, "VmHWM")))
 }
 
 /// A pressure level is left only this far (in percent of the budget) below the threshold that entered it.
@@ -418,7 +423,8 @@ mod tests {
         assert!(rss_bytes() > 1 << 20);
         let anon = anon_bytes();
         assert!(anon > 0 && anon <= rss_bytes(), "{anon}");
-        assert_eq!(status_field("Name:\tzinferd\nRssAnon:\t  1234 kB\n", "RssAnon:"), 1234 * 1024);
-        assert_eq!(status_field("VmRSS:\t1 kB\n", "RssAnon:"), 0);
+        assert_eq!(status_field("Name:\tzinferd\nRssAnon:\t  1234 kB\n", "RssAnon"), 1234 * 1024);
+        assert_eq!(status_field("VmRSS:\t1 kB\n", "RssAnon"), 0);
+        assert_eq!(status_field("VmHWMx:\t1 kB\nVmHWM:\t2 kB\n", "VmHWM"), 2048);
     }
 }
