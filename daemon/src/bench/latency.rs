@@ -34,6 +34,9 @@ use super::{Placement, Summary, spawn_daemon};
 use crate::client::{Client, RequestFormat};
 use crate::pipeline::Envelope;
 
+/// Rounds per block: a block times the in-process ways of each of its rounds, then its round trips.
+pub(crate) const BLOCK: usize = 25;
+
 /// What to run.
 #[derive(Clone)]
 pub struct BenchOptions {
@@ -70,8 +73,8 @@ pub struct BenchReport {
     pub inference_direct: Summary,
     /// `Model::run` alone at the text's own length on one intra-op thread: the floor.
     pub floor: Summary,
-    /// The same, on the first run after the previous round's round trips (an idle wait, as before a lone message),
-    /// and after `idle_ms` more.
+    /// The same, on the first run of its round: after the previous round's runs of the other ways and `idle_ms` of
+    /// idle, as a lone message meets its model.
     pub floor_after_idle: Summary,
     /// The idle wait before each round's first model run and before its round trip, in milliseconds.
     pub idle_ms: u64,
@@ -147,12 +150,18 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         client.round_trip(&results, &key, "bench-first", request("bench-first"), Duration::from_secs(10)).await?;
     let echo = Echo::open(&options.text, first).await?;
 
-    // Every round measures each way once, in turn: this machine's speed drifts by tens of percent over seconds
-    // (other tenants), which separate blocks of runs would report as differences between the ways. The in-process
-    // ways are timed on their second run of the round, as in a loop of runs: the round trips between them would
-    // otherwise leave them with cold caches and a floor 10-15% slower than the model's own cost (measured).
-    // The first run of the floor's way in a round is timed too: it follows the previous round's round trips, so it
-    // meets the model as a lone message does, after an idle wait (the daemon's own model runs are such first runs).
+    // Every way is measured once per round, and the rounds run in blocks of BLOCK: first every in-process way of
+    // each round of the block, then the block's round trips. This machine's speed drifts by tens of percent over
+    // seconds (other tenants), which separate long runs of one way would report as differences between the ways;
+    // a block takes well under a second. The daemon's model runs in another process, on its own copy of the weights:
+    // with this process's model runs between each of its messages, as in a round-by-round alternation, the
+    // daemon's inference stage took 1150-1200 µs against 823-846 µs with nothing between them, the floor being
+    // 826-853 µs (measured here). A client does not run three copies of the model between its requests, so the
+    // round trips of a block follow each other.
+    // The in-process ways are timed on their second run of the round, as in a loop of runs: the other ways' runs
+    // between them would otherwise leave them with cold caches and a floor 10-15% slower than the model's own cost
+    // (measured). The first run of the floor's way in a round is timed too: it follows the other ways' runs and the
+    // idle wait, as a lone message meets its model.
     let mut floor_after_idle = Vec::with_capacity(iterations);
     let model_runs = |pipeline: &mut crate::pipeline::Pipeline, features: &[zinfer_stage_api::NamedTensor]| {
         let started = Instant::now();
@@ -168,42 +177,49 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut timed: [Vec<Duration>; 7] = Default::default();
     let mut stages: [Vec<Duration>; 6] = Default::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
-    for round in 0..options.warmup + iterations {
-        idle(options.idle).await;
-        let (first, floor) = model_runs(&mut one_thread, &features)?;
-        let direct = model_run(&mut pipeline, &features)?;
-        let padded = match &padded_features {
-            Some(padded) => Some((model_run(&mut one_thread, padded)?, model_run(&mut pipeline, padded)?)),
-            None => None,
-        };
-        let message = RawMessage {
-            key: "bench".into(),
-            payload: options.text.clone().into_bytes(),
-            encoding: "text/plain".into(),
-            attachment_id: None,
-        };
-        pipeline.process(Envelope::new(message.clone(), "bench".into()));
-        let started = Instant::now();
-        let processed = pipeline.process(Envelope::new(message, "bench".into()));
-        let in_process = started.elapsed();
-        if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {
-            bail!("the pipeline failed on the benchmark text: {error}");
-        }
-
-        let id = format!("bench-{round}");
-        idle(options.idle).await;
-        let started = Instant::now();
-        let result = client.round_trip(&results, &key, &id, request(&id), Duration::from_secs(10)).await?;
-        let round_trip = started.elapsed();
-        if result.outcome != zinfer_proto::outcome::OK {
-            bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
-        }
-        let echoed = echo.round_trip(&format!("echo-{round}")).await?;
-
-        if round >= options.warmup {
+    let rounds = options.warmup + iterations;
+    for block in (0..rounds).step_by(BLOCK) {
+        let block = block..(block + BLOCK).min(rounds);
+        let mut in_process_ways = Vec::with_capacity(BLOCK);
+        for _ in block.clone() {
+            idle(options.idle).await;
+            let (first, floor) = model_runs(&mut one_thread, &features)?;
+            let direct = model_run(&mut pipeline, &features)?;
+            let padded = match &padded_features {
+                Some(padded) => Some((model_run(&mut one_thread, padded)?, model_run(&mut pipeline, padded)?)),
+                None => None,
+            };
+            let message = RawMessage {
+                key: "bench".into(),
+                payload: options.text.clone().into_bytes(),
+                encoding: "text/plain".into(),
+                attachment_id: None,
+            };
+            pipeline.process(Envelope::new(message.clone(), "bench".into()));
+            let started = Instant::now();
+            let processed = pipeline.process(Envelope::new(message, "bench".into()));
+            let in_process = started.elapsed();
+            if let crate::pipeline::outcome::Verdict::Failed(error) = &processed.verdict {
+                bail!("the pipeline failed on the benchmark text: {error}");
+            }
             let (padded_one, padded_configured) = padded.unzip();
+            in_process_ways.push((first, [Some(floor), Some(direct), padded_one, padded_configured, Some(in_process)]));
+        }
+
+        for (round, (first, ways)) in block.zip(in_process_ways) {
+            let id = format!("bench-{round}");
+            idle(options.idle).await;
+            let started = Instant::now();
+            let result = client.round_trip(&results, &key, &id, request(&id), Duration::from_secs(10)).await?;
+            let round_trip = started.elapsed();
+            if result.outcome != zinfer_proto::outcome::OK {
+                bail!("the daemon answered {}: {} ({})", result.outcome, result.reason, result.message);
+            }
+            let echoed = echo.round_trip(&format!("echo-{round}")).await?;
+            if round < options.warmup {
+                continue;
+            }
             floor_after_idle.push(first);
-            let ways = [Some(floor), Some(direct), padded_one, padded_configured, Some(in_process)];
             for (samples, took) in timed.iter_mut().zip(ways.into_iter().chain([Some(round_trip), Some(echoed)])) {
                 samples.extend(took);
             }

@@ -9,9 +9,10 @@
 //! 3. sequential round trips of a frame through zenoh and a `zinferd` child: per-window latency as a client sees it;
 //! 4. throughput over zenoh: frames published as fast as results return, with up to 16 unanswered.
 //!
-//! The first three are timed once each per round, in turn, as `bench latency` does: a slow patch of a shared
-//! machine then falls on every way alike, and their ratios hold. (Measured one after the other, the daemon's ratio
-//! to the model run swung from 0.80× to 1.79× between two runs on one machine.)
+//! The first three are timed once each per round, in blocks of rounds as `bench latency` does (the in-process ways
+//! of a block's rounds, then its round trips): a slow patch of a shared machine then falls on every way alike, and
+//! their ratios hold, while the daemon's model runs do not each follow this process's. (Measured one after the
+//! other, the daemon's ratio to the model run swung from 0.80× to 1.79× between two runs on one machine.)
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -127,31 +128,39 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     let (mut models, mut pipelines_in_process, mut round_trips, mut totals) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut next = window;
-    for round in 0..rounds {
-        let frame = stream.frame(next, hop);
-        next += hop;
-        // 1. The model alone on one normalised window, timed on its second run: the first after the round trip's
-        // idle wait meets cold caches, as `bench latency` found, and would flatter the daemon's ratio to it.
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
-        let started = Instant::now();
-        pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
-        let model = started.elapsed();
-        // 2. The pipeline in process.
-        let started = Instant::now();
-        check(pipeline.process(envelope(frame.clone())).verdict, 1)?;
-        let in_process = started.elapsed();
-        // 3. A round trip through the child.
-        let started = Instant::now();
-        let result = send(format!("rt-{round}"), frame).await?;
-        let round_trip = started.elapsed();
-        if result.windows.len() != 1 {
-            bail!("a frame of one hop should complete one window; the daemon answered {result:?}");
+    for block in (0..rounds).step_by(super::latency::BLOCK) {
+        let block = block..(block + super::latency::BLOCK).min(rounds);
+        let mut in_process_ways = Vec::with_capacity(super::latency::BLOCK);
+        let mut frames = Vec::with_capacity(super::latency::BLOCK);
+        for _ in block.clone() {
+            let frame = stream.frame(next, hop);
+            next += hop;
+            // 1. The model alone on one normalised window, timed on its second run: the first after other work
+            // meets cold caches, as `bench latency` found, and would flatter the daemon's ratio to it.
+            pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+            let started = Instant::now();
+            pipeline.model_mut().run(&[features.as_slice()]).context("model run")?;
+            let model = started.elapsed();
+            // 2. The pipeline in process.
+            let started = Instant::now();
+            check(pipeline.process(envelope(frame.clone())).verdict, 1)?;
+            in_process_ways.push((model, started.elapsed()));
+            frames.push(frame);
         }
-        if round >= options.warmup {
-            models.push(model);
-            pipelines_in_process.push(in_process);
-            round_trips.push(round_trip);
-            totals.push(Duration::from_micros(result.timings.map_or(0, |timings| timings.total_us)));
+        // 3. The block's round trips through the child, one after the other (see `bench latency`'s blocks).
+        for ((round, (model, in_process)), frame) in block.zip(in_process_ways).zip(frames) {
+            let started = Instant::now();
+            let result = send(format!("rt-{round}"), frame).await?;
+            let round_trip = started.elapsed();
+            if result.windows.len() != 1 {
+                bail!("a frame of one hop should complete one window; the daemon answered {result:?}");
+            }
+            if round >= options.warmup {
+                models.push(model);
+                pipelines_in_process.push(in_process);
+                round_trips.push(round_trip);
+                totals.push(Duration::from_micros(result.timings.map_or(0, |timings| timings.total_us)));
+            }
         }
     }
     drop(pipeline);
