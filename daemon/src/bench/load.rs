@@ -53,6 +53,10 @@ pub struct LevelReport {
     pub throughput_per_s: f64,
     /// Client-side latency (publish → result) of `ok` results.
     pub latency: Summary,
+    /// The same per text of [`TEXTS`], in its order: the texts cost the model different times (3 to 50 tokens),
+    /// so the tail of `latency` mixes the long texts' own cost with waiting; one text's p99 over its p50 is the
+    /// waiting alone.
+    pub latency_by_text: Vec<Summary>,
     /// Share of published messages that completed within their deadline.
     pub deadline_met_ratio: f64,
     /// Outcomes by `outcome/reason` (`ok`, `expired/deadline_unreachable`, `dropped/queue_full`, …).
@@ -143,6 +147,12 @@ fn request(sent: usize) -> (String, Vec<u8>) {
     (id, body)
 }
 
+/// Which of [`TEXTS`] the request with id `id` carried (see [`request`]).
+fn text_of(id: &str) -> Option<usize> {
+    let sent: usize = id.strip_prefix("load-")?.parse().ok()?;
+    Some(sent % TEXTS.len())
+}
+
 /// Times the pipeline's decoder's id peek over the benchmark's own requests.
 fn measure_id_peek(settings: &PipelineConfig, registry: &zinfer_stage_api::Registry) -> anyhow::Result<f64> {
     let context = zinfer_stage_api::BuildContext { manifest: &settings.manifest, base_dir: &settings.base_dir };
@@ -205,6 +215,25 @@ pub fn markdown(report: &LoadReport) -> String {
             level.unmatched,
             mib(level.peak_rss_bytes),
         );
+    }
+    text += "\nlatency of `ok` results per text (ms, p50 / p99, and p99 over p50: the waiting a text meets, apart from \
+             the other texts' own cost)\n\n| load |";
+    for (index, sample) in TEXTS.iter().enumerate() {
+        let words = sample.split_whitespace().count();
+        text += &format!(" text {} ({words} words) |", index + 1);
+    }
+    text += &format!("\n|---|{}\n", "---|".repeat(TEXTS.len()));
+    for level in &report.levels {
+        text += &format!("| {:.1}× |", level.multiple);
+        for summary in &level.latency_by_text {
+            text += &format!(
+                " {:.2} / {:.2} ({:.1}×) |",
+                summary.p50_us / 1000.0,
+                summary.p99_us / 1000.0,
+                summary.p99_us / summary.p50_us.max(1.0)
+            );
+        }
+        text.push('\n');
     }
     let shed_per_s = |level: &LevelReport| {
         level.outcomes.iter().filter(|(name, _)| name.starts_with("dropped/")).map(|(_, count)| *count).sum::<usize>()
@@ -402,6 +431,7 @@ async fn drive(
     let collected = collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut outcomes = BTreeMap::new();
     let mut latencies = Vec::new();
+    let mut by_text: Vec<Vec<Duration>> = vec![Vec::new(); TEXTS.len()];
     let mut met = 0usize;
     let mut unmatched = 0;
     for (id, name, deadline_met, received) in &collected.results {
@@ -409,7 +439,11 @@ async fn drive(
         unmatched += usize::from(!collected.sent.contains_key(id));
         if name == outcome::OK {
             if let Some(sent_at) = collected.sent.get(id) {
-                latencies.push(received.saturating_duration_since(*sent_at));
+                let latency = received.saturating_duration_since(*sent_at);
+                latencies.push(latency);
+                if let Some(text) = text_of(id) {
+                    by_text[text].push(latency);
+                }
             }
             met += usize::from(*deadline_met == Some(true));
         }
@@ -421,6 +455,7 @@ async fn drive(
         sent,
         throughput_per_s: ok as f64 / elapsed.as_secs_f64(),
         latency: Summary::of(latencies),
+        latency_by_text: by_text.into_iter().map(Summary::of).collect(),
         deadline_met_ratio: if sent == 0 { 0.0 } else { met as f64 / sent as f64 },
         outcomes,
         unaccounted: sent.saturating_sub(collected.results.len()),
