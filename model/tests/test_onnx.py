@@ -1,5 +1,6 @@
 """quantize: the ONNX export matches PyTorch (max |Δlogit| ≤ 1e-4, padded batches and batch 1), the ORT
-optimizer keeps it within 1e-3, and the int8 model picks the same label."""
+optimizer keeps it within 1e-3, the int8 model picks the same label, and the fused layer norms unfused keep the
+logits."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import random
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from zinfer_model.data import batches
 from zinfer_model.importance import layer_keep, taylor_importance
 from zinfer_model.metrics import agreement, onnx_logits, torch_logits
 from zinfer_model.modeling import prune_layers
-from zinfer_model.onnx_tools import export_onnx, optimize, quantize_int8, session
+from zinfer_model.onnx_tools import export_onnx, op_counts, optimize, quantize_int8, session, unfuse_skip_layer_norm
 
 FP32_TOL = 1e-4
 
@@ -54,3 +56,16 @@ def test_export_optimize_quantize(teacher, encoded, tmp_path):
     assert confident.sum() >= len(data) // 2
     assert (q.argmax(-1) == ref.argmax(-1))[confident].all()
     assert agreement(ref, q)["argmax_agreement"] >= 0.9
+
+    # The fused layer norms as Add + LayerNormalization: same logits, and ONNX Runtime does not fuse them back.
+    fused = op_counts(opt).get("SkipLayerNormalization", 0)
+    assert fused > 0
+    unfused = tmp_path / "m.unfused.onnx"
+    assert unfuse_skip_layer_norm(opt, unfused) == fused
+    counts = op_counts(unfused)
+    assert "SkipLayerNormalization" not in counts and counts["LayerNormalization"] >= fused
+    assert np.abs(onnx_logits(session(unfused), data) - onnx_logits(session(opt), data)).max() <= 1e-5
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "m.unfused.ort-optimized.onnx")
+    ort.InferenceSession(str(unfused), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" not in op_counts(tmp_path / "m.unfused.ort-optimized.onnx")

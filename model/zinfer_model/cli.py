@@ -24,6 +24,8 @@ STEP_HELP = """steps (run one by one, in this order, or all with `recipe`):
                   --package models/zinfer-sentiment-small --out FILE (the rung's chosen seed beside the default)
   golden          golden inputs for zinferd's drift guard, for an already shipped text package:
                   golden --package models/<name> [--predictions FILE]   (export-shipped writes them itself)
+  unfuse          a shipped text package's SkipLayerNormalization nodes as Add + LayerNormalization (faster on
+                  ONNX Runtime's CPU kernels; `quantize` does it for new models): unfuse --package models/<name>
 
 The sensor model (a transformer over six-axis smartwatch windows) has its own steps:
   python -m zinfer_model sensor --help
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv and argv[0] == "golden":
         return golden_main(argv[1:])
+
+    if argv and argv[0] == "unfuse":
+        return unfuse_main(argv[1:])
 
     if argv and argv[0] == "ladder-models":
         return ladder_main(argv[1:])
@@ -101,6 +106,63 @@ def golden_main(argv: list[str]) -> int:
     predictions = args.predictions or args.package / "test_predictions.jsonl"
     result = from_predictions(args.package, predictions, int(manifest.get("max_length", 128)))
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def unfuse_main(argv: list[str]) -> int:
+    """Rewrites a shipped text package's model.onnx with its SkipLayerNormalization nodes unfused (see
+    onnx_tools.unfuse_skip_layer_norm) and its manifest's sha256 to match, after checking on every text of its
+    predictions file that the rewritten model answers as the shipped one did (batch 1, as zinferd runs a lone
+    text), and the predictions file's `int8_probs` to the rewritten model's; the package is left as it was if
+    not."""
+    import hashlib
+    import json
+    import re
+    import tomllib
+
+    import numpy as np
+
+    from .golden import compare, text_probs
+    from .onnx_tools import unfuse_skip_layer_norm
+
+    parser = argparse.ArgumentParser(prog="python -m zinfer_model unfuse", description=unfuse_main.__doc__)
+    parser.add_argument("--package", type=Path, required=True, help="the package folder (models/<name>)")
+    args = parser.parse_args(argv)
+    package = args.package
+    manifest_path = package / "manifest.toml"
+    manifest = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+    model = package / manifest.get("model", "model.onnx")
+    rows = [json.loads(line) for line in (package / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    texts, max_length = [row["text"] for row in rows], int(manifest.get("max_length", 128))
+    before = text_probs(package, texts, max_length)
+    original = model.read_bytes()
+    rewritten = unfuse_skip_layer_norm(model, model)
+    if rewritten == 0:
+        print(f"{model}: no SkipLayerNormalization node; nothing to do")
+        return 0
+    after = text_probs(package, texts, max_length)
+    result = compare(after, before)
+    labels = [manifest["labels"].index(row["label"]) for row in rows]
+    accuracy = {name: float((probs.argmax(axis=1) == np.asarray(labels)).mean()) for name, probs in
+                (("before", before), ("after", after))}
+    print(json.dumps({"rewritten": rewritten, "texts": len(texts), "after_vs_before": result,
+                      "test_accuracy": accuracy}, indent=1))
+    # Float rounding only, which dynamic quantisation may carry into an activation's int8 rounding: no flipped answer,
+    # and no probability moved by more than the int8 tolerance zinferd's batching tests allow for padding (0.05).
+    if result["agreement"] < 1.0 or result["max_deviation"] > 0.05:
+        model.write_bytes(original)
+        print("error: the rewritten model answers differently; the package is left as it was", file=sys.stderr)
+        return 1
+    # The predictions file records what model.onnx answers: the rewritten file's probabilities now.
+    for row, probs in zip(rows, after):
+        row["int8_probs"] = [float(p) for p in probs]
+    (package / "test_predictions.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    text = manifest_path.read_text(encoding="utf-8")
+    manifest_path.write_text(re.sub(r'(?m)^sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', text), encoding="utf-8")
+    print(f"{model}: {rewritten} nodes unfused; manifest sha256 {digest}")
     return 0
 
 

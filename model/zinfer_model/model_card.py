@@ -15,6 +15,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _unfused(quantize: dict) -> str:
+    """The quantize step's last rewrite, if it made one (see onnx_tools.unfuse_skip_layer_norm)."""
+    count = quantize.get("skip_layer_norm_unfused", 0)
+    return f"; then its {count} SkipLayerNormalization nodes as Add + LayerNormalization (faster CPU kernels)" \
+        if count else ""
+
+
 def _seeds_text(select: dict | None) -> str:
     """The recipe's student seeds: all test accuracies, and which one validation chose."""
     if not select or len(select["seeds"]) < 2:
@@ -116,7 +123,7 @@ hidden {st['hidden']} (teacher 384), {len(st['heads'])} layers, head size {st['h
 5. **quantize**: `torch.onnx.export` (legacy exporter, opset {q['opset']}, dynamic batch and sequence axes;
    {q['fp32_bytes']:,} bytes fp32, max |Δlogit| vs PyTorch {q['fp32_vs_torch']['max_abs_logit_diff']:.1e}), ONNX Runtime's
    transformer optimizer (fusions {q.get('fusions', {})}, {'used' if q.get('optimized_used') else 'not used'}), then
-   dynamic int8 quantization of the weights (per-channel: {r['quantize']['per_channel']}).
+   dynamic int8 quantization of the weights (per-channel: {r['quantize']['per_channel']}){_unfused(q)}.
 
 ## Data and licences
 

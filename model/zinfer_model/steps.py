@@ -32,7 +32,7 @@ from .metrics import (agreement, gold, onnx_logits, paired_bootstrap, softmax, s
 from .modeling import (bert_config, count_params, encoder_params, load_model, load_pretrained_teacher,
                        new_model, prune_layers, run_logits, save_model, shrink_from_teacher, structure,
                        trim_embeddings)
-from .onnx_tools import export_onnx, latency_ms, op_counts, optimize, quantize_int8, session
+from .onnx_tools import export_onnx, latency_ms, op_counts, optimize, quantize_int8, session, unfuse_skip_layer_norm
 from .recipe import fingerprint
 from .train import TrainSpec, attention_kl, augment_ids, clear_checkpoints, fit, hidden_mse, kd_logits
 from .vocab import check_same_tokens, trim_tokenizer
@@ -485,6 +485,7 @@ def step_quantize(run: Run) -> None:
             res["optimizer_error"] = f"{type(e).__name__}: {e}"
             run.log(f"quantize: ORT optimizer failed ({res['optimizer_error']}); quantizing the plain export")
     int8 = quantize_int8(base, out / "model.int8.onnx", bool(c["per_channel"]), bool(c["reduce_range"]))
+    res["skip_layer_norm_unfused"] = unfuse_skip_layer_norm(int8, int8)
     int8_logits = onnx_logits(session(int8), val)
     res["int8_vs_torch"] = agreement(ref, int8_logits)
     res["int8_bytes"] = int8.stat().st_size
