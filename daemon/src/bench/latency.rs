@@ -175,7 +175,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         model_runs(pipeline, features).map(|(_, second)| second)
     };
     let mut timed: [Vec<Duration>; 7] = Default::default();
-    let mut stages: [Vec<Duration>; 6] = Default::default();
+    let mut stages = super::DaemonStages::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
     let rounds = options.warmup + iterations;
     for block in (0..rounds).step_by(BLOCK) {
@@ -225,17 +225,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
             let timings = result.timings.unwrap_or_default();
             daemon_totals.push(Duration::from_micros(timings.total_us));
-            let parts = [
-                timings.queue_us,
-                timings.decode_us,
-                timings.preprocess_us,
-                timings.inference_us,
-                timings.postprocess_us,
-            ];
-            let other = timings.total_us.saturating_sub(parts.iter().sum());
-            for (samples, micros) in stages.iter_mut().zip(parts.into_iter().chain([other])) {
-                samples.push(Duration::from_micros(micros));
-            }
+            stages.push(&timings);
         }
     }
     drop(results);
@@ -263,11 +253,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         round_trip: Summary::of(round_trip),
         zenoh_echo: Summary::of(zenoh_echo),
         daemon_total: Summary::of(daemon_totals),
-        daemon_stages: ["queue", "decode", "preprocess", "inference", "postprocess", "other"]
-            .into_iter()
-            .zip(stages)
-            .map(|(stage, samples)| (stage.to_owned(), Summary::of(samples)))
-            .collect(),
+        daemon_stages: stages.summaries(),
         idle_rss_without_model,
         idle_rss_with_model,
         rss_after_requests,

@@ -88,6 +88,36 @@ impl Summary {
     }
 }
 
+/// The daemon's own timings of a series of results, by stage: `queue`, `decode`, `preprocess`, `inference`,
+/// `postprocess`, and `other`, the total less those (handing the outcome to the egress, encoding, the put).
+#[derive(Default)]
+pub(crate) struct DaemonStages {
+    samples: [Vec<Duration>; 6],
+}
+
+impl DaemonStages {
+    const NAMES: [&str; 6] = ["queue", "decode", "preprocess", "inference", "postprocess", "other"];
+
+    /// Adds one result's timings.
+    pub(crate) fn push(&mut self, timings: &zinfer_proto::StageTimings) {
+        let parts =
+            [timings.queue_us, timings.decode_us, timings.preprocess_us, timings.inference_us, timings.postprocess_us];
+        let other = timings.total_us.saturating_sub(parts.iter().sum());
+        for (samples, micros) in self.samples.iter_mut().zip(parts.into_iter().chain([other])) {
+            samples.push(Duration::from_micros(micros));
+        }
+    }
+
+    /// Each stage's summary, in order.
+    pub(crate) fn summaries(self) -> Vec<(String, Summary)> {
+        Self::NAMES
+            .into_iter()
+            .zip(self.samples)
+            .map(|(stage, samples)| (stage.to_owned(), Summary::of(samples)))
+            .collect()
+    }
+}
+
 /// A zenoh session in this process in `mode` (`"router"`, `"peer"` or `"client"`), multicast scouting off, that
 /// `link`s (`"listen"` or `"connect"`) on `endpoint`.
 pub(crate) async fn open_session(mode: &str, link: &str, endpoint: &str) -> anyhow::Result<zenoh::Session> {

@@ -67,6 +67,8 @@ pub struct SensorBenchReport {
     pub round_trip: Summary,
     /// The daemon's own arrival→publish time for those frames.
     pub daemon_total: Summary,
+    /// Its parts, by stage (see `bench latency`'s `daemon_stages`).
+    pub daemon_stages: Vec<(String, Summary)>,
     /// Windows per second over zenoh, up to 16 frames unanswered.
     pub zenoh_windows_per_s: f64,
     /// Frames in the throughput run answered other than `ok`, by `outcome/reason` (e.g. `dropped/superseded` when
@@ -127,6 +129,7 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
     }
     let (mut models, mut pipelines_in_process, mut round_trips, mut totals) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut stages = super::DaemonStages::default();
     let mut next = window;
     for block in (0..rounds).step_by(super::latency::BLOCK) {
         let block = block..(block + super::latency::BLOCK).min(rounds);
@@ -159,7 +162,9 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
                 models.push(model);
                 pipelines_in_process.push(in_process);
                 round_trips.push(round_trip);
-                totals.push(Duration::from_micros(result.timings.map_or(0, |timings| timings.total_us)));
+                let timings = result.timings.unwrap_or_default();
+                totals.push(Duration::from_micros(timings.total_us));
+                stages.push(&timings);
             }
         }
     }
@@ -215,6 +220,7 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         pipeline_direct_windows_per_s,
         round_trip: Summary::of(round_trips),
         daemon_total: Summary::of(totals),
+        daemon_stages: stages.summaries(),
         zenoh_windows_per_s,
         zenoh_not_ok: not_ok,
     })
@@ -267,6 +273,9 @@ pub fn markdown(report: &SensorBenchReport) -> String {
     text += &row("whole pipeline (in process)", &report.pipeline_direct);
     text += &row("round trip via zenoh + zinferd", &report.round_trip);
     text += &row("daemon's own total (arrival→publish)", &report.daemon_total);
+    for (stage, summary) in &report.daemon_stages {
+        text += &row(&format!("… of which {stage}"), summary);
+    }
     // The same ratios `bench latency` gives for text: what the daemon adds per window to what the model costs.
     text += &format!(
         "\ndaemon's total / model run (median): {:.2}×; round trip − model run (median): {:.0} µs\n",
