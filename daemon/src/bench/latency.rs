@@ -34,9 +34,6 @@ use super::{Placement, Summary, spawn_daemon};
 use crate::client::{Client, RequestFormat};
 use crate::pipeline::Envelope;
 
-/// Rounds per block: a block times the in-process ways of each of its rounds, then its round trips.
-pub(crate) const BLOCK: usize = 25;
-
 /// What to run.
 #[derive(Clone)]
 pub struct BenchOptions {
@@ -150,8 +147,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         client.round_trip(&results, &key, "bench-first", request("bench-first"), Duration::from_secs(10)).await?;
     let echo = Echo::open(&options.text, first).await?;
 
-    // Every way is measured once per round, and the rounds run in blocks of BLOCK: first every in-process way of
-    // each round of the block, then the block's round trips. This machine's speed drifts by tens of percent over
+    // Every way is measured once per round, and the rounds run in blocks (`super::blocks`): first every in-process
+    // way of each round of the block, then the block's round trips. This machine's speed drifts by tens of percent over
     // seconds (other tenants), which separate long runs of one way would report as differences between the ways;
     // a block takes well under a second. The daemon's model runs in another process, on its own copy of the weights:
     // with this process's model runs between each of its messages, as in a round-by-round alternation, the
@@ -178,9 +175,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut stages = super::DaemonStages::default();
     let mut daemon_totals = Vec::with_capacity(iterations);
     let rounds = options.warmup + iterations;
-    for block in (0..rounds).step_by(BLOCK) {
-        let block = block..(block + BLOCK).min(rounds);
-        let mut in_process_ways = Vec::with_capacity(BLOCK);
+    for block in super::blocks(rounds) {
+        let mut in_process_ways = Vec::with_capacity(block.len());
         for _ in block.clone() {
             idle(options.idle).await;
             let (first, floor) = model_runs(&mut one_thread, &features)?;

@@ -88,6 +88,15 @@ impl Summary {
     }
 }
 
+/// Rounds per block: `bench latency` and `bench sensor` time the in-process ways of each round of a block, then the
+/// block's round trips one after the other, so that this process's model runs do not sit between the daemon's.
+const BLOCK: usize = 25;
+
+/// The rounds `0..rounds` in blocks of [`BLOCK`].
+pub(crate) fn blocks(rounds: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..rounds).step_by(BLOCK).map(move |start| start..(start + BLOCK).min(rounds))
+}
+
 /// The daemon's own timings of a series of results, by stage: `queue`, `decode`, `preprocess`, `inference`,
 /// `postprocess`, and `other`, the total less those (handing the outcome to the egress, encoding, the put).
 #[derive(Default)]

@@ -131,10 +131,8 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stages = super::DaemonStages::default();
     let mut next = window;
-    for block in (0..rounds).step_by(super::latency::BLOCK) {
-        let block = block..(block + super::latency::BLOCK).min(rounds);
-        let mut in_process_ways = Vec::with_capacity(super::latency::BLOCK);
-        let mut frames = Vec::with_capacity(super::latency::BLOCK);
+    for block in super::blocks(rounds) {
+        let mut in_process_ways = Vec::with_capacity(block.len());
         for _ in block.clone() {
             let frame = stream.frame(next, hop);
             next += hop;
@@ -147,11 +145,10 @@ pub async fn run(options: &SensorBenchOptions) -> anyhow::Result<SensorBenchRepo
             // 2. The pipeline in process.
             let started = Instant::now();
             check(pipeline.process(envelope(frame.clone())).verdict, 1)?;
-            in_process_ways.push((model, started.elapsed()));
-            frames.push(frame);
+            in_process_ways.push((model, started.elapsed(), frame));
         }
         // 3. The block's round trips through the child, one after the other (see `bench latency`'s blocks).
-        for ((round, (model, in_process)), frame) in block.zip(in_process_ways).zip(frames) {
+        for (round, (model, in_process, frame)) in block.zip(in_process_ways) {
             let started = Instant::now();
             let result = send(format!("rt-{round}"), frame).await?;
             let round_trip = started.elapsed();
