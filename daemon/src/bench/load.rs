@@ -147,12 +147,6 @@ fn request(sent: usize) -> (String, Vec<u8>) {
     (id, body)
 }
 
-/// Which of [`TEXTS`] the request with id `id` carried (see [`request`]).
-fn text_of(id: &str) -> Option<usize> {
-    let sent: usize = id.strip_prefix("load-")?.parse().ok()?;
-    Some(sent % TEXTS.len())
-}
-
 /// Times the pipeline's decoder's id peek over the benchmark's own requests.
 fn measure_id_peek(settings: &PipelineConfig, registry: &zinfer_stage_api::Registry) -> anyhow::Result<f64> {
     let context = zinfer_stage_api::BuildContext { manifest: &settings.manifest, base_dir: &settings.base_dir };
@@ -349,7 +343,8 @@ pub(crate) async fn saturate(target: &Target, key: &str, output_prefix: &str) ->
 
 #[derive(Default)]
 struct Collected {
-    sent: HashMap<String, Instant>,
+    /// When each request was published, and which of [`TEXTS`] it carried.
+    sent: HashMap<String, (Instant, usize)>,
     results: Vec<(String, String, Option<bool>, Instant)>,
 }
 
@@ -405,7 +400,8 @@ async fn drive(
         let due = (started.elapsed().as_secs_f64() * rate) as usize;
         while sent < due && started.elapsed() < duration {
             let (id, body) = request(sent);
-            collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sent.insert(id, Instant::now());
+            let text = sent % TEXTS.len();
+            collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).sent.insert(id, (Instant::now(), text));
             session
                 .put(key.to_owned(), body)
                 .encoding(zenoh::bytes::Encoding::APPLICATION_JSON)
@@ -438,12 +434,10 @@ async fn drive(
         *outcomes.entry(name.clone()).or_insert(0) += 1;
         unmatched += usize::from(!collected.sent.contains_key(id));
         if name == outcome::OK {
-            if let Some(sent_at) = collected.sent.get(id) {
-                let latency = received.saturating_duration_since(*sent_at);
+            if let Some(&(sent_at, text)) = collected.sent.get(id) {
+                let latency = received.saturating_duration_since(sent_at);
                 latencies.push(latency);
-                if let Some(text) = text_of(id) {
-                    by_text[text].push(latency);
-                }
+                by_text[text].push(latency);
             }
             met += usize::from(*deadline_met == Some(true));
         }
